@@ -1,0 +1,84 @@
+"""Real text sources for perplexity, fidelity, summarization and drift prompts.
+
+Offline (installed by setup.sh from PyPI, never imported as code):
+- `news`: 300 real ABC news articles (gensim's lee_background.cor), one per line.
+- `wiki`: 90 real English Wikipedia articles (gensim's enwiki excerpt), markup stripped; see dart.data.wiki.
+Online only: `wikitext2` (the Hugging Face `wikitext-2-raw-v1` test split), which fails with a clear message
+where the hub cannot be reached.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+
+from dart.errors import UnavailableError, choice_error
+
+GENSIM_PIP = "pip install --no-deps gensim==4.4.0"
+
+
+def gensim_test_data() -> Path:
+    """Folder of gensim's bundled test data, found without importing gensim."""
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise UnavailableError(f"the offline real texts come from the gensim package; install it with `{GENSIM_PIP}`")
+    path = Path(spec.submodule_search_locations[0]) / "test" / "test_data"
+    if not path.is_dir():
+        raise UnavailableError(f"gensim is installed but has no test data at {path}; reinstall with `{GENSIM_PIP}`")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def news_articles() -> tuple[str, ...]:
+    """The 300 ABC news articles, in file order."""
+    text = (gensim_test_data() / "lee_background.cor").read_text(encoding="utf-8", errors="replace")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def news_text() -> str:
+    """All news articles as one text, one article per line (the perplexity text)."""
+    return "\n".join(news_articles())
+
+
+def wiki_documents() -> tuple[str, ...]:
+    from dart.data.wiki import wiki_articles
+
+    return tuple(a.text for a in wiki_articles())
+
+
+def wikitext2_test() -> str:
+    """WikiText-2 (raw) test split joined as in the Wanda/SparseGPT protocol; needs the Hugging Face hub."""
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
+    except Exception as e:  # the hub is unreachable or the data set is not cached
+        raise UnavailableError(
+            "text=wikitext2 needs the Hugging Face hub (dataset 'wikitext', 'wikitext-2-raw-v1'), which cannot be "
+            f"reached or is not cached here ({type(e).__name__}); offline, use text=news or text=wiki"
+        ) from None
+    return "\n\n".join(ds["text"])
+
+
+TEXT_SOURCES = {
+    "news": lambda: news_text(),
+    "wiki": lambda: "\n\n".join(wiki_documents()),
+    "wikitext2": lambda: wikitext2_test(),
+}
+
+DOC_SOURCES = {
+    "news": lambda: news_articles(),
+    "wiki": lambda: wiki_documents(),
+}
+
+
+def load_text(name: str) -> str:
+    if name not in TEXT_SOURCES:
+        raise choice_error("text", name, TEXT_SOURCES)
+    return TEXT_SOURCES[name]()
+
+
+def load_documents(name: str) -> tuple[str, ...]:
+    if name not in DOC_SOURCES:
+        raise choice_error("documents", name, DOC_SOURCES)
+    return DOC_SOURCES[name]()

@@ -1,0 +1,182 @@
+"""Architecture adapters: where a model keeps its decoder layers, FFNs, the residual stream entering the FFN,
+what the FFN adds back, the attention output the drift detector watches, and the input embedding.
+
+Every FFN is brought into one canonical, neuron-major layout (neuron j = row j of every tensor):
+    gated:  a = act(x @ w_gate.T) * (x @ w_up.T);   out = a @ w_down_t
+    plain:  a = act(x @ w_fc.T + b_fc);             out = a @ w_down_t + b_down
+The canonical tensors share storage with the model's own parameters (the down projection is re-laid-out once as
+a transposed view of a contiguous (I, D) tensor: same memory, same results), so pruning by prefix is a
+contiguous slice and reordering neurons in place reorders the model itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+from torch import nn
+
+from dart.errors import ConfigError
+
+
+@dataclasses.dataclass
+class FFNWeights:
+    gated: bool
+    w_in: list[torch.Tensor]  # gated: [gate, up]; plain: [fc]; each (I, D), contiguous
+    b_in: list[torch.Tensor | None]  # per w_in, (I,) or None
+    w_down_t: torch.Tensor  # (I, D) contiguous
+    b_down: torch.Tensor | None  # (D,)
+    act: Callable[[torch.Tensor], torch.Tensor]
+
+    @property
+    def neuron_major(self) -> list[torch.Tensor]:
+        """Every tensor whose first dimension indexes neurons (permuted together when compacting)."""
+        return [*self.w_in, *(b for b in self.b_in if b is not None), self.w_down_t]
+
+
+def _neuron_major_view(param: nn.Parameter, transposed: bool) -> torch.Tensor:
+    """The (I, D) contiguous tensor behind `param`; re-lays the parameter out if needed (in place, same bytes)."""
+    if not transposed:
+        return param.data if param.data.is_contiguous() else _relayout(param, param.data.contiguous(), False)
+    t = param.data.t()
+    if t.is_contiguous():
+        return t
+    return _relayout(param, t.contiguous(), True)
+
+
+def _relayout(param: nn.Parameter, neuron_major: torch.Tensor, transposed: bool) -> torch.Tensor:
+    param.data = neuron_major.t() if transposed else neuron_major
+    return neuron_major
+
+
+class Adapter:
+    """Base adapter; subclasses name the modules of one architecture family."""
+
+    families: tuple[str, ...] = ()
+    gated = True
+
+    def layers(self, model) -> list[nn.Module]:
+        return list(model.model.layers)
+
+    def ffn(self, layer) -> nn.Module:
+        return layer.mlp
+
+    def set_ffn(self, layer, module: nn.Module) -> None:
+        layer.mlp = module
+
+    def attention(self, layer) -> nn.Module:
+        return layer.self_attn
+
+    def residual_in(self, layer) -> nn.Module:
+        """Module whose INPUT is the residual stream after attention (the FFN's residual input)."""
+        return layer.post_attention_layernorm
+
+    def ffn_added(self, layer) -> nn.Module | None:
+        """Module whose OUTPUT is what the FFN adds to the residual (None: the FFN's own output)."""
+        return None
+
+    def embedding(self, model) -> torch.Tensor:
+        return model.get_input_embeddings().weight
+
+    def intermediate_size(self, model) -> int:
+        return self.weights(self.ffn(self.layers(model)[0])).w_in[0].shape[0]
+
+    def weights(self, ffn) -> FFNWeights:
+        raise NotImplementedError
+
+
+class LlamaAdapter(Adapter):
+    """Gated FFNs with gate_proj/up_proj/down_proj: Llama, Mistral, Qwen2, Qwen3, SmolLM2, Gemma/Gemma3."""
+
+    families = ("llama", "mistral", "qwen2", "qwen3", "gemma")
+
+    def weights(self, ffn) -> FFNWeights:
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            if not isinstance(getattr(ffn, name, None), nn.Linear):
+                raise ConfigError(f"{type(ffn).__name__} has no Linear {name}: not a gated FFN this adapter knows")
+        b = [ffn.gate_proj.bias, ffn.up_proj.bias]
+        return FFNWeights(
+            gated=True,
+            w_in=[_neuron_major_view(ffn.gate_proj.weight, False), _neuron_major_view(ffn.up_proj.weight, False)],
+            b_in=[x.data if x is not None else None for x in b],
+            w_down_t=_neuron_major_view(ffn.down_proj.weight, True),
+            b_down=ffn.down_proj.bias.data if ffn.down_proj.bias is not None else None,
+            act=ffn.act_fn,
+        )
+
+
+class Gemma3Adapter(LlamaAdapter):
+    families = ("gemma2", "gemma3_text")
+
+    def residual_in(self, layer):
+        return layer.pre_feedforward_layernorm
+
+    def ffn_added(self, layer):
+        return layer.post_feedforward_layernorm
+
+
+class GPT2Adapter(Adapter):
+    """GPT-2: Conv1D c_fc (D, I) and c_proj (I, D), with biases."""
+
+    families = ("gpt2",)
+    gated = False
+
+    def layers(self, model):
+        return list(model.transformer.h)
+
+    def attention(self, layer):
+        return layer.attn
+
+    def residual_in(self, layer):
+        return layer.ln_2
+
+    def weights(self, ffn) -> FFNWeights:
+        return FFNWeights(
+            gated=False,
+            w_in=[_neuron_major_view(ffn.c_fc.weight, True)],
+            b_in=[ffn.c_fc.bias.data],
+            w_down_t=_neuron_major_view(ffn.c_proj.weight, False),
+            b_down=ffn.c_proj.bias.data,
+            act=ffn.act,
+        )
+
+
+class GPTNeoXAdapter(Adapter):
+    """GPT-NeoX / Pythia: Linear dense_h_to_4h and dense_4h_to_h, with biases."""
+
+    families = ("gpt_neox",)
+    gated = False
+
+    def layers(self, model):
+        return list(model.gpt_neox.layers)
+
+    def attention(self, layer):
+        return layer.attention
+
+    def weights(self, ffn) -> FFNWeights:
+        return FFNWeights(
+            gated=False,
+            w_in=[_neuron_major_view(ffn.dense_h_to_4h.weight, False)],
+            b_in=[ffn.dense_h_to_4h.bias.data if ffn.dense_h_to_4h.bias is not None else None],
+            w_down_t=_neuron_major_view(ffn.dense_4h_to_h.weight, True),
+            b_down=ffn.dense_4h_to_h.bias.data if ffn.dense_4h_to_h.bias is not None else None,
+            act=ffn.act,
+        )
+
+
+ADAPTERS: dict[str, Adapter] = {}
+for _cls in (LlamaAdapter, Gemma3Adapter, GPT2Adapter, GPTNeoXAdapter):
+    for _family in _cls.families:
+        ADAPTERS[_family] = _cls()
+
+SUPPORTED = sorted(ADAPTERS)
+
+
+def adapter_for(model) -> Adapter:
+    """The adapter for a transformers causal LM, or a clear error naming what is supported."""
+    kind = getattr(getattr(model, "config", None), "model_type", None)
+    if kind not in ADAPTERS:
+        raise ConfigError(
+            f"model architecture {kind!r} ({type(model).__name__}) has no FFN adapter; supported: {', '.join(SUPPORTED)}"
+        )
+    return ADAPTERS[kind]

@@ -1,0 +1,61 @@
+"""Mask execution: the module that replaces each decoder layer's FFN while a strategy is attached.
+
+Three ways to run, chosen per forward by the controller's plan:
+- dense:     the full FFN (and, while tracing, the statistic update);
+- masked:    a = a * mask (any batch: one mask per row, optionally only at some positions);
+- compacted: a single sequence whose kept neurons were moved to a contiguous prefix of k rows runs only that
+             prefix: down(act(gate[:k] x) * up[:k] x). Same result as masked, k/I of the FFN weight bytes.
+Reordering is in place (permute_neurons), so compaction costs no extra weight memory; the model's own
+parameters share storage with these tensors and are put back in order when the strategy detaches.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dart.engine.adapters import FFNWeights
+
+
+class PrunableFFN(nn.Module):
+    def __init__(self, original: nn.Module, weights: FFNWeights, index: int, controller):
+        super().__init__()
+        self.original = original  # kept (not as a submodule) to restore on detach
+        object.__setattr__(self, "_controller", controller)
+        self.w = weights
+        self.index = index
+        self.width = weights.w_in[0].shape[0]
+
+    def __getattr__(self, name):  # keep attribute access of the wrapped module working (e.g. .gate_proj)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["original"], name)
+
+    def intermediate(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        w = self.w
+        if w.gated:
+            (g, u), (bg, bu) = w.w_in, w.b_in
+            if k is not None:
+                g, u = g[:k], u[:k]
+                bg, bu = (bg[:k] if bg is not None else None), (bu[:k] if bu is not None else None)
+            return w.act(F.linear(x, g, bg)) * F.linear(x, u, bu)
+        fc, b = w.w_in[0], w.b_in[0]
+        if k is not None:
+            fc, b = fc[:k], (b[:k] if b is not None else None)
+        return w.act(F.linear(x, fc, b))
+
+    def down(self, a: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        wd = self.w.w_down_t if k is None else self.w.w_down_t[:k]
+        out = torch.matmul(a, wd)
+        return out if self.w.b_down is None else out + self.w.b_down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._controller.run_ffn(self, x)
+
+
+@torch.no_grad()
+def permute_neurons(weights: FFNWeights, order: torch.Tensor, extra: list[torch.Tensor] = ()) -> None:
+    """Reorder neurons in place: new row i = old row order[i], for every neuron-major tensor (and `extra`)."""
+    for t in [*weights.neuron_major, *extra]:
+        t.copy_(t.index_select(0, order))

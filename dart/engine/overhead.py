@@ -1,0 +1,55 @@
+"""What the engine costs, measured from its own tensors and counters (results.json "overhead").
+
+state_bytes: statistics + static score weights (priors) + masks + neuron order + detector, in bytes.
+flops_ratio: the engine's tracing, scoring and detection FLOPs over the model's FLOPs for the tokens it ran
+(2 x the parameters each token multiplies through: every layer and the output head, not the embedding lookup).
+Applying a 0/1 mask (masked execution) is reported apart: compacted execution does not pay it.
+"""
+from __future__ import annotations
+
+import math
+
+
+def model_flops_per_token(model) -> float:
+    emb = model.get_input_embeddings().weight
+    total = sum(p.numel() for p in model.parameters())
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight.data_ptr() == emb.data_ptr()
+    # the input embedding is a lookup; a tied output head multiplies through the same matrix
+    return 2.0 * (total - emb.numel() + (emb.numel() if tied else 0))
+
+
+TRACE_OPS_PER_NEURON = {"l2": 3, "ema": 3, "griffin": 6}  # cast+square(or abs)+multiply-add; griffin normalises
+
+
+def engine_flops(c) -> dict[str, float]:
+    L, I = c.L, c.I
+    traced = float(c.tokens_traced)
+    out = {"tracing": traced * L * I * TRACE_OPS_PER_NEURON[c.spec.statistic]}
+    if c.stats.alignment:
+        D = c.ffns[0].w.w_down_t.shape[1]
+        out["alignment"] = traced * L * 12 * D
+    out["mask_build"] = c.builds * L * (2 * I + I * max(1.0, math.log2(I)))
+    if c.detector is not None:
+        Ds = c.detector.D
+        out["detector"] = (traced + c.decode_signal_tokens) * 2 * Ds + c.checks * 6 * Ds
+    return out
+
+
+def summarize(c, model) -> dict:
+    flops = engine_flops(c)
+    per_token = model_flops_per_token(model)
+    seen = float(c.tokens_seen)
+    state = c.state_bytes()
+    return {
+        "state_bytes": state["total"],
+        "state_breakdown": {k: v for k, v in state.items() if k != "total"},
+        "engine_flops": sum(flops.values()),
+        "engine_flops_breakdown": flops,
+        "model_flops": per_token * seen,
+        "flops_ratio": sum(flops.values()) / (per_token * seen) if seen else None,
+        "tokens_seen": seen,
+        "tokens_traced": float(c.tokens_traced),
+        "mask_builds": c.builds,
+        "mask_build_s": round(c.build_seconds, 4),
+    }

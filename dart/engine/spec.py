@@ -1,0 +1,131 @@
+"""EngineSpec: every knob of the engine, validated once, before any model loads (method.md sections 2-6)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from dart.errors import ConfigError, choice_error
+
+STATISTICS = ("l2", "ema", "griffin")
+RANKINGS = ("magnitude", "max", "mean", "combined", "product")
+MASK_RULES = ("topk", "mean")
+ALLOCATIONS = ("uniform", "list", "auto")
+PROTOCOLS = ("causal", "compat")
+EXECUTIONS = ("auto", "masked", "compact")
+ALIGN_REFERENCES = ("online", "residual")
+
+
+@dataclasses.dataclass
+class DriftSpec:
+    """The topic-drift detector (method.md section 5). Default: the published last-layer attention-output cosine,
+    windows of 5, threshold mu - max(0.1 sigma, 0.1), trigger on the first window below it."""
+
+    enabled: bool = True
+    window: int = 5  # W: tokens per window
+    sigma_scale: float = 0.1  # tau = mu - max(sigma_scale * sigma, min_margin)
+    min_margin: float = 0.1
+    triggers: int = 1  # pressure needed to trigger
+    layers: Sequence[int] = (-1,)  # monitored decoder layers (their attention outputs are concatenated)
+    nan_tau_compat: bool = False  # the published quirk: < 2 windows -> sigma NaN -> detector silently off
+
+    def validate(self) -> None:
+        if int(self.window) < 1:
+            raise ConfigError(f"strategy.drift.window={self.window!r} must be >= 1")
+        if int(self.triggers) < 1:
+            raise ConfigError(f"strategy.drift.triggers={self.triggers!r} must be >= 1")
+        if self.sigma_scale < 0 or self.min_margin < 0:
+            raise ConfigError("strategy.drift.sigma_scale and min_margin must be >= 0")
+        if not list(self.layers):
+            raise ConfigError("strategy.drift.layers must name at least one layer (e.g. [-1])")
+
+
+@dataclasses.dataclass
+class AutoAllocSpec:
+    """Depth-aware layer allocation constants (the published `all:auto`)."""
+
+    reference: str = "online"  # online: cos(h, o), ||o - h|| / ||h||;  residual: h vs h + o (offline analysis)
+    early_width: float = 0.3  # we
+    late_width: float = 0.15  # wl
+    early_floor: float = 0.25  # a
+    late_floor: float = 0.35  # b
+    min_prune: float = 0.10
+    max_prune: float = 0.90
+    iterations: int = 10
+
+    def validate(self) -> None:
+        if self.reference not in ALIGN_REFERENCES:
+            raise choice_error("strategy.auto.reference", self.reference, ALIGN_REFERENCES)
+        if not 0 <= self.min_prune < self.max_prune <= 1:
+            raise ConfigError(f"strategy.auto needs 0 <= min_prune < max_prune <= 1, got {self.min_prune}, {self.max_prune}")
+
+
+@dataclasses.dataclass
+class EngineSpec:
+    sparsity: float = 0.5
+    statistic: str = "l2"  # l2: sum a^2 (score ||a||);  ema: decayed |a|;  griffin: per-token-normalised a^2
+    ema_decay: float | None = None  # set -> statistic ema
+    ranking: str = "magnitude"
+    mask_rule: str = "topk"
+    allocation: str = "uniform"
+    layer_keep: Sequence[float] | None = None  # allocation=list: keep fraction per layer
+    auto: AutoAllocSpec = dataclasses.field(default_factory=AutoAllocSpec)
+    masking_step: int = 1  # m
+    release_step: int | None = None  # r
+    protocol: str = "causal"
+    drift: DriftSpec = dataclasses.field(default_factory=DriftSpec)
+    execution: str = "auto"  # auto: compact a single sequence's FFN, masked otherwise
+    prior_chunk: int = 8192  # vocabulary rows per chunk when computing the projection priors
+
+    def __post_init__(self):
+        if isinstance(self.auto, dict):
+            self.auto = AutoAllocSpec(**self.auto)
+        if isinstance(self.drift, dict):
+            self.drift = DriftSpec(**self.drift)
+        if self.ema_decay is not None and self.statistic == "l2":
+            self.statistic = "ema"
+
+    def validate(self, num_layers: int | None = None) -> "EngineSpec":
+        if not 0.0 <= float(self.sparsity) < 1.0:
+            raise ConfigError(f"sparsity={self.sparsity!r} is outside [0, 1)")
+        for what, value, allowed in (
+            ("strategy.statistic", self.statistic, STATISTICS), ("ranking", self.ranking, RANKINGS),
+            ("strategy.mask_rule", self.mask_rule, MASK_RULES), ("strategy.allocation", self.allocation, ALLOCATIONS),
+            ("strategy.protocol", self.protocol, PROTOCOLS), ("strategy.execution", self.execution, EXECUTIONS),
+        ):
+            if value not in allowed:
+                raise choice_error(what, value, allowed)
+        if self.statistic == "ema":
+            if self.ema_decay is None or not 0.0 < float(self.ema_decay) < 1.0:
+                raise ConfigError(f"strategy.ema_decay={self.ema_decay!r}: the EMA statistic needs a decay in (0, 1)")
+        if int(self.masking_step) < 0:
+            raise ConfigError(f"strategy.masking_step={self.masking_step!r} must be >= 0")
+        if self.protocol == "causal" and self.masking_step == 0:
+            raise ConfigError(
+                "strategy.masking_step=0 builds the mask from the same tokens it then prunes (the published "
+                "same-pass behaviour): that is strategy.protocol=compat; with protocol=causal use masking_step >= 1"
+            )
+        if self.protocol == "compat" and self.masking_step != 0:
+            raise ConfigError("strategy.protocol=compat is the published same-pass masking: it needs masking_step=0")
+        if self.release_step is not None and int(self.release_step) <= int(self.masking_step):
+            raise ConfigError(f"strategy.release_step={self.release_step} must be after masking_step={self.masking_step}")
+        if self.allocation == "list":
+            if not self.layer_keep:
+                raise ConfigError("strategy.allocation=list needs strategy.layer_keep=[keep fraction per layer]")
+            if any(not 0.0 < float(v) <= 1.0 for v in self.layer_keep):
+                raise ConfigError(f"strategy.layer_keep={list(self.layer_keep)} entries must be in (0, 1]")
+            if num_layers is not None and len(self.layer_keep) != num_layers:
+                raise ConfigError(f"strategy.layer_keep has {len(self.layer_keep)} entries; the model has {num_layers} layers")
+        if self.allocation == "auto" and self.mask_rule != "topk":
+            raise ConfigError("strategy.allocation=auto sets a count per layer: it needs strategy.mask_rule=topk")
+        self.auto.validate()
+        self.drift.validate()
+        return self
+
+    @property
+    def needs_priors(self) -> bool:
+        return self.ranking != "magnitude"
+
+    @property
+    def global_build(self) -> bool:
+        """Masks need every layer's statistics (depth-aware allocation), so a one-pass build is impossible."""
+        return self.allocation == "auto"

@@ -1,0 +1,103 @@
+"""Tracing statistics: one fp32 accumulator per layer, row (sequence) and neuron (method.md section 3).
+
+Every kind is one update rule over the FFN intermediate activation `a` (B, T, I) of the traced tokens:
+
+    A[l] <- decay[b] * A[l] + sum_t w[b, t] * f(a[b, t])
+
+- l2:      f = a^2, w = 1, decay = 1;               the score base is ||a_j|| = sqrt(A_j)
+- ema(d):  f = |a|; the first forward after a reset: decay = 0 and w_t = d^(n-1-t) / sum_s d^(n-1-s);
+           later forwards: A <- d A + (1 - d) |a_new| (for n tokens at once: decay d^n, w_t = (1 - d) d^(n-1-t));
+           the score base is A_j
+- griffin: f = (a / ||a_t||)^2 (each token's row normalised to unit L2 norm), w = 1; base sqrt(A_j)
+The weights w and decays are built by the controller (they carry padding, segment boundaries and resets), so
+this module only does arithmetic, on the device, without host syncs.
+
+For depth-aware allocation it also keeps, per layer and row, the sums of c_t = cos(h_t, o_t) and
+r_t = ||o_t - h_t|| / ||h_t|| over the traced tokens (h: residual entering the FFN, o: what the FFN adds).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def token_values(kind: str, a: torch.Tensor) -> torch.Tensor:
+    """f(a) in fp32."""
+    a = a.float()
+    if kind == "l2":
+        return a.square()
+    if kind == "ema":
+        return a.abs()
+    if kind == "griffin":
+        return (a / a.norm(dim=-1, keepdim=True).clamp_min(1e-12)).square()
+    raise ValueError(kind)
+
+
+def ema_weights(valid: torch.Tensor, decay: float, fresh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token weights (B, T) and per-row decays (B,) of one EMA update over the valid tokens of a forward.
+
+    valid: (B, T) 0/1 float, the tokens traced in this forward; fresh: (B,) bool, rows starting from zero.
+    """
+    n = valid.sum(dim=1, keepdim=True)  # tokens per row
+    j = valid.cumsum(dim=1) - 1  # index of each token among its row's traced tokens
+    powers = torch.pow(torch.as_tensor(decay, dtype=torch.float32, device=valid.device), (n - 1 - j).clamp_min(0)) * valid
+    normalised = powers / powers.sum(dim=1, keepdim=True).clamp_min(1e-30)
+    w = torch.where(fresh[:, None], normalised, (1.0 - decay) * powers)
+    row_decay = torch.where(fresh, torch.zeros_like(n[:, 0]), torch.pow(torch.as_tensor(decay, device=valid.device), n[:, 0]))
+    return w, row_decay
+
+
+class Statistics:
+    """A (L, B, I) fp32, plus alignment sums (L, B, 3): sum c_t, sum r_t, token count."""
+
+    def __init__(self, num_layers: int, width: int, kind: str, device, alignment: bool = False):
+        self.L, self.I, self.kind, self.device, self.alignment = num_layers, width, kind, device, alignment
+        self.A = torch.zeros(num_layers, 0, width, dtype=torch.float32, device=device)
+        self.align = torch.zeros(num_layers, 0, 3, dtype=torch.float32, device=device)
+
+    def reset(self, batch: int) -> None:
+        if self.A.shape[1] != batch:
+            self.A = torch.zeros(self.L, batch, self.I, dtype=torch.float32, device=self.device)
+            self.align = torch.zeros(self.L, batch, 3, dtype=torch.float32, device=self.device)
+        else:
+            self.A.zero_()
+            self.align.zero_()
+
+    def clear_rows(self, rows: torch.Tensor) -> None:
+        """Zero the statistics of rows (B,) bool (a re-trace after a drift trigger)."""
+        keep = (~rows).to(torch.float32)
+        self.A.mul_(keep[None, :, None])
+        self.align.mul_(keep[None, :, None])
+
+    def update(self, layer: int, a: torch.Tensor, w: torch.Tensor, decay: torch.Tensor | None) -> None:
+        """a: (B, T, I) activations; w: (B, T) fp32 weights (0 = not traced); decay: (B,) or None (= 1)."""
+        contrib = torch.bmm(w.unsqueeze(1), token_values(self.kind, a)).squeeze(1)  # (B, I)
+        if decay is None:
+            self.A[layer].add_(contrib)
+        else:
+            self.A[layer].mul_(decay[:, None]).add_(contrib)
+
+    def update_alignment(self, layer: int, h: torch.Tensor, o: torch.Tensor, w: torch.Tensor, reference: str) -> None:
+        """h: residual entering the FFN, o: what the FFN adds, both (B, T, D); w: (B, T) trace weights (0/1)."""
+        h, o = h.float(), o.float()
+        if reference == "residual":  # compare the residual before and after the FFN
+            after = h + o
+            c = torch.nn.functional.cosine_similarity(h, after, dim=-1, eps=1e-12)
+            r = o.norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-12)
+        else:  # the published online rule
+            c = torch.nn.functional.cosine_similarity(h, o, dim=-1, eps=1e-12)
+            r = (o - h).norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-12)
+        m = (w > 0).float()
+        self.align[layer] += torch.stack([(c * m).sum(1), (r * m).sum(1), m.sum(1)], dim=-1)
+
+    def base(self) -> torch.Tensor:
+        """The per-neuron statistic scores multiply: ||a|| for l2/griffin, A for ema. (L, B, I)."""
+        return self.A.sqrt() if self.kind in ("l2", "griffin") else self.A
+
+    def layer_alignment(self) -> torch.Tensor:
+        """S_l = (1 - mean c) * mean r, (B, L)."""
+        n = self.align[..., 2].clamp_min(1.0)
+        mean_c, mean_r = self.align[..., 0] / n, self.align[..., 1] / n
+        return ((1.0 - mean_c) * mean_r).transpose(0, 1)
+
+    def nbytes(self) -> int:
+        return self.A.numel() * 4 + self.align.numel() * 4

