@@ -28,7 +28,7 @@ def result_config(cfg: DictConfig) -> dict[str, Any]:
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_SILENT", "true")
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning_fabric"):
+    for name in ("absl", "lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     import transformers
 

@@ -20,6 +20,7 @@ so it runs a trace pass and then a pruned pass.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import time
@@ -87,6 +88,7 @@ class Controller:
             width = sum(self._attn_width(self.layers[l]) for l in self.monitored)
             self.detector = DriftDetector(spec.drift, width, self.device)
         self.plan = IDLE
+        self._paused = False
         self._forced: Plan | None = None
         self._attn: dict[int, torch.Tensor] = {}
         self._h: dict[int, torch.Tensor] = {}
@@ -131,6 +133,9 @@ class Controller:
             if not torch.equal(self.order[l], torch.arange(self.I, dtype=torch.int32, device=self.device)):
                 permute_neurons(ffn.w, self.order[l].argsort().long())  # back to the original order
             self.adapter.set_ffn(layer, ffn.original)
+            for p in ffn.original.parameters():  # undo the adapter's re-layout: bit for bit the original model
+                if not p.data.is_contiguous():
+                    p.data = p.data.contiguous()
         self.order = torch.arange(self.I, dtype=torch.int32, device=self.device).repeat(self.L, 1)
 
     def _attn_width(self, layer) -> int:
@@ -186,7 +191,19 @@ class Controller:
         return torch.tensor(flags, dtype=torch.bool, device=self.device)
 
     # ------------------------------------------------------------------ hooks
+    @contextlib.contextmanager
+    def paused(self):
+        """Run the model dense (no tracing, masks or drift checks) inside the block: the dense reference."""
+        before, self._paused = self._paused, True
+        try:
+            yield
+        finally:
+            self._paused = before
+
     def _begin(self, module, args, kwargs):
+        if self._paused:
+            self.plan = IDLE
+            return None
         x = kwargs.get("input_ids")
         if x is None:
             x = kwargs.get("inputs_embeds")
@@ -208,6 +225,8 @@ class Controller:
         return None
 
     def _end(self, module, args, kwargs, output):
+        if self._paused:
+            return None
         if self._forced is None:
             self._after_decode_forward()
         self._attn.clear()
@@ -430,6 +449,9 @@ class Controller:
             prune = valid > 0
             prefill = valid
         else:
+            # GRIFFIN's classification mode (method.md 6): the last context position predicts the first
+            # continuation token, so it is pruned and the statistics come from the context before it
+            prompt_len = (prompt_len - 1).clamp_min(1)
             end = prompt_len + (m - 1)
             trace = valid * (pos < end)
             prune = (valid > 0) & (pos >= end)
@@ -442,7 +464,7 @@ class Controller:
             steps = (pos - prompt_len + 1).clamp_min(0)  # decode step index k of the traced positions after the prompt
             tail = (1 - d) * torch.pow(torch.tensor(d, device=self.device), (m - 1 - steps).clamp_min(0))
             lead = d ** max(m - 1, 0)
-            trace = torch.where(pos < prompt_len, w0 * lead, tail * trace)
+            trace = torch.where(prefill > 0, w0 * lead, tail * trace)  # compat: the whole request is the prefill
             decay = torch.zeros(B, device=self.device)
         self.tokens_seen += valid.sum()
         self.tokens_traced += (trace > 0).sum()

@@ -1,6 +1,7 @@
 """Strategy base class and the dense (no pruning) strategy."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 
@@ -20,6 +21,14 @@ class Strategy:
 
     def detach(self) -> None:
         self.model = None
+
+    def paused(self):
+        """Context in which the model runs dense (the reference for fidelity and drift studies)."""
+        return contextlib.nullcontext()
+
+    def drift_log(self) -> tuple[list[dict], list[dict]]:
+        """(every drift window check, the triggers) so far; empty for strategies without a detector."""
+        return [], []
 
     def summary(self) -> dict[str, Any]:
         return {"strategy": {"name": self.name, "dynamic": self.dynamic}}

@@ -45,6 +45,13 @@ class EngineStrategy(Strategy):
             self.controller.detach()
         super().detach()
 
+    def paused(self):
+        return self.controller.paused()
+
+    def drift_log(self):
+        c = self.controller
+        return (c.window_log, c.triggers) if c is not None else ([], [])
+
     def _measure(self) -> dict[str, Any]:
         from dart.engine.overhead import summarize
 

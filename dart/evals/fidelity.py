@@ -1,0 +1,107 @@
+"""Fidelity to the dense model on real text, under teacher forcing (the metric that separates methods on small
+models, whose benchmark accuracy sits at chance).
+
+Each sample is a prefix of `prefix` tokens from one real document followed by `length` tokens of either the
+same document (segment `same`) or another document (segment `switch`: the topic changes under the model).
+The dense model scores it in one forward (strategy paused); the pruned model scores it as decoding: the prefix
+is the prompt, every continuation token one cached forward, so masks and the drift detector act as in
+generation. Per continuation token: KL(dense || pruned), top-1 agreement, and the NLL of the true token.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from dart.errors import choice_error
+from dart.evals.base import Evaluator
+
+SEGMENTS = ("same", "switch")
+
+
+class Fidelity(Evaluator):
+    name = "fidelity"
+
+    def __init__(self, documents="wiki", prefix=256, length=256, limit=8, segments=SEGMENTS, name=None, **kwargs):
+        super().__init__(name=name, limit=limit)
+        from dart.data.texts import DOC_SOURCES
+
+        if documents not in DOC_SOURCES:
+            raise choice_error("eval.documents", documents, DOC_SOURCES)
+        for s in segments:
+            if s not in SEGMENTS:
+                raise choice_error("eval.segments entry", s, SEGMENTS)
+        self.documents, self.prefix, self.length, self.segments = documents, int(prefix), int(length), list(segments)
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        from dart.data.texts import load_documents
+
+        tok = ctx.tokenizer
+        need = self.prefix + self.length
+        docs = [tok(d, add_special_tokens=False)["input_ids"] for d in load_documents(self.documents)]
+        docs = [d for d in docs if len(d) >= need]
+        if len(docs) < 2:
+            raise choice_error("eval.prefix + eval.length (too long for the documents)", need, ["shorter segments"])
+        n = min(int(self.limit or len(docs)), len(docs))
+        self._samples = []
+        for i in range(n):
+            a, b = docs[i], docs[(i + 1) % len(docs)]
+            if "same" in self.segments:
+                self._samples.append(("same", i, a[:need]))
+            if "switch" in self.segments:  # the continuation comes from the start of the next document
+                self._samples.append(("switch", i, a[: self.prefix] + b[: self.length]))
+
+    def batches(self):
+        return self._samples
+
+    @torch.no_grad()
+    def step(self, sample):
+        from dart.evals.decoding import teacher_force
+
+        segment, index, tokens = sample
+        model, strategy = self.ctx.model, self.ctx.strategy
+        ids = torch.tensor([tokens], device=self.ctx.device)
+        P = self.prefix
+        with strategy.paused():
+            dense = model(input_ids=ids[:, :-1], use_cache=False).logits[0, P - 1 :].float().log_softmax(-1)
+        targets = ids[0, P:]
+        kl, agree, nll = [], [], []
+
+        def take(logits, start):
+            lp = logits[0].float().log_softmax(-1)
+            lo, hi = max(start, P - 1), start + lp.shape[0]
+            if hi <= lo:
+                return
+            lp = lp[lo - start :]
+            ref = dense[lo - (P - 1) : hi - (P - 1)]
+            kl.append((ref.exp() * (ref - lp)).sum(-1))
+            agree.append((ref.argmax(-1) == lp.argmax(-1)).float())
+            nll.append(-lp.gather(-1, targets[lo - (P - 1) : hi - (P - 1), None]).squeeze(-1))
+
+        prefix = P if getattr(strategy, "dynamic", False) else None
+        teacher_force(model, ids, prefix, take)
+        dense_nll = -dense.gather(-1, targets[:, None]).squeeze(-1)
+        kl, agree, nll = torch.cat(kl), torch.cat(agree), torch.cat(nll)
+        return {"segment": segment, "doc": index, "kl": kl.cpu(), "top1": agree.cpu(), "nll": nll.cpu(),
+                "nll_dense": dense_nll.cpu()}
+
+    def finalize(self, outputs):
+        metrics: dict[str, float | None] = {}
+        per_sample = []
+        for seg in self.segments:
+            rows = [o for o in outputs if o["segment"] == seg]
+            if not rows:
+                for k in ("kl", "top1", "ppl", "ppl_dense"):
+                    metrics[f"{seg}/{k}"] = None
+                continue
+            cat = lambda key: torch.cat([r[key] for r in rows])  # noqa: E731
+            metrics[f"{seg}/kl"] = float(cat("kl").mean())
+            metrics[f"{seg}/top1"] = float(cat("top1").mean())
+            metrics[f"{seg}/ppl"] = math.exp(float(cat("nll").mean()))
+            metrics[f"{seg}/ppl_dense"] = math.exp(float(cat("nll_dense").mean()))
+        for o in outputs:
+            per_sample.append({"segment": o["segment"], "doc": o["doc"], "kl": float(o["kl"].mean()),
+                               "top1": float(o["top1"].mean())})
+        self.extra["samples"] = per_sample
+        return metrics
