@@ -43,17 +43,36 @@ def _trainer_device(device: str) -> tuple[str, Any]:
 
 
 def _make_logger(cfg: DictConfig, run_dir: Path, config: dict):
+    """One W&B run per job: the full config, tags strategy/model/eval/sparsity; in a multirun grouped by the sweep
+    (logger.group, default: sweep_name) and named by the job's overrides, so the runs of a sweep tell apart."""
     if cfg.logger.kind != "wandb":
         return None
+    import wandb
     from lightning.pytorch.loggers import WandbLogger
 
+    if wandb.run is not None:  # an earlier job of this sweep failed with its run open: close it, never log into it
+        wandb.run.finish(exit_code=1)
+    multirun, job_overrides = _hydra_job()
+    group = cfg.logger.group if cfg.logger.group is not None else (cfg.sweep_name if multirun else None)
     tags = [f"strategy={cfg.strategy.name}", f"model={cfg.model.name}", f"eval={cfg.eval.name}",
             f"sparsity={cfg.sparsity}", *list(cfg.logger.tags or [])]
+    name = f"{cfg.model.name}-{cfg.strategy.name}-{cfg.sparsity}-{cfg.eval.name}"
     return WandbLogger(
-        project=cfg.logger.project, entity=cfg.logger.entity, group=str(cfg.logger.group) if cfg.logger.group else None,
-        tags=tags, save_dir=str(run_dir), offline=cfg.logger.mode == "offline",
-        name=f"{cfg.model.name}-{cfg.strategy.name}-{cfg.sparsity}-{cfg.eval.name}", config=config,
+        project=cfg.logger.project, entity=cfg.logger.entity, group=str(group) if group else None,
+        tags=tags, save_dir=str(run_dir), offline=cfg.logger.mode == "offline", job_type=str(cfg.eval.name),
+        name=job_overrides if multirun and job_overrides else name, config=config,
     )
+
+
+def _hydra_job() -> tuple[bool, str | None]:
+    """(is this a multirun job, its override dirname) from Hydra; (False, None) outside a Hydra app."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return False, None
+    hc = HydraConfig.get()
+    return hc.mode == RunMode.MULTIRUN, hc.job.override_dirname or None
 
 
 def versions() -> dict[str, str]:
@@ -88,8 +107,26 @@ def run(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str, Any
         raise
 
 
-def _run(cfg: DictConfig, run_dir: Path, results: dict, t0: float) -> dict[str, Any]:
+def build(node: DictConfig, **kwargs):
+    """hydra.utils.instantiate, but a DartError raised by the target (a bad knob) reaches the user as itself,
+    not wrapped in Hydra's "Error in call to target" with a traceback."""
     from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs, _convert_="all")
+    except Exception as e:
+        cause = e
+        while cause is not None and not isinstance(cause, DartError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def _run(cfg: DictConfig, run_dir: Path, results: dict, t0: float) -> dict[str, Any]:
+    # instantiate first: their argument checks run before anything heavy is imported or any model loads
+    strategy = build(cfg.strategy, sparsity=float(cfg.sparsity), ranking=cfg.ranking.name)
+    evaluator = build(cfg.eval)
 
     _quiet_libraries()
     import lightning.pytorch as pl
@@ -99,9 +136,6 @@ def _run(cfg: DictConfig, run_dir: Path, results: dict, t0: float) -> dict[str, 
     from dart.lit import EvalModule, StrategyCallback
     from dart.models.loading import load_model, resolve_device
 
-    # instantiate first: their argument checks run before any model loads
-    strategy = instantiate(cfg.strategy, sparsity=float(cfg.sparsity), ranking=cfg.ranking.name, _convert_="all")
-    evaluator = instantiate(cfg.eval, _convert_="all")
     device = resolve_device(cfg.device)
     pl.seed_everything(int(cfg.seed), verbose=False)
     torch.set_grad_enabled(False)

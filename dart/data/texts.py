@@ -3,6 +3,10 @@
 Offline (installed by setup.sh from PyPI, never imported as code):
 - `news`: 300 real ABC news articles (gensim's lee_background.cor), one per line.
 - `wiki`: 90 real English Wikipedia articles (gensim's enwiki excerpt), markup stripped; see dart.data.wiki.
+- `calibration` (calibration only, never evaluated): 50 other ABC news articles (gensim's lee.cor, the Lee
+  corpus' test documents, not in lee_background.cor) and 13 encyclopedic paragraphs on New York and Berlin
+  (para2para_text1/2.txt, not in the enwiki excerpt): about 10.8k SmolLM2 tokens sharing no document and no
+  8-word sequence with the evaluation texts (tests/test_baselines.py checks it).
 Online only: `wikitext2` (the Hugging Face `wikitext-2-raw-v1` test split), which fails with a clear message
 where the hub cannot be reached.
 """
@@ -40,6 +44,16 @@ def news_text() -> str:
     return "\n".join(news_articles())
 
 
+@functools.lru_cache(maxsize=1)
+def calibration_documents() -> tuple[str, ...]:
+    """The calibration corpus of the static baselines, one document per line of its files, in file order."""
+    docs = []
+    for name, encoding in (("lee.cor", "latin-1"), ("para2para_text1.txt", "utf-8"), ("para2para_text2.txt", "utf-8")):
+        text = (gensim_test_data() / name).read_text(encoding=encoding)
+        docs += [line.strip() for line in text.splitlines() if line.strip()]
+    return tuple(docs)
+
+
 def wiki_documents() -> tuple[str, ...]:
     from dart.data.wiki import wiki_articles
 
@@ -69,6 +83,12 @@ TEXT_SOURCES = {
 DOC_SOURCES = {
     "news": lambda: news_articles(),
     "wiki": lambda: wiki_documents(),
+}
+
+
+# disjoint from every evaluation text: the only sources a calibrated baseline may use
+CALIBRATION_SOURCES = {
+    "calibration": lambda: "\n\n".join(calibration_documents()),
 }
 
 

@@ -57,7 +57,10 @@ IDLE = Plan()
 
 
 class Controller:
-    def __init__(self, model, spec: EngineSpec, weight: torch.Tensor | None = None):
+    def __init__(self, model, spec: EngineSpec, weight: torch.Tensor | None = None, fixed_masks: torch.Tensor | None = None):
+        """fixed_masks: (L, I) bool in the original neuron order (strategy=static): every row of every request
+        is masked with it from its first token; nothing is traced, built or re-traced, and unless
+        spec.execution=masked the weights are compacted once, here, for every later single-sequence forward."""
         self.model = model
         self.adapter = adapter_for(model)
         self.layers = self.adapter.layers(model)
@@ -75,6 +78,11 @@ class Controller:
         self.stats = Statistics(self.L, self.I, spec.statistic, self.device, alignment=spec.allocation == "auto")
         # physical -> original neuron index per layer (compaction reorders neurons in place)
         self.order = torch.arange(self.I, dtype=torch.int32, device=self.device).repeat(self.L, 1)
+        self.fixed, self._fixed_prefix = None, None
+        if fixed_masks is not None:
+            if tuple(fixed_masks.shape) != (self.L, self.I):
+                raise ConfigError(f"fixed masks must be (layers, neurons) = {(self.L, self.I)}, not {tuple(fixed_masks.shape)}")
+            self.fixed = fixed_masks.to(self.device, torch.bool)
         self.weight = weight if weight is not None else self._priors()  # (L, I) static score factor or None
         self.fixed_keep = None
         if spec.mask_rule == "topk" and spec.allocation == "uniform":
@@ -107,6 +115,11 @@ class Controller:
         self.peak_detector_bytes = 0
         self._new_request(1)
         self.requests = 0
+        if self.fixed is not None:  # the one mask build (the caller's) and the one compaction
+            self.builds = 1
+            self.kept_sum = self.fixed.sum(dim=-1).to(torch.float64)
+            self._maybe_compact()
+            self._fixed_prefix = self.kept_prefix
 
     # ------------------------------------------------------------------ attach / detach
     def attach(self) -> "Controller":
@@ -181,8 +194,14 @@ class Controller:
         self.n_window = [0] * batch
         self.compacted = False
         self.kept_prefix: list[int] | None = None
-        self.stats.reset(batch)
-        self.M = torch.ones(self.L, batch, self.I, dtype=self.dtype, device=self.device)
+        if self.fixed is None:
+            self.stats.reset(batch)
+            self.M = torch.ones(self.L, batch, self.I, dtype=self.dtype, device=self.device)
+        else:  # every row holds the fixed mask (in the physical order) from its first token
+            self.M = self.fixed.gather(1, self.order.long()).to(self.dtype)[:, None, :].repeat(1, batch, 1)
+            self.has_mask = [True] * batch
+            self._pending_compact = batch == 1 and self.spec.execution != "masked" and self._fixed_prefix is None
+            self.compacted, self.kept_prefix = self._fixed_prefix is not None, self._fixed_prefix
         if self.detector is not None:
             self.detector.reset(batch)
         self._cache_key = None
@@ -209,35 +228,50 @@ class Controller:
             x = kwargs.get("inputs_embeds")
         if x is None and args:
             x = args[0]
-        B, T = x.shape[:2]
-        if self._forced is not None:
-            self.plan = self._forced
-            return None
         cache = kwargs.get("past_key_values")
         past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+        mask = kwargs.get("attention_mask")
+        self.begin_forward(x.shape[0], x.shape[1], past, mask)
+        return None
+
+    def begin_forward(self, B: int, T: int, past: int, attention_mask: torch.Tensor | None = None) -> None:
+        """Start one forward of B rows and T new tokens after `past` cached ones (a decode loop that does not
+        call the model's forward, such as dart.engine.lean, calls this, record_attention and end_forward)."""
+        if self._paused:
+            self.plan = IDLE
+            return
+        if self._forced is not None:
+            self.plan = self._forced
+            return
         if past == 0:
             self._new_request(B)
         elif B != self.B:
             raise RuntimeError(f"batch size changed from {self.B} to {B} inside one request")
-        mask = kwargs.get("attention_mask")
+        mask = attention_mask
         valid = mask[:, -T:].to(torch.float32) if torch.is_tensor(mask) and mask.dim() == 2 else None
         self.plan = self._decode_plan(T, valid)
-        return None
 
     def _end(self, module, args, kwargs, output):
+        self.end_forward()
+        return None
+
+    def end_forward(self) -> None:
         if self._paused:
-            return None
+            return
         if self._forced is None:
             self._after_decode_forward()
         self._attn.clear()
         self._h.clear()
         self.plan = IDLE
-        return None
+
+    def record_attention(self, layer: int, output: torch.Tensor) -> None:
+        """The self-attention output of a monitored layer (the drift detector's signal) for this forward."""
+        if self.plan.drift_trace_w is not None or self.plan.drift_decode_rows is not None:
+            self._attn[layer] = output
 
     def _attn_hook(self, layer: int):
         def hook(module, args, output):
-            if self.plan.drift_trace_w is not None or self.plan.drift_decode_rows is not None:
-                self._attn[layer] = output[0] if isinstance(output, tuple) else output
+            self.record_attention(layer, output[0] if isinstance(output, tuple) else output)
         return hook
 
     def _h_hook(self, layer: int):
@@ -274,6 +308,8 @@ class Controller:
 
     # ------------------------------------------------------------------ decoding schedule
     def _phases(self) -> tuple[list[bool], list[bool], list[bool], bool]:
+        if self.fixed is not None:  # fixed masks: nothing is ever traced or built
+            return [False] * self.B, [False] * self.B, [False] * self.B, False
         m, r = self.spec.masking_step, self.spec.release_step
         released = r is not None and self.step >= r
         local = [self.step - s for s in self.restart]
@@ -419,6 +455,7 @@ class Controller:
         if not getattr(self, "_pending_compact", False) or self.B != 1 or not self.has_mask[0]:
             return
         self._pending_compact = False
+        t0 = time.perf_counter()
         keep = self.M[:, 0] > 0.5  # (L, I)
         order = (~keep).to(torch.int8).argsort(dim=-1, stable=True)  # kept first, each group in order
         for l, ffn in enumerate(self.ffns):
@@ -430,6 +467,7 @@ class Controller:
         self.kept_prefix = keep.sum(dim=-1).tolist()
         self.compacted = True
         self._cache_key = None
+        self.build_seconds += time.perf_counter() - t0
 
     # ------------------------------------------------------------------ scoring (one forward per request)
     @torch.no_grad()
@@ -441,6 +479,14 @@ class Controller:
         """
         B, T = input_ids.shape
         valid = (attention_mask[:, -T:] if attention_mask is not None else torch.ones_like(input_ids)).to(torch.float32)
+        if self.fixed is not None:  # the fixed masks on every position of every row: nothing to trace
+            self._new_request(B)
+            self.tokens_seen += valid.sum()
+            self._forced = Plan(prune=ROWS, compact=self.kept_prefix if B == 1 and self.compacted else None)
+            try:
+                return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw).logits
+            finally:
+                self._forced = None
         pos = torch.arange(T, device=input_ids.device)[None, :]
         prompt_len = prompt_len.to(input_ids.device)[:, None]
         m = self.spec.masking_step

@@ -53,3 +53,35 @@ def summarize(c, model) -> dict:
         "mask_builds": c.builds,
         "mask_build_s": round(c.build_seconds, 4),
     }
+
+
+def analytic(num_layers: int, intermediate: int, hidden: int, params: float, spec, prompt_tokens: int = 512,
+             new_tokens: int = 512, batch: int = 1, mask_bytes: int = 2, attn_width: int | None = None,
+             tied_vocab_params: float = 0.0) -> dict:
+    """The same accounting as `summarize`, from architecture numbers alone (no weights needed): state bytes as
+    Controller.state_bytes() would measure them and the FLOPs ratio of one request of prompt_tokens +
+    new_tokens (generated tokens, the first from the prefill), masking_step 1, one mask build and no re-trace. mask_bytes: the model dtype's size (the 0/1 mask is kept
+    in it). Checked against measured tensors on tiny models (tests/test_engine_execution.py)."""
+    L, I, D, B = num_layers, intermediate, hidden, batch
+    Ds = (attn_width or D) * len({x % L for x in spec.drift.layers}) if spec.drift.enabled else 0
+    alignment = spec.allocation == "auto"
+    state = {
+        "statistics": 4 * L * B * I + 4 * L * B * 3,  # A (L, B, I) and the alignment sums (L, B, 3)
+        "priors": 4 * L * I if spec.needs_priors else 0,
+        "masks": mask_bytes * L * B * I,
+        "neuron_order": 4 * L * I,
+        "detector": 4 * B * (3 * Ds + 3) if Ds else 0,  # total, center, current (B, Ds); count, tau, pressure (B,)
+    }
+    state["total"] = sum(state.values())
+    state["detector_peak"] = state["detector"] + (4 * B * Ds * (prompt_tokens // spec.drift.window + 1) if Ds else 0)
+    traced = float(B * prompt_tokens)
+    flops = {"tracing": traced * L * I * TRACE_OPS_PER_NEURON[spec.statistic]}
+    if alignment:
+        flops["alignment"] = traced * L * 12 * D
+    flops["mask_build"] = B * L * (2 * I + I * max(1.0, math.log2(I)))
+    if Ds:  # the first new token comes from the prefill: new_tokens - 1 decode forwards, all masked (m = 1)
+        decode = new_tokens - 1
+        flops["detector"] = (traced + B * decode) * 2 * Ds + B * (decode // spec.drift.window) * 6 * Ds
+    model = 2.0 * (params + tied_vocab_params) * B * (prompt_tokens + new_tokens - 1)  # tokens the model ran
+    return {"state_bytes": state["total"], "state_breakdown": state, "engine_flops": sum(flops.values()),
+            "engine_flops_breakdown": flops, "model_flops": model, "flops_ratio": sum(flops.values()) / model}

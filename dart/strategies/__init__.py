@@ -9,8 +9,12 @@ __all__ = ["Strategy", "Dense"]
 
 
 def __getattr__(name):  # engine-backed strategies import torch-heavy modules only when asked for
-    if name in ("Dart", "StaticPrompt", "Griffin", "Static", "Cats"):
+    if name in ("Dart", "StaticPrompt", "Griffin"):
         from dart.strategies import engine_backed
 
         return getattr(engine_backed, name)
+    if name in ("Static", "Cats"):
+        from dart.strategies import calibrated
+
+        return getattr(calibrated, name)
     raise AttributeError(name)

@@ -1,0 +1,211 @@
+"""Decode-throughput measurement: dense, masked and compacted FFN execution on one model.
+
+For each (loop, mode, sparsity): `warmup` + `repeats` greedy generations of `new_tokens` from the same prompt;
+the prefill and the decode steps are timed apart (device-synchronised only at those two boundaries), and the
+median decode rate over the repeats is reported. The masks come from the engine exactly as in a run of
+strategy=static_prompt: the prompt is traced, the mask is built at the first decode step (masking_step 1) and,
+for `compacted`, every layer's kept neurons are moved into a contiguous prefix that alone runs from then on.
+The time the engine spends building masks and compacting is reported as `remask_s` (it is inside the decode
+time, as in real use).
+
+Bytes-bound limit: decoding one token reads every weight once (the output head included, the input embedding
+only as one row), so dense/pruned weight bytes bounds the speed-up a memory-bound decoder can get.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from dart.engine.lean import LeanDecoder
+from dart.strategies import Dart, StaticPrompt
+
+MODES = ("dense", "masked", "compacted")
+LOOPS = ("lean", "hf")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def weight_bytes_per_token(model, ffn_kept: float = 1.0) -> dict[str, float]:
+    """Weight bytes one decode step reads: dense, and with a fraction ffn_kept of every FFN's neurons."""
+    from dart.engine.adapters import adapter_for
+
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    params = list({p.data_ptr(): p for p in model.parameters()}.values())
+    total = sum(p.numel() * p.element_size() for p in params)
+    emb_bytes = emb.numel() * emb.element_size()
+    tied = head is not None and head.weight.data_ptr() == emb.data_ptr()
+    dense = total - emb_bytes + (emb_bytes if tied else 0)  # a lookup reads one row; a tied head reads it all
+    ad = adapter_for(model)
+    ffn = 0
+    for layer in ad.layers(model):
+        mod = ad.ffn(layer)
+        mod = getattr(mod, "original", mod)
+        ffn += sum(p.numel() * p.element_size() for p in mod.parameters() if p.dim() == 2)
+    pruned = dense - ffn * (1.0 - ffn_kept)
+    return {"dense": float(dense), "ffn": float(ffn), "pruned": float(pruned), "limit": dense / pruned}
+
+
+def prompt_ids(tokenizer, batch: int, tokens: int, device) -> torch.Tensor:
+    """`batch` prompts of exactly `tokens` tokens, from consecutive real news articles."""
+    from dart.data.texts import news_articles
+
+    arts = news_articles()
+    rows = []
+    for b in range(batch):
+        text = " ".join(arts[b:b + 8])  # enough text for any prompt length we use
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][:tokens]
+        if len(ids) < tokens:
+            raise ValueError(f"prompt_tokens={tokens} is longer than the news text used for prompts ({len(ids)})")
+        rows.append(ids)
+    return torch.tensor(rows, device=device)
+
+
+def _strategy(mode: str, sparsity: float):
+    if mode == "dense":
+        return None
+    return StaticPrompt(sparsity=sparsity, execution="masked" if mode == "masked" else "compact", masking_step=1)
+
+
+def _generate_lean(dec: LeanDecoder, ids: torch.Tensor, new: int, device) -> tuple[float, float, torch.Tensor]:
+    sync(device)
+    t0 = time.perf_counter()
+    tok = dec.forward(ids, 0)[:, -1].argmax(-1, keepdim=True)
+    sync(device)
+    t1 = time.perf_counter()
+    out, pos = [tok], ids.shape[1]
+    for _ in range(new - 1):
+        tok = dec.forward(tok, pos)[:, -1].argmax(-1, keepdim=True)
+        out.append(tok)
+        pos += 1
+    sync(device)
+    return t1 - t0, time.perf_counter() - t1, torch.cat(out, dim=1)
+
+
+def _generate_hf(model, ids: torch.Tensor, new: int, pad: int, device) -> tuple[float, float, torch.Tensor]:
+    kw = dict(do_sample=False, attention_mask=torch.ones_like(ids), pad_token_id=pad)
+    sync(device)
+    t0 = time.perf_counter()
+    model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)  # prefill and the first token
+    sync(device)
+    t1 = time.perf_counter()
+    out = model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kw)
+    sync(device)
+    total = time.perf_counter() - t1
+    return t1 - t0, max(total - (t1 - t0), 1e-9), out[:, ids.shape[1]:]
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    if device.type == "cuda":
+        return {"peak_gpu_mib": torch.cuda.max_memory_allocated(device) / 2**20}
+    return {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # process peak so far
+
+
+def measure(model, tokenizer, cfg, progress=None) -> list[dict[str, Any]]:
+    device = next(model.parameters()).device
+    ids = prompt_ids(tokenizer, int(cfg.batch_size), int(cfg.prompt_tokens), device)
+    new = int(cfg.new_tokens)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    rows, reference = [], {}
+    for loop in cfg.loops:
+        for mode in cfg.modes:
+            for sp in ([0.0] if mode == "dense" else list(cfg.sparsities)):
+                strat = _strategy(mode, float(sp))
+                if strat is not None:
+                    strat.attach(model, tokenizer)
+                ctrl = strat.controller if strat is not None else None
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                dec = LeanDecoder(model, ids.shape[1] + new, ids.shape[0], ctrl) if loop == "lean" else None
+                prefill, decode, remask, tokens = [], [], [], None
+                try:
+                    for rep in range(int(cfg.warmup) + int(cfg.repeats)):
+                        b0 = ctrl.build_seconds if ctrl is not None else 0.0
+                        if loop == "lean":
+                            p, d, tokens = _generate_lean(dec, ids, new, device)
+                        else:
+                            p, d, tokens = _generate_hf(model, ids, new, pad, device)
+                        if rep >= int(cfg.warmup):
+                            prefill.append(p)
+                            decode.append(d)
+                            remask.append((ctrl.build_seconds - b0) if ctrl is not None else 0.0)
+                        if progress is not None:
+                            progress()
+                    kept = 1.0
+                    if ctrl is not None:
+                        kept = float(ctrl.masks()[:, 0].float().mean())
+                    mem = peak_memory(device)
+                    state = ctrl.state_bytes()["total"] if ctrl is not None else 0
+                finally:
+                    if strat is not None:
+                        strat.detach()
+                steps = new - 1
+                rate = statistics.median(steps * ids.shape[0] / d for d in decode)
+                row = {"loop": loop, "mode": mode, "sparsity": float(sp), "achieved_sparsity": 1.0 - kept,
+                       "tokens_per_s": rate, "tokens_per_s_all": [steps * ids.shape[0] / d for d in decode],
+                       "prefill_ms": 1e3 * statistics.median(prefill), "remask_ms": 1e3 * statistics.median(remask),
+                       "decode_ms_per_token": 1e3 * statistics.median(decode) / steps, "engine_state_bytes": state,
+                       **mem}
+                wb = weight_bytes_per_token(model, kept)
+                row["bytes_per_token"] = wb["pruned"] if mode == "compacted" else wb["dense"]
+                row["bytes_bound_limit"] = wb["limit"]
+                if mode == "dense":
+                    reference[loop] = (rate, tokens)
+                dense_rate, dense_tokens = reference.get(loop, (None, None))
+                row["speedup"] = rate / dense_rate if dense_rate else None
+                row["share_of_limit"] = row["speedup"] / wb["limit"] if row["speedup"] and mode == "compacted" else None
+                if dense_tokens is not None and mode != "dense":  # how much the pruned text differs from dense
+                    row["token_agreement_with_dense"] = float((tokens == dense_tokens).float().mean())
+                rows.append(row)
+    if "lean" in reference and "hf" in reference:
+        for r in rows:
+            r["speedup_vs_hf_dense"] = r["tokens_per_s"] / reference["hf"][0]
+    return rows
+
+
+def remask_demo(model, tokenizer, cfg, sparsity: float) -> dict[str, Any]:
+    """DART (compacted, detector on) on the first two-topic drift prompt: the share of decode time spent
+    re-tracing (the dense steps after a trigger are part of decoding, as in real use) and re-masking."""
+    from dart.evals.drift import PROMPTS
+    from dart.evals.generation import render_prompt
+    import yaml
+
+    device = next(model.parameters()).device
+    spec = yaml.safe_load(PROMPTS.read_text())
+    text = spec["template"].format(**spec["pairs"][0])
+    chat = bool(cfg.model.get("instruct", False))
+    ids = torch.tensor([render_prompt(tokenizer, text, chat)], device=device)
+    new = 200
+    strat = Dart(sparsity=sparsity, masking_step=int(cfg.remask_masking_step), execution="compact")
+    strat.attach(model, tokenizer)
+    try:
+        dec = LeanDecoder(model, ids.shape[1] + new, 1, strat.controller)
+        _generate_lean(dec, ids, new, device)  # warm-up
+        b0, n0 = strat.controller.build_seconds, len(strat.controller.triggers)
+        p, d, _ = _generate_lean(dec, ids, new, device)
+        remask = strat.controller.build_seconds - b0
+        triggers = len(strat.controller.triggers) - n0
+    finally:
+        strat.detach()
+    return {"sparsity": sparsity, "masking_step": int(cfg.remask_masking_step), "new_tokens": new,
+            "prompt_tokens": ids.shape[1], "triggers": triggers, "decode_s": d, "remask_s": remask,
+            "remask_share": remask / d, "tokens_per_s": (new - 1) / d}
+
+
+def machine() -> dict[str, Any]:
+    import platform
+
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "loadavg_1m": os.getloadavg()[0]}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info

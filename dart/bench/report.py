@@ -1,0 +1,79 @@
+"""Bench outputs: results JSON, a markdown table and a plot of speed-up against sparsity with the bytes limit."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dart.results import write_json_atomic
+
+
+def _fmt(v, spec=".2f", missing="–"):
+    return missing if v is None else format(v, spec)
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m, c = res["machine"], res["config"]
+    lines = [
+        f"Model `{c['model']}` ({c['dtype']}, {c['device']}), batch {c['batch_size']}, {c['prompt_tokens']}-token "
+        f"prompt, {c['new_tokens']} new tokens, median of {c['repeats']} after {c['warmup']} warm-up. "
+        f"Machine: {m['processor']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
+        + (f", {m['gpu']}" if m.get("gpu") else "") + f", load {m['loadavg_1m']:.2f} at start.",
+        "",
+        "| loop | mode | sparsity | tok/s | speed-up | bytes-bound limit | share of limit | prefill ms | re-mask ms | agreement with dense |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["rows"]:
+        lines.append(
+            f"| {r['loop']} | {r['mode']} | {r['sparsity']:.2f} | {r['tokens_per_s']:.1f} | {_fmt(r['speedup'])}x | "
+            f"{r['bytes_bound_limit']:.2f}x | {_fmt(r['share_of_limit'] and 100 * r['share_of_limit'], '.0f')}% | "
+            f"{r['prefill_ms']:.0f} | {r['remask_ms']:.1f} | {_fmt(r.get('token_agreement_with_dense'))} |")
+    hf = [r for r in res["rows"] if r["loop"] == "hf" and r["mode"] == "dense"]
+    if hf:
+        lines += ["", f"transformers `generate` dense: {hf[0]['tokens_per_s']:.1f} tok/s; every row's "
+                      "`speedup_vs_hf_dense` is in the JSON."]
+    d = res.get("remask_demo")
+    if d:
+        lines += ["", f"DART re-trace cost on the two-topic drift prompt (compacted, sparsity {d['sparsity']}, "
+                      f"m={d['masking_step']}): {d['triggers']} re-traces in {d['new_tokens']} tokens, "
+                      f"{1e3 * d['remask_s']:.1f} ms of mask building and compaction in {d['decode_s']:.2f} s of "
+                      f"decoding = {100 * d['remask_share']:.2f}% of decode time ({d['tokens_per_s']:.1f} tok/s)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for loop in dict.fromkeys(r["loop"] for r in res["rows"]):
+        for mode in ("masked", "compacted"):
+            pts = sorted((r["sparsity"], r["speedup"]) for r in res["rows"]
+                         if r["loop"] == loop and r["mode"] == mode and r["speedup"])
+            if pts:
+                ax.plot([0.0] + [p[0] for p in pts], [1.0] + [p[1] for p in pts], marker="o",
+                        linestyle="-" if mode == "compacted" else ":", label=f"{mode} ({loop} loop)")
+    s = np.linspace(0, 0.9, 50)
+    dense, ffn = res["weight_bytes"]["dense"], res["weight_bytes"]["ffn"]
+    ax.plot(s, dense / (dense - ffn * s), "k--", label="bytes-bound limit")
+    ax.axhline(1.0, color="grey", linewidth=0.5)
+    ax.set_xlabel("FFN sparsity")
+    ax.set_ylabel("decode speed-up over dense")
+    ax.set_title(f"{res['config']['model']} ({res['config']['device']}, {res['config']['dtype']}, batch {res['config']['batch_size']})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write(res: dict[str, Any], out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "bench.json", "markdown": out / "bench.md", "plot": out / "speedup.png"}
+    write_json_atomic(paths["json"], res)
+    tmp = paths["markdown"].with_suffix(".md.tmp")
+    tmp.write_text(markdown(res))
+    tmp.replace(paths["markdown"])
+    plot(res, paths["plot"])
+    return paths

@@ -1,0 +1,192 @@
+"""Calibration for the input-independent baselines (method.md section 8): a text disjoint from every evaluation
+text (dart.data.texts.CALIBRATION_SOURCES) runs dense through the model once, and per layer the statistics a
+baseline needs are collected in fp32:
+
+- `act_sq` (L, I): sum over the calibration tokens of a_tj^2, a = the FFN intermediate activation (the input of
+  the down projection), so ||a_j|| = sqrt(act_sq_j);
+- `gate_values`: per layer a sample of |g| (g = act(gate x) for gated FFNs, act(fc x) for plain ones), the
+  quantity CATS thresholds.
+
+The text is tokenized without special tokens (as the evaluations tokenize theirs), cut to exactly `tokens` tokens
+and split into consecutive sequences of `seq_len` (the last one shorter when `seq_len` does not divide `tokens`),
+one sequence per forward: deterministic and independent of any batch size. The hooks compute the FFN
+activations a second time from the layer's input (as the model computes them, in its dtype), so the model is
+untouched; this runs once per attach, never per request.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from dart.engine.adapters import FFNWeights, adapter_for
+from dart.engine.allocation import uniform_keep
+from dart.engine.masks import topk_mask
+from dart.errors import ConfigError, choice_error
+
+SCORES = ("act_norm", "wanda", "weight")
+
+
+@dataclasses.dataclass
+class CalibrationSpec:
+    source: str = "calibration"  # a name in dart.data.texts.CALIBRATION_SOURCES
+    tokens: int = 8192  # calibration tokens in all
+    seq_len: int = 1024  # tokens per sequence (one forward each)
+    sample: int = 1_000_000  # cats: |g| values kept per layer for its threshold (all of them when fewer)
+    seed: int = 0  # cats: the sample's random generator
+
+    def validate(self) -> "CalibrationSpec":
+        from dart.data.texts import CALIBRATION_SOURCES
+
+        if self.source not in CALIBRATION_SOURCES:
+            raise choice_error("strategy.calibration.source", self.source, CALIBRATION_SOURCES)
+        for key in ("tokens", "seq_len", "sample"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"strategy.calibration.{key}={value!r} is not supported; allowed: an integer >= 1")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"strategy.calibration.seed={self.seed!r} is not supported; allowed: an integer")
+        return self
+
+
+@dataclasses.dataclass
+class Calibration:
+    tokens: int
+    act_sq: torch.Tensor | None = None  # (L, I) fp32, sum_t a_tj^2
+    gate_values: list[torch.Tensor] | None = None  # per layer, fp32 |g| values (a sample, or all of them)
+
+
+# ---------------------------------------------------------------------------------------------------- the text
+def calibration_sequences(tokenizer, spec: CalibrationSpec) -> list[torch.Tensor]:
+    """The first spec.tokens tokens of the calibration text, as 1-D LongTensors of at most spec.seq_len tokens."""
+    from dart.data.texts import CALIBRATION_SOURCES
+
+    if tokenizer is None:
+        raise ConfigError("the calibration needs the model's tokenizer (strategy.attach(model, tokenizer))")
+    text = CALIBRATION_SOURCES[spec.source]()
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) < spec.tokens:
+        raise ConfigError(
+            f"strategy.calibration.tokens={spec.tokens} is more than the calibration text {spec.source!r} holds with "
+            f"this tokenizer; allowed: 1..{len(ids)}"
+        )
+    return list(torch.tensor(ids[: spec.tokens], dtype=torch.long).split(spec.seq_len))
+
+
+# ---------------------------------------------------------------------------------------------- the activations
+def ffn_activations(w: FFNWeights, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(g, a) of one FFN input x (..., D): g = act(gate x) (gated) or act(fc x) (plain); a = g * (up x) or g."""
+    if w.gated:
+        (gate, up), (bg, bu) = w.w_in, w.b_in
+        g = w.act(F.linear(x, gate, bg))
+        return g, g * F.linear(x, up, bu)
+    g = w.act(F.linear(x, w.w_in[0], w.b_in[0]))
+    return g, g
+
+
+def sample_counts(lengths: Sequence[int], width: int, sample: int) -> list[int]:
+    """How many |g| values each sequence contributes per layer: all when the calibration holds at most `sample`
+    values, else `sample` in all, spread over the sequences in proportion to their token counts."""
+    total = sum(lengths) * width
+    if total <= sample:
+        return [n * width for n in lengths]
+    cum, out = 0, []
+    for n in lengths:
+        before, cum = cum, cum + n * width
+        out.append(sample * cum // total - sample * before // total)
+    return out
+
+
+@torch.no_grad()
+def calibrate(model, sequences: Sequence[torch.Tensor], norms: bool = False, gate_sample: int = 0, seed: int = 0) -> Calibration:
+    """Run the dense model over the calibration sequences and collect, per layer, the activation sums of squares
+    (norms=True) and/or a sample of gate_sample |g| values (drawn uniformly, with replacement, by a generator
+    seeded with `seed`; every value when the calibration holds no more than that)."""
+    adapter = adapter_for(model)
+    layers = adapter.layers(model)
+    weights = [adapter.weights(adapter.ffn(layer)) for layer in layers]
+    L, I = len(layers), weights[0].w_in[0].shape[0]
+    device = weights[0].w_down_t.device
+    act_sq = torch.zeros(L, I, dtype=torch.float32, device=device) if norms else None
+    counts = sample_counts([s.numel() for s in sequences], I, gate_sample) if gate_sample else None
+    parts: list[list[torch.Tensor]] = [[] for _ in range(L)]
+    gen = torch.Generator(device=device).manual_seed(int(seed))
+    current = {"seq": 0}
+
+    def hook(l: int):
+        def fn(module, args, kwargs):
+            x = args[0] if args else next(iter(kwargs.values()))
+            g, a = ffn_activations(weights[l], x)
+            if act_sq is not None:
+                act_sq[l] += a.float().square().reshape(-1, I).sum(dim=0)
+            if counts is not None:
+                values = g.reshape(-1).abs().float()
+                n = counts[current["seq"]]
+                if n < values.numel():
+                    values = values[torch.randint(values.numel(), (n,), generator=gen, device=device)]
+                parts[l].append(values)
+            return None
+        return fn
+
+    handles = [adapter.ffn(layer).register_forward_pre_hook(hook(l), with_kwargs=True) for l, layer in enumerate(layers)]
+    try:
+        for i, ids in enumerate(sequences):
+            current["seq"] = i
+            model(input_ids=ids.reshape(1, -1).to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    gate_values = [torch.cat(p) for p in parts] if counts is not None else None
+    return Calibration(tokens=sum(s.numel() for s in sequences), act_sq=act_sq, gate_values=gate_values)
+
+
+# ------------------------------------------------------------------------------------------ static: the scores
+def _row_norms(t: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(t, dim=1, dtype=torch.float32)
+
+
+def neuron_scores(kind: str, weights: Sequence[FFNWeights], act_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """Static neuron scores (L, I) in fp32 (W_down is the (D, I) down projection, so W_down[:, j] = w_down_t[j]):
+
+    act_norm: ||a_j||                          the L2 norm of neuron j's activation over the calibration tokens
+    wanda:    ||a_j|| * ||W_down[:, j]||       Wanda (Sun et al. 2024) scores weight W_down[i, j] by
+              |W_down[i, j]| * ||X_j|| with X_j = a_j, the down projection's j-th input; this is the L2 norm of
+              those scores over neuron j's column
+    weight:   gated: ||W_gate[j, :]|| * ||W_up[j, :]||  (GRIFFIN's weight-magnitude baseline; no data)
+              plain: ||W_fc[j, :]|| * ||W_down[:, j]||   (the neuron's one input row times its output column)
+    """
+    if kind not in SCORES:
+        raise choice_error("strategy.score", kind, SCORES)
+    if kind == "weight":
+        return torch.stack([
+            _row_norms(w.w_in[0]) * (_row_norms(w.w_in[1]) if w.gated else _row_norms(w.w_down_t)) for w in weights
+        ])
+    if act_sq is None:
+        raise ValueError(f"score {kind} needs calibration activations")
+    norm = act_sq.float().sqrt()
+    if kind == "act_norm":
+        return norm
+    return norm * torch.stack([_row_norms(w.w_down_t) for w in weights]).to(norm.device)
+
+
+def static_masks(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """(L, I) bool: the k = floor((1 - sparsity) I) highest scores of every layer (the engine's uniform top-k)."""
+    L, I = scores.shape
+    return topk_mask(scores[:, None, :], uniform_keep(L, I, sparsity))[:, 0]
+
+
+# ------------------------------------------------------------------------------------------- cats: thresholds
+def quantile_threshold(values: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The threshold t (0-d fp32) below which a `sparsity` fraction of `values` fall: with n values and
+    k = floor(sparsity n), t is the (k+1)-th smallest value, so exactly k values are < t (ties aside); t = 0 when
+    k = 0 (nothing is zeroed). An exact order statistic by torch.kthvalue: no size limit (torch.quantile refuses
+    inputs above 2^24 elements) and no interpolation, so t is one of the values themselves and stays exact when
+    compared in the model's dtype."""
+    v = values.reshape(-1).float()
+    k = math.floor(float(sparsity) * v.numel() + 1e-9)
+    if k <= 0:
+        return torch.zeros((), dtype=torch.float32, device=v.device)
+    return v.kthvalue(k + 1).values

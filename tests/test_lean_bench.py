@@ -1,0 +1,120 @@
+"""The lean decode loop (dart.engine.lean) against transformers, and `python -m dart.bench` on a tiny model."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import REPO, tiny_gpt2, tiny_llama  # noqa: E402
+from dart.bench.decode import weight_bytes_per_token  # noqa: E402
+from dart.engine.lean import LeanDecoder  # noqa: E402
+from dart.errors import ConfigError  # noqa: E402
+from dart.strategies import Dart, StaticPrompt  # noqa: E402
+
+IDS = torch.tensor([[5, 17, 99, 3, 42, 77, 12, 8, 64, 31], [9, 1, 2, 120, 7, 7, 55, 60, 101, 4]])
+
+
+@pytest.fixture(autouse=True)
+def _priors_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DART_CACHE", str(tmp_path / "cache"))
+
+
+def model():
+    m = tiny_llama(layers=3, vocab=128)
+    m.generation_config.eos_token_id = None
+    m.generation_config.pad_token_id = 0
+    return m
+
+
+def hf_generate(m, ids, n):
+    out = m.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                     output_logits=True, return_dict_in_generate=True)
+    return out.sequences[:, ids.shape[1]:], torch.stack(out.logits, dim=1)
+
+
+def test_lean_forward_matches_the_model_in_prefill_and_chunks():
+    m = model()
+    ref = m(IDS).logits
+    dec = LeanDecoder(m, 32, batch=2)
+    torch.testing.assert_close(dec.forward(IDS, 0, last_only=False), ref, atol=1e-5, rtol=1e-5)
+    dec2 = LeanDecoder(m, 32, batch=2)
+    dec2.forward(IDS[:, :4], 0)  # a chunk after cached tokens needs the offset causal mask
+    torch.testing.assert_close(dec2.forward(IDS[:, 4:], 4, last_only=False), ref[:, 4:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: None,
+    lambda: StaticPrompt(sparsity=0.5, execution="compact"),
+    lambda: StaticPrompt(sparsity=0.7, execution="masked"),
+    lambda: Dart(sparsity=0.5, masking_step=2, drift=dict(window=3, sigma_scale=0.0, min_margin=0.0)),
+], ids=["dense", "static_compact", "static_masked", "dart_drift"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_lean_generate_equals_transformers_generate_with_the_engine(make, batch):
+    ids = IDS[:batch]
+    m = model()
+    strat = make()
+    if strat is not None:
+        strat.attach(m)
+    hf_tokens, _ = hf_generate(m, ids, 16)
+    hf_triggers = [dict(t) for t in strat.controller.triggers] if strat else []
+    c = strat.controller if strat else None
+    lean = LeanDecoder(m, ids.shape[1] + 16, batch=batch, controller=c).generate(ids, 16)
+    assert torch.equal(lean, hf_tokens)
+    if strat is not None:
+        new = strat.controller.triggers[len(hf_triggers):]
+        assert [(t["row"], t["step"]) for t in new] == [(t["row"], t["step"]) for t in hf_triggers]
+        if strat.name == "dart":
+            assert len(hf_triggers) > 0  # margin 0 and a 3-token window: the detector does fire here
+        if strat.spec.execution == "compact" and batch == 1:
+            assert strat.controller.compacted and sum(strat.controller.kept_prefix) == 3 * 32
+        strat.detach()
+
+
+def test_lean_loop_names_the_supported_architectures():
+    with pytest.raises(ConfigError, match="llama, mistral, qwen2, qwen3.*'gpt2'"):
+        LeanDecoder(tiny_gpt2(), 16)
+
+
+def test_weight_bytes_per_token_by_hand():
+    m = tiny_llama(layers=2, hidden=32, inter=64, vocab=128)  # untied head
+    wb = weight_bytes_per_token(m, ffn_kept=0.25)
+    D, I, V, L = 32, 64, 128, 2
+    attn = D * D + 2 * D * (D // 2) + D * D  # q, k, v (2 of 4 heads for kv), o
+    layer = attn + 3 * D * I + 2 * D  # + gate, up, down + two norms
+    dense = 4 * (L * layer + D + V * D)  # fp32; the final norm and the head; the embedding is a lookup
+    assert wb["dense"] == dense and wb["ffn"] == 4 * L * 3 * D * I
+    assert wb["pruned"] == dense - 0.75 * wb["ffn"] and wb["limit"] == pytest.approx(dense / wb["pruned"])
+
+
+def test_bench_cli_writes_json_markdown_and_plot(tmp_path):
+    import subprocess
+
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dart.bench", "model=tiny_llama", "repeats=2", "warmup=0", "new_tokens=6",
+         "prompt_tokens=16", "sparsities=[0.5]", "remask_demo=false", f"out={out}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "bench.json").read_text())
+    rows = {(r["loop"], r["mode"], r["sparsity"]): r for r in res["rows"]}
+    assert set(rows) == {(loop, mode, s) for loop in ("lean", "hf") for mode, s in
+                         (("dense", 0.0), ("masked", 0.5), ("compacted", 0.5))}
+    for r in rows.values():
+        assert len(r["tokens_per_s_all"]) == 2 and r["tokens_per_s"] > 0
+    # compacted and masked execution of the same mask write the same text
+    assert rows[("lean", "masked", 0.5)]["token_agreement_with_dense"] == rows[("lean", "compacted", 0.5)]["token_agreement_with_dense"]
+    assert rows[("lean", "compacted", 0.5)]["achieved_sparsity"] == 0.5
+    assert rows[("lean", "dense", 0.0)]["speedup"] == 1.0
+    assert (out / "bench.md").read_text().count("| lean |") == 3 and (out / "speedup.png").stat().st_size > 1000
+
+
+def test_bench_rejects_bad_values(tmp_path):
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "dart.bench", "model=tiny_llama", "modes=[dense,fast]",
+                           f"out={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "fast" in proc.stderr and "compacted" in proc.stderr
