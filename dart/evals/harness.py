@@ -6,8 +6,8 @@ takes its statistics from the prompt (context[:-1]) and prunes from the last con
 that predict the continuation (GRIFFIN's classification mode); compat traces and prunes every position in the
 same pass, as published. Every row of a batch gets its own prompt length, statistics and masks, and padding
 never enters the statistics, so the batch size does not change results. Where the drift detector could act
-inside a continuation (DART with m + W <= its length), that request is run exactly as teacher-forced decoding,
-one token per forward.
+inside a continuation (DART under causal with m + W <= its length), that request is run exactly as teacher-forced
+decoding, one token per forward; compat always scores in one forward, as published.
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ class DartLM(HFLM):
 
     def _needs_decode(self, cont_len: int) -> bool:
         c = self.controller
-        if c is None or c.detector is None:
-            return False
+        if c is None or c.detector is None or c.spec.protocol == "compat":
+            return False  # compat is the published same-pass scoring: one forward, the detector never acts
         return cont_len >= max(c.spec.masking_step, 1) + c.detector.W
 
     def _batch_logits(self, ids: torch.Tensor, mask: torch.Tensor, prompt_len: torch.Tensor) -> torch.Tensor:
@@ -79,22 +79,28 @@ class DartLM(HFLM):
                 mask[i, : len(x)] = 1
             ids, mask = ids.to(self.device), mask.to(self.device)
             exact = [self._needs_decode(len(c)) for c in conts]
-            logits = None
-            if not all(exact):
-                logits = self._batch_logits(ids, mask, torch.tensor(prompts, device=self.device))
+            batched = [i for i, e in enumerate(exact) if not e]
+            rows: dict[int, torch.Tensor] = {}
+            if batched:  # one forward over the requests that are not decoded (the decoded ones would be wasted)
+                width = max(len(inputs[i]) for i in batched)
+                sel = torch.tensor(batched, device=self.device)
+                out = self._batch_logits(ids[sel, :width], mask[sel, :width],
+                                         torch.tensor([prompts[i] for i in batched], device=self.device))
+                rows = {i: out[j] for j, i in enumerate(batched)}
+            scores = []
             for i, (inp, cont) in enumerate(zip(inputs, conts)):
                 if exact[i]:
                     self.exact_requests += 1
                     # prompt = context[:-1]; the last context token is the first teacher-forced decode input
                     row = self._decode_logits(inp + [0], max(1, prompts[i] - 1))[: len(inp)]
                 else:
-                    row = logits[i, : len(inp)].float()
+                    row = rows[i][: len(inp)].float()
                 lp = row[len(inp) - len(cont) :].log_softmax(-1)
                 target = torch.tensor(cont, device=lp.device)
-                logprob = lp.gather(-1, target[:, None]).sum()
-                greedy = bool((lp.argmax(-1) == target).all())
-                results.append((float(logprob), greedy))
-                bar.update(1)
+                scores.append(torch.stack([lp.gather(-1, target[:, None]).sum(), (lp.argmax(-1) == target).all().float()]))
+            for logprob, greedy in torch.stack(scores).tolist():  # one device read per batch
+                results.append((logprob, greedy > 0.5))
+            bar.update(len(chunk))
         bar.close()
         return order.get_original(results)
 

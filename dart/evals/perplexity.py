@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from dart.errors import choice_error
+from dart.errors import ConfigError, choice_error
 from dart.evals.base import Evaluator
 
 PROTOCOLS = ("sliding", "chunks")
@@ -32,8 +32,21 @@ class Window:
     n_scored: int  # the last n_scored tokens are scored
 
 
+def check_windows(protocol: str, window: int, stride: int) -> None:
+    """A window scores at least one token, and sliding windows overlap: with stride >= window the first token
+    of each window would have no context inside it, so it could not be scored (it would be skipped)."""
+    if protocol not in PROTOCOLS:
+        raise choice_error("eval.protocol", protocol, PROTOCOLS)
+    if int(window) < 2:
+        raise ConfigError(f"eval.window={window!r} must be >= 2 (a window scores window - 1 tokens at most)")
+    if protocol == "sliding" and not 1 <= int(stride) < int(window):
+        raise ConfigError(f"eval.stride={stride!r} must be in [1, eval.window) = [1, {window}) for protocol=sliding "
+                          "(use protocol=chunks for non-overlapping windows)")
+
+
 def windows(ids: torch.Tensor, protocol: str, window: int, stride: int) -> list[tuple[int, int, int]]:
     """(begin, end, n_scored) of every window over a 1-D token sequence."""
+    check_windows(protocol, window, stride)
     n = ids.numel()
     out = []
     if protocol == "chunks":
@@ -58,8 +71,7 @@ class Perplexity(Evaluator):
     def __init__(self, texts=("news",), protocol="sliding", window=1024, stride=256, limit=None, mode="auto",
                  prime=64, batch_size=1, name=None, **kwargs):
         super().__init__(name=name, limit=limit)
-        if protocol not in PROTOCOLS:
-            raise choice_error("eval.protocol", protocol, PROTOCOLS)
+        check_windows(protocol, window, stride)
         if mode not in MODES:
             raise choice_error("eval.mode", mode, MODES)
         from dart.data.texts import TEXT_SOURCES
