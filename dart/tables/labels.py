@@ -1,0 +1,106 @@
+"""Row labels: what a reader calls a run ("DART 70%", "GRIFFIN 50%", "Dense"), plus the knobs that tell apart
+runs of one strategy inside a sweep ("DART 70% (ranking=max)"), and the order rows and models are shown in."""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+STRATEGY_NAMES = {"dense": "Dense", "static": "Static (calib.)", "static_prompt": "Static (prompt)", "cats": "CATS",
+                  "griffin": "GRIFFIN", "dart": "DART"}
+STRATEGY_ORDER = ("dense", "static", "cats", "static_prompt", "griffin", "dart")
+MODEL_ORDER = ("llama3_8b", "llama32_3b", "llama2_7b", "mistral_7b", "qwen3_4b", "llama32_3b_instruct")
+MODEL_NAMES = {"llama3_8b": "Llama-3.1-8B", "llama32_3b": "Llama-3.2-3B", "llama2_7b": "Llama-2-7B",
+               "mistral_7b": "Mistral-7B", "qwen3_4b": "Qwen3-4B", "llama32_3b_instruct": "Llama-3.2-3B-Instruct",
+               "smollm2_135m": "SmolLM2-135M", "gemma3_270m": "Gemma3-270M"}
+# config parts that are not knobs of a row: the model has its own column, the rest never changes a result
+NOT_KNOB_PREFIXES = ("model.",)
+NOT_KNOB_KEYS = ("strategy._target_", "strategy.name", "sparsity", "eval._target_", "eval.name")
+
+
+def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v
+    return out
+
+
+def short_key(key: str) -> str:
+    """strategy.drift.enabled -> drift.enabled; ranking.name -> ranking."""
+    if key.startswith("strategy."):
+        key = key[len("strategy."):]
+    if key.endswith(".name"):
+        key = key[: -len(".name")]
+    return key
+
+
+def fmt_value(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    return str(v)
+
+
+def strategy_name(name: str) -> str:
+    return STRATEGY_NAMES.get(name, name)
+
+
+def model_name(name: str) -> str:
+    return MODEL_NAMES.get(name, name)
+
+
+def base_label(strategy: str, sparsity: float | None) -> str:
+    if strategy == "dense" or sparsity is None:
+        return strategy_name(strategy)
+    return f"{strategy_name(strategy)} {round(float(sparsity) * 100):g}%"
+
+
+def varying_knobs(configs: Iterable[dict]) -> list[str]:
+    """Config keys (flattened) whose value differs between the given configs, knobs only."""
+    flats = [flatten(c) for c in configs]
+    keys = sorted(set().union(*flats)) if flats else []
+    out = []
+    for k in keys:
+        if k in NOT_KNOB_KEYS or k.startswith(NOT_KNOB_PREFIXES):
+            continue
+        if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1:
+            out.append(k)
+    return out
+
+
+def assign_labels(configs: list[dict]) -> list[tuple[str, tuple]]:
+    """(label, sort key) per config. Knobs are the keys that vary between configs of the SAME strategy, so that
+    a sweep over e.g. `ranking` labels its rows "DART 70% (ranking=max)", while the ten-benchmark table's rows
+    stay "DART 70%" although GRIFFIN and DART differ in many strategy keys."""
+    by_strategy: dict[str, list[int]] = {}
+    for i, c in enumerate(configs):
+        by_strategy.setdefault((c.get("strategy") or {}).get("name", "?"), []).append(i)
+    out: list[tuple[str, tuple]] = [("", ())] * len(configs)
+    for strategy, idx in by_strategy.items():
+        knobs = varying_knobs([configs[i] for i in idx])
+        for i in idx:
+            flat = flatten(configs[i])
+            sparsity = configs[i].get("sparsity")
+            label = base_label(strategy, sparsity)
+            if knobs:
+                label += " (" + ", ".join(f"{short_key(k)}={fmt_value(flat.get(k))}" for k in knobs) + ")"
+            rank = STRATEGY_ORDER.index(strategy) if strategy in STRATEGY_ORDER else len(STRATEGY_ORDER)
+            knob_key = tuple(_sortable(flat.get(k)) for k in knobs)
+            out[i] = (label, (rank, strategy, float(sparsity or 0.0), knob_key))
+    return out
+
+
+def _sortable(v: Any) -> tuple:
+    if isinstance(v, bool) or v is None:
+        return (0, str(v))
+    if isinstance(v, (int, float)):
+        return (1, float(v))
+    return (2, str(v))
+
+
+def model_sort_key(name: str) -> tuple:
+    return (MODEL_ORDER.index(name) if name in MODEL_ORDER else len(MODEL_ORDER), name)

@@ -1,0 +1,121 @@
+"""Figures from collected runs (matplotlib, Agg): accuracy vs sparsity per strategy, ROUGE-L bars beside the
+paper's, and the drift detector's window cosine over a generation (from results.json `drift.windows`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dart.tables.collect import Record, drift_windows
+from dart.tables.labels import base_label, model_name, model_sort_key, strategy_name
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+    return path
+
+
+def accuracy_vs_sparsity(records: list[Record], averages: dict[str, float | None], path: Path,
+                         metric: str = "acc") -> Path | None:
+    """One panel per model: the ten-benchmark average against sparsity, one line per strategy (plus its knobs),
+    dense as a dashed horizontal line. None when no series has two sparsities."""
+    points: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    dense: dict[str, float] = {}
+    for r in records:
+        avg = averages.get(r.source)
+        if avg is None:
+            continue
+        if r.strategy == "dense":
+            dense[r.model] = avg
+            continue
+        series = strategy_name(r.strategy) + r.label[len(base_label(r.strategy, r.sparsity)):]
+        points.setdefault(r.model, {}).setdefault(series, []).append((100 * float(r.sparsity or 0), 100 * avg))
+    if not any(len({x for x, _ in pts}) > 1 for series in points.values() for pts in series.values()):
+        return None  # every series is one point (e.g. an ablation at one sparsity): no curve to draw
+    plt = _plt()
+    models = sorted(set(points) | set(dense), key=model_sort_key)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        for i, (series, pts) in enumerate(sorted(points.get(m, {}).items())):
+            pts = sorted(pts)  # distinct markers and dashes: equal series stay visible on top of each other
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="os^Dv<>p"[i % 8], ls=("-", "--", ":", "-.")[i % 4],
+                    ms=7 - i % 3, label=series)
+        if m in dense:
+            ax.axhline(100 * dense[m], color="black", ls="--", lw=1, label="Dense")
+        ax.set_title(model_name(m), fontsize=10)
+        ax.set_xlabel("FFN sparsity (%)")
+        ax.set_ylabel(f"average {metric} (%)")
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def rouge_bars(bars: dict, path: Path, metric: str = "rougeL") -> Path | None:
+    """Grouped bars per data set: ours per method, the paper's (hatched) where it has a number; one panel per model."""
+    models = sorted({m for m, _ in bars}, key=model_sort_key)
+    if not any(v is not None for cell in bars.values() for v in cell["ours"].values()):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(len(models), 1, figsize=(9, 3.4 * len(models)), squeeze=False)
+    for ax, m in zip(axes[:, 0], models):
+        datasets = [d for mm, d in bars if mm == m]
+        series = []  # (name, values per data set, hatched)
+        labels = list(next(bars[(m, d)] for d in datasets)["ours"]) if datasets else []
+        for lab in labels:
+            series.append((lab, [bars[(m, d)]["ours"].get(lab) for d in datasets], False))
+        paper_names = [c for d in datasets for c in bars[(m, d)]["paper"]]
+        for c in dict.fromkeys(paper_names):
+            series.append((f"paper: {c}", [bars[(m, d)]["paper"].get(c) for d in datasets], True))
+        width = 0.8 / max(len(series), 1)
+        for i, (name, vals, hatched) in enumerate(series):
+            xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(datasets))]
+            ys = [v if v is not None else 0.0 for v in vals]
+            bars_ = ax.bar(xs, ys, width, label=name, hatch="//" if hatched else None, alpha=0.6 if hatched else 1.0)
+            for b, v in zip(bars_, vals):
+                if v is None:  # missing: no bar, a marker instead of a zero-height bar that reads as 0
+                    b.set_visible(False)
+                    ax.text(b.get_x() + b.get_width() / 2, 0, "–", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(datasets)), datasets)
+        ax.set_ylabel(metric)
+        ax.set_title(model_name(m), fontsize=10)
+        ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def drift_traces(record: Record, path: Path, max_panels: int = 12) -> Path | None:
+    """The window cosine against the threshold over decode steps, one panel per request, triggers marked."""
+    by_request = drift_windows(record)
+    if not by_request:
+        return None
+    triggers = {}
+    for t in ((record.results.get("drift") or {}).get("triggers") or []):
+        triggers.setdefault(int(t.get("request", 0)), []).append(t)
+    requests = sorted(by_request)[:max_panels]
+    plt = _plt()
+    fig, axes = plt.subplots(len(requests), 1, figsize=(8, 2.4 * len(requests)), squeeze=False)
+    for ax, req in zip(axes[:, 0], requests):
+        ws = sorted(by_request[req], key=lambda w: w["step"])
+        cuts = sorted(t["step"] for t in triggers.get(req, []))
+        steps, cos, tau = [], [], []
+        for w in ws:  # a re-trace starts a new baseline and threshold: break the line there
+            if steps and any(steps[-1] <= c < w["step"] for c in cuts):
+                steps.append(float("nan")), cos.append(float("nan")), tau.append(float("nan"))
+            steps.append(w["step"]), cos.append(w["cosine"]), tau.append(w["threshold"])
+        ax.plot(steps, cos, "o-", ms=3, lw=1, label="window cosine vs baseline")
+        ax.plot(steps, tau, "-", color="tab:orange", lw=1, label="threshold tau")
+        for i, c in enumerate(cuts):
+            ax.axvline(c, color="tab:red", ls="--", lw=1, label="trigger (re-trace)" if i == 0 else None)
+        ax.set_title(f"{model_name(record.model)} / {record.label}: request {req}", fontsize=9)
+        ax.set_ylabel("cosine")
+        ax.legend(fontsize=7, loc="best")
+    axes[-1, 0].set_xlabel("forward (decode step)")
+    return _save(fig, path)
