@@ -87,10 +87,20 @@ def versions() -> dict[str, str]:
 
 def run(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str, Any] | None:
     t0 = time.perf_counter()
-    check_config(cfg)
     config = result_config(cfg)
     chash = config_hash(config)
     path = run_dir / RESULTS
+    try:
+        check_config(cfg)
+    except DartError as e:
+        if not multirun:
+            raise
+        # one job of a sweep with a bad value (say sparsity=0.5,1.5): record it and let the others run
+        failed = {"schema": SCHEMA, "status": "failed", "error": f"{type(e).__name__}: {e}", "config": config,
+                  "config_hash": chash}
+        write_json_atomic(path, failed)
+        print(f"[dart] job failed, the sweep goes on: {run_dir}: {e}", flush=True)
+        return failed
     if cfg.resume and is_complete(read_results(path), chash):
         print(f"[dart] {run_dir}: finished earlier with the same config; skipping (resume=false to recompute)")
         return read_results(path)

@@ -6,9 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# One intra-op thread per test process (and per CLI subprocess): the suite runs its files in parallel
+# (pytest-xdist, one worker per core), and oversubscribed OpenMP pools on a 2-core machine run 4x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

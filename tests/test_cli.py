@@ -77,13 +77,16 @@ def test_tiny_run_writes_results_and_offline_wandb(tmp_path):
 
 
 def test_multirun_writes_one_folder_per_job(tmp_path):
-    proc = run_cli("-m", "sparsity=0.5,0.7", "model=tiny_llama", "eval=smoke", "strategy=static_prompt", "logger=none",
-                   f"hydra.sweep.dir={tmp_path}")
+    # a bad value in one job is recorded as that job's failure; the jobs after it still run
+    proc = run_cli("-m", "sparsity=0.5,1.5,0.7", "model=tiny_llama", "eval=smoke", "strategy=static_prompt",
+                   "logger=none", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = {}
     for path in tmp_path.rglob("results.json"):
         res = json.loads(path.read_text())
         found[res["config"]["sparsity"]] = res
-    assert sorted(found) == [0.5, 0.7]
+    assert sorted(found) == [0.5, 0.7, 1.5]
+    bad = found.pop(1.5)
+    assert bad["status"] == "failed" and "sparsity=1.5" in bad["error"] and "[0, 1)" in bad["error"]
     assert all(r["status"] == "complete" for r in found.values())
     assert found[0.7]["sparsity"]["achieved"] == pytest.approx(0.7, abs=0.01)
