@@ -49,6 +49,24 @@ def _relayout(param: nn.Parameter, neuron_major: torch.Tensor, transposed: bool)
     return neuron_major
 
 
+def forward_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The (B, T, ...) input of a causal LM's forward (input_ids, inputs_embeds, or the first positional)."""
+    x = kwargs.get("input_ids")
+    if x is None:
+        x = kwargs.get("inputs_embeds")
+    if x is None and args:
+        x = args[0]
+    return x
+
+
+def restore_ffn(adapter: "Adapter", layer: nn.Module, original: nn.Module) -> None:
+    """Put a layer's original FFN back, and undo the canonical re-layout: bit for bit the original model."""
+    adapter.set_ffn(layer, original)
+    for p in original.parameters():
+        if not p.data.is_contiguous():
+            p.data = p.data.contiguous()
+
+
 class Adapter:
     """Base adapter; subclasses name the modules of one architecture family."""
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dart.engine.adapters import FFNWeights, adapter_for
+from dart.engine.adapters import FFNWeights, adapter_for, forward_input, restore_ffn
 
 
 class ThresholdFFN(nn.Module):
@@ -84,10 +84,7 @@ class ThresholdEngine:
             h.remove()
         self._hooks.clear()
         for layer, ffn in zip(self.layers, self.ffns):
-            self.adapter.set_ffn(layer, ffn.original)
-            for p in ffn.original.parameters():  # undo the adapter's re-layout: bit for bit the original model
-                if not p.data.is_contiguous():
-                    p.data = p.data.contiguous()
+            restore_ffn(self.adapter, layer, ffn.original)
 
     @contextlib.contextmanager
     def paused(self):
@@ -101,12 +98,7 @@ class ThresholdEngine:
     def _begin(self, module, args, kwargs):
         if self.is_paused:
             return None
-        x = kwargs.get("input_ids")
-        if x is None:
-            x = kwargs.get("inputs_embeds")
-        if x is None and args:
-            x = args[0]
-        B, T = x.shape[:2]
+        B, T = forward_input(args, kwargs).shape[:2]
         mask = kwargs.get("attention_mask")
         self._valid = mask[:, -T:].to(torch.float32) if torch.is_tensor(mask) and mask.dim() == 2 else None
         self.tokens += float(B * T) if self._valid is None else self._valid.sum()

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from dart.engine.adapters import adapter_for
+from dart.engine.adapters import adapter_for, forward_input, restore_ffn
 from dart.engine.allocation import auto_prune_fractions, keep_from_prune, list_keep, uniform_keep
 from dart.engine.drift import DriftDetector
 from dart.engine.ffn import PrunableFFN, permute_neurons
@@ -145,10 +145,7 @@ class Controller:
         for l, (layer, ffn) in enumerate(zip(self.layers, self.ffns)):
             if not torch.equal(self.order[l], torch.arange(self.I, dtype=torch.int32, device=self.device)):
                 permute_neurons(ffn.w, self.order[l].argsort().long())  # back to the original order
-            self.adapter.set_ffn(layer, ffn.original)
-            for p in ffn.original.parameters():  # undo the adapter's re-layout: bit for bit the original model
-                if not p.data.is_contiguous():
-                    p.data = p.data.contiguous()
+            restore_ffn(self.adapter, layer, ffn.original)
         self.order = torch.arange(self.I, dtype=torch.int32, device=self.device).repeat(self.L, 1)
 
     def _attn_width(self, layer) -> int:
@@ -223,11 +220,7 @@ class Controller:
         if self._paused:
             self.plan = IDLE
             return None
-        x = kwargs.get("input_ids")
-        if x is None:
-            x = kwargs.get("inputs_embeds")
-        if x is None and args:
-            x = args[0]
+        x = forward_input(args, kwargs)
         cache = kwargs.get("past_key_values")
         past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
         mask = kwargs.get("attention_mask")
