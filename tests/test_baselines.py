@@ -30,14 +30,6 @@ BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
 SMALL_CAL = {"tokens": 1024, "seq_len": 256}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tok():
     from dart.models.tokenizers import tiny_tokenizer

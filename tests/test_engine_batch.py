@@ -21,14 +21,6 @@ LENS = [3, 5, 8, 4, 6, 7, 2, 5]
 CONT = [2, 1, 3, 4, 1, 2, 3, 2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def _priors_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DART_CACHE", str(tmp_path / "cache"))

@@ -18,14 +18,6 @@ from dart.engine.drift import DriftDetector  # noqa: E402
 from dart.engine.spec import DriftSpec, EngineSpec  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cos(u, v) -> float:
     u, v = [float(x) for x in u], [float(x) for x in v]
     dot = sum(a * b for a, b in zip(u, v))

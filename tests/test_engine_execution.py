@@ -22,14 +22,6 @@ BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "neox": tiny_neox}
 PROMPT = torch.tensor([[5, 17, 99, 3, 42, 77, 12]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def _priors_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DART_CACHE", str(tmp_path / "cache"))

@@ -25,15 +25,6 @@ LAYERS, INTER = 2, 64
 NO_DRIFT = DriftSpec(enabled=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not stall when other processes share the cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class Reference:
     """A plain tiny Llama (same weights and layout as the engine's) with recording / masking hooks."""
 

@@ -29,15 +29,6 @@ LAYERS, INTER, VOCAB = 2, 64, 1024  # VOCAB: the tiny BPE's size
 NO_DRIFT = {"enabled": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not stall when other processes share the cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tok():
     from dart.models.tokenizers import tiny_tokenizer

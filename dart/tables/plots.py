@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dart.evals.plots import draw_drift_trace
 from dart.tables.collect import Record, drift_windows
 from dart.tables.labels import base_label, model_name, model_sort_key, strategy_name
 
@@ -104,16 +105,7 @@ def drift_traces(record: Record, path: Path, max_panels: int = 12) -> Path | Non
     fig, axes = plt.subplots(len(requests), 1, figsize=(8, 2.4 * len(requests)), squeeze=False)
     for ax, req in zip(axes[:, 0], requests):
         ws = sorted(by_request[req], key=lambda w: w["step"])
-        cuts = sorted(t["step"] for t in triggers.get(req, []))
-        steps, cos, tau = [], [], []
-        for w in ws:  # a re-trace starts a new baseline and threshold: break the line there
-            if steps and any(steps[-1] <= c < w["step"] for c in cuts):
-                steps.append(float("nan")), cos.append(float("nan")), tau.append(float("nan"))
-            steps.append(w["step"]), cos.append(w["cosine"]), tau.append(w["threshold"])
-        ax.plot(steps, cos, "o-", ms=3, lw=1, label="window cosine vs baseline")
-        ax.plot(steps, tau, "-", color="tab:orange", lw=1, label="threshold tau")
-        for i, c in enumerate(cuts):
-            ax.axvline(c, color="tab:red", ls="--", lw=1, label="trigger (re-trace)" if i == 0 else None)
+        draw_drift_trace(ax, ws, [t["step"] for t in triggers.get(req, [])])
         ax.set_title(f"{model_name(record.model)} / {record.label}: request {req}", fontsize=9)
         ax.set_ylabel("cosine")
         ax.legend(fontsize=7, loc="best")
