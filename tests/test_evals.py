@@ -141,14 +141,15 @@ def test_perplexity_by_hand(digits, tmp_path, protocol, expected, ppl, mode):
     assert ev.extra["tokens_scored"]["news"] == sum(s for (_, _, s), _ in expected)
     assert ev.extra["mode"] == mode
     # what the model saw: each window's ids but its last token (prefill: one forward), or its first token as the
-    # prompt (prime 1; the window's unscored context is 1 token) and then one token per cached forward (decode)
+    # prompt (prime 1; the window's unscored context is 1 token) and then the teacher-forced rest in one cached
+    # forward (decode: a strategy without a schedule needs no more; dart.engine.forcing)
     calls = []
     for (b, e, s), _ in expected:
         if mode == "prefill":
             calls.append((IDS[b : e - 1], False))
         else:
             p = e - b - s  # the window's unscored context: the prompt (prime 1 is never longer)
-            calls += [(IDS[b : b + p], True)] + [([IDS[t]], True) for t in range(b + p, e - 1)]
+            calls += [(IDS[b : b + p], True)] + ([(IDS[b + p : e - 1], True)] if e - 1 > b + p else [])
     assert stub.calls == calls
 
 
@@ -366,12 +367,12 @@ def test_harness_scores_with_the_protocol(tok):
     assert lp == pytest.approx(float(direct), abs=1e-5)
     assert dense_lp == pytest.approx(float(plain), abs=1e-5)
     assert abs(lp - dense_lp) > 1e-3
-    assert lm.exact_requests == 0
+    assert lm.stats == {"requests": 1, "prompts": 1, "rows": 1, "one_pass": 0}
 
 
 @pytest.mark.parametrize("protocol", ["causal", "compat"])
 def test_harness_long_continuation_path(tok, protocol):
-    """Continuations of >= m + W tokens: causal runs them as teacher-forced decoding (the detector live); compat is
+    """Continuations of >= m + W tokens: causal scores them as teacher-forced decoding (the detector live); compat is
     the published same pass, one forward whatever the length (before a fix, DART's default drift detector sent
     compat requests down the decode path, which traces the context only)."""
     from dart.evals.decoding import token_logprobs
@@ -387,34 +388,38 @@ def test_harness_long_continuation_path(tok, protocol):
     if protocol == "compat":
         logits = s.controller.score(m, full[:, :-1], torch.tensor([12]))
         expected = logits[0, 11:].log_softmax(-1).gather(-1, torch.tensor(cont_ids)[:, None]).sum()
-        assert lm.exact_requests == 0
+        assert lm.stats["one_pass"] == 1
     else:  # prompt = context minus its last token; that token and the continuation one forward each
-        expected = token_logprobs(m, full, prefix_len=11)[0, 11:].sum()
-        assert lm.exact_requests == 1
+        expected = token_logprobs(m, full, prefix_len=11, mode="reference")[0, 11:].sum()
+        assert lm.stats["one_pass"] == 0
     assert lp == pytest.approx(float(expected), abs=1e-4)
 
 
-def test_harness_decoded_requests_stay_out_of_the_batched_forward(tok):
-    """In a batch, the requests that run as decoding are not also run through the batched scoring forward."""
+def test_harness_shares_contexts(tok):
+    """The choices of one question share its prompt: it runs once (one prefill forward for the batch's prompts),
+    its continuations in one forward; one-token answers that feed the same token are one row. The log-likelihoods
+    equal one request at a time, token by token (the reference)."""
     from dart.evals.harness import DartLM
 
     m = model()
     s = Dart(sparsity=0.5)
     s.attach(m)
-    reqs = [(("", ""), list(range(10, 22)), list(range(40, 48))),  # 8 tokens: decoded
-            (("", ""), list(range(30, 39)), [40, 41]),  # 2 tokens: the batched forward
-            (("", ""), list(range(50, 55)), [60])]
+    ctx_a, ctx_b = list(range(10, 22)), list(range(30, 39))
+    reqs = [(("", ""), ctx_a, list(range(40, 48))), (("", ""), ctx_a, list(range(50, 53))),  # 8 and 3 tokens
+            (("", ""), ctx_b, [60]), (("", ""), ctx_b, [61]), (("", ""), ctx_b, [62, 63])]
     lm = DartLM(m, tok, s, batch_size=8)
-    seen = []
-    inner = lm._batch_logits
-    lm._batch_logits = lambda ids, mask, prompt_len: (seen.append((tuple(ids.shape), prompt_len.tolist())),
-                                                      inner(ids, mask, prompt_len))[1]
+    shapes = []
+    h = m.register_forward_pre_hook(lambda mod, args, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
     batch = lm._loglikelihood_tokens(reqs, disable_tqdm=True)
-    assert seen == [((2, 10), [9, 5])] and lm.exact_requests == 1  # inputs (ctx + cont)[:-1]: 10 and 5 tokens
-    one = DartLM(m, tok, s, batch_size=1)
-    singles = [one._loglikelihood_tokens([r], disable_tqdm=True)[0] for r in reqs]
+    h.remove()
+    assert lm.stats == {"requests": 5, "prompts": 2, "rows": 4, "one_pass": 0}
+    assert shapes[0] == (2, 11)  # both prompts (context minus its last token) in one prefill
+    assert shapes[1][0] == 4 and len(shapes) <= 4  # the 4 rows at once (then re-trace rounds, if a window fired)
+    ref = DartLM(m, tok, s, batch_size=1, forcing="reference")
+    singles = [ref._loglikelihood_tokens([r], disable_tqdm=True)[0] for r in reqs]
     assert [lp for lp, _ in batch] == pytest.approx([lp for lp, _ in singles], abs=1e-4)
-    assert all(isinstance(g, bool) for _, g in batch)
+    assert [g for _, g in batch] == [g for _, g in singles] and all(isinstance(g, bool) for _, g in batch)
+    assert batch[2][0] != batch[3][0]  # one row, two targets
 
 
 # ============================================================================ 4. batch invariance of the harness
@@ -433,7 +438,7 @@ def tiny_loaded():
 
 @pytest.fixture(scope="module")
 def harness_runs(tiny_loaded):
-    """Per strategy and batch size: per-item log-likelihoods, accuracies and decoded-request counts."""
+    """Per strategy and batch size: per-item log-likelihoods, accuracies and scoring counts."""
     import lm_eval
 
     from dart.evals.harness import DartLM
@@ -442,26 +447,30 @@ def harness_runs(tiny_loaded):
     loaded = tiny_loaded
     manager = offline_task_manager()
     out = {}
-    for name, make in [("dense", Dense), ("dart", lambda: Dart(sparsity=0.5)), ("griffin", lambda: Griffin(sparsity=0.5))]:
+    for name, make in [("dense", Dense), ("dart", lambda: Dart(sparsity=0.5)), ("griffin", lambda: Griffin(sparsity=0.5)),
+                       ("static_prompt", lambda: StaticPrompt(sparsity=0.5))]:
         strategy = make()
         if name != "dense":
             strategy.attach(loaded.model)
-        for bs in (1, 8):
-            lm = DartLM(loaded.model, loaded.tokenizer, strategy, batch_size=bs)
+        for bs in (1, 8, "ref"):  # "ref": one request at a time, token by token (no shared prompts)
+            lm = DartLM(loaded.model, loaded.tokenizer, strategy, batch_size=1 if bs == "ref" else bs,
+                        forcing="reference" if bs == "ref" else "chunked")
             res = lm_eval.simple_evaluate(model=lm, tasks=TASKS, limit=4, task_manager=manager, log_samples=True,
                                           bootstrap_iters=0, verbosity="WARNING")
             items = {t: [(s["doc_id"], [float(r[0][0]) for r in s["resps"]], s["acc"]) for s in
                          sorted(res["samples"][t], key=lambda s: s["doc_id"])] for t in TASKS}
             out[name, bs] = {"items": items, "acc": {t: res["results"][t]["acc,none"] for t in TASKS},
-                             "decoded": lm.exact_requests}
+                             "stats": dict(lm.stats)}
         if name != "dense":
             strategy.detach()
     return out
 
 
-@pytest.mark.parametrize("strategy", ["dense", "dart", "griffin"])
-def test_harness_batch_size_does_not_change_results(harness_runs, strategy):
-    one, eight = harness_runs[strategy, 1], harness_runs[strategy, 8]
+@pytest.mark.parametrize("strategy", ["dense", "dart", "griffin", "static_prompt"])
+@pytest.mark.parametrize("other", [8, "ref"])
+def test_harness_batch_size_does_not_change_results(harness_runs, strategy, other):
+    """Batch 1 == batch 8, and shared-prompt chunked scoring == per-request token-by-token scoring."""
+    one, eight = harness_runs[strategy, 1], harness_runs[strategy, other]
     assert one["acc"] == eight["acc"]
     for t in TASKS:
         assert len(one["items"][t]) == 4
@@ -470,9 +479,10 @@ def test_harness_batch_size_does_not_change_results(harness_runs, strategy):
             assert len(lls1) == (2 if t == "offline_boolq" else 4)
             assert lls1 == pytest.approx(lls8, abs=1e-4, rel=1e-6), (t, d1)
             assert all(-2000 < x < 0 for x in lls1)
-    assert one["decoded"] == eight["decoded"]
-    # DART's detector (m + W = 6) can act only inside the long answer texts: those requests are decoded
-    assert (one["decoded"] > 0) == (strategy == "dart")
+    if other == 8:
+        assert one["stats"] == eight["stats"]
+    # every choice of a question shares its prompt: 4 (arc) + 4 (boolq) prompts for 24 requests
+    assert one["stats"]["requests"] == 24 and one["stats"]["prompts"] == 8
 
 
 def test_harness_strategies_really_prune(harness_runs):
@@ -503,7 +513,7 @@ def test_harness_evaluator_offline(tiny_loaded, tmp_path):
     assert one["average/acc"] == pytest.approx((one["offline_rte/acc"] + one["offline_boolq/acc"]) / 2)
     assert extra["sources"] == {"rte": {"kind": "offline", "tasks": ["offline_rte"]},
                                 "boolq": {"kind": "offline", "tasks": ["offline_boolq"]}}
-    assert extra["protocol"] == "causal" and extra["decoded_requests"] == 0 and notes == []
+    assert extra["protocol"] == "causal" and extra["scoring"]["one_pass"] == 0 and notes == []
 
 
 # ============================================================================ 5. fidelity

@@ -21,10 +21,8 @@ so it runs a trace pass and then a pruned pass.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import time
-from typing import Any
 
 import torch
 
@@ -33,30 +31,16 @@ from dart.engine.allocation import auto_prune_fractions, keep_from_prune, list_k
 from dart.engine.drift import DriftDetector
 from dart.engine.ffn import PrunableFFN, permute_neurons
 from dart.engine.masks import mean_mask, topk_mask
+from dart.engine.onepass import OnePassScoring
+from dart.engine.plan import IDLE, ROWS, Plan
+from dart.engine.schedule import DecodeSchedule
 from dart.engine.scoring import scores, static_weight, vocab_projection_priors
 from dart.engine.spec import EngineSpec
-from dart.engine.stats import Statistics, ema_weights
+from dart.engine.stats import Statistics
 from dart.errors import ConfigError
 
-ROWS = "rows"  # prune every position of the rows that hold a mask
 
-
-@dataclasses.dataclass
-class Plan:
-    trace_w: torch.Tensor | None = None  # (B, T) statistic weights, None = no tracing
-    decay: torch.Tensor | None = None  # (B,) multiplier of the old statistic (None = 1)
-    build_rows: torch.Tensor | None = None  # (B,) rows whose masks are built inside each layer (one pass)
-    prune: Any = None  # None | ROWS | (B, T) bool positions
-    compact: list[int] | None = None  # kept prefix per layer (a single, compacted sequence)
-    drift_trace_w: torch.Tensor | None = None  # (B, T) signal weights while tracing
-    drift_decode_rows: torch.Tensor | None = None  # (B,) rows adding to their decode window
-    align: bool = False
-
-
-IDLE = Plan()
-
-
-class Controller:
+class Controller(DecodeSchedule, OnePassScoring):
     def __init__(self, model, spec: EngineSpec, weight: torch.Tensor | None = None, fixed_masks: torch.Tensor | None = None):
         """fixed_masks: (L, I) bool in the original neuron order (strategy=static): every row of every request
         is masked with it from its first token; nothing is traced, built or re-traced, and unless
@@ -127,6 +111,7 @@ class Controller:
             self.adapter.set_ffn(layer, ffn)
         self._hooks.append(self.model.register_forward_pre_hook(self._begin, with_kwargs=True))
         self._hooks.append(self.model.register_forward_hook(self._end, with_kwargs=True))
+        self.model._dart_controller = self  # dart.engine.forcing finds the engine of a model here
         for l in self.monitored:
             self._hooks.append(self.adapter.attention(self.layers[l]).register_forward_hook(self._attn_hook(l)))
         if self.stats.alignment:
@@ -142,6 +127,8 @@ class Controller:
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
+        if getattr(self.model, "_dart_controller", None) is self:
+            del self.model._dart_controller
         for l, (layer, ffn) in enumerate(zip(self.layers, self.ffns)):
             if not torch.equal(self.order[l], torch.arange(self.I, dtype=torch.int32, device=self.device)):
                 permute_neurons(ffn.w, self.order[l].argsort().long())  # back to the original order
@@ -203,6 +190,38 @@ class Controller:
             self.detector.reset(batch)
         self._cache_key = None
 
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep (and repeat) the per-row state of rows `index` (B',) long: statistics, masks, detector, schedule.
+        Chunked teacher forcing expands a traced context over its continuations with it."""
+        idx = index.to(self.device)
+        host = index.tolist()
+        self.B = len(host)
+        if self.fixed is None:
+            self.stats.A = self.stats.A.index_select(1, idx)
+            self.stats.align = self.stats.align.index_select(1, idx)
+        self.M = self.M.index_select(1, idx)
+        for name in ("restart", "has_mask", "fresh", "n_window"):
+            old = getattr(self, name)
+            setattr(self, name, [old[i] for i in host])
+        if self.detector is not None:
+            self.detector.select_rows(idx)
+        if self.B != 1:
+            self.compacted, self.kept_prefix = (self._fixed_prefix is not None, self._fixed_prefix) if self.fixed is not None else (False, None)
+        self._cache_key = None
+
+    def clear_all_rows(self) -> None:
+        """Every row starts over (the state right after a drift trigger): no mask, no statistics, no baseline."""
+        rows = torch.ones(self.B, dtype=torch.bool, device=self.device)
+        self.has_mask = [False] * self.B
+        self.fresh = [True] * self.B
+        self.n_window = [0] * self.B
+        self.M.fill_(1)
+        self.stats.clear_rows(rows)
+        if self.detector is not None:
+            self.detector.clear_rows(rows)
+        self.compacted = False
+        self._cache_key = None
+
     def _rows(self, flags: list[bool]) -> torch.Tensor:
         return torch.tensor(flags, dtype=torch.bool, device=self.device)
 
@@ -253,13 +272,16 @@ class Controller:
             return
         if self._forced is None:
             self._after_decode_forward()
+        elif self._forced.capture:
+            self.captured = torch.cat([self._attn[l] for l in self.monitored], dim=-1) if self._attn else None
         self._attn.clear()
         self._h.clear()
         self.plan = IDLE
 
     def record_attention(self, layer: int, output: torch.Tensor) -> None:
         """The self-attention output of a monitored layer (the drift detector's signal) for this forward."""
-        if self.plan.drift_trace_w is not None or self.plan.drift_decode_rows is not None:
+        p = self.plan
+        if p.capture or p.drift_trace_w is not None or p.drift_decode_rows is not None:
             self._attn[layer] = output
 
     def _attn_hook(self, layer: int):
@@ -298,123 +320,6 @@ class Controller:
         if p.align and self.adapter.ffn_added(self.layers[l]) is None and l in self._h:
             self.stats.update_alignment(l, self._h.pop(l), out, p.trace_w, self.spec.auto.reference)
         return out
-
-    # ------------------------------------------------------------------ decoding schedule
-    def _phases(self) -> tuple[list[bool], list[bool], list[bool], bool]:
-        if self.fixed is not None:  # fixed masks: nothing is ever traced or built
-            return [False] * self.B, [False] * self.B, [False] * self.B, False
-        m, r = self.spec.masking_step, self.spec.release_step
-        released = r is not None and self.step >= r
-        local = [self.step - s for s in self.restart]
-        tracing = [not released and (s < m or (m == 0 and s == 0)) for s in local]
-        build_now = [not released and m >= 1 and s == m for s in local]
-        inlayer = [not released and m == 0 and s == 0 for s in local]
-        return tracing, build_now, inlayer, released
-
-    def _decode_plan(self, T: int, valid: torch.Tensor | None) -> Plan:
-        tracing, build_now, inlayer, released = self._phases()
-        if any(build_now):
-            self.builds += sum(build_now)
-            self._build(self._rows(build_now))
-            for b, flag in enumerate(build_now):
-                if flag:
-                    self.has_mask[b] = True
-        if any(inlayer) and self.spec.global_build:
-            raise ConfigError(
-                "strategy.allocation=auto needs every layer's statistics before any mask, so it cannot mask the "
-                "prefill it traces (masking_step=0) during generation; use masking_step >= 1"
-            )
-        masked = [self.has_mask[b] and not released and not tracing[b] for b in range(self.B)]
-        self._maybe_compact()
-        key = (T, tuple(tracing), tuple(masked), tuple(inlayer), released, self.compacted, valid is None)
-        if key == self._cache_key and not any(tracing) and not any(inlayer):
-            plan = self._cached_plan  # steady decoding: nothing changed, no new tensors
-        else:
-            plan = Plan()
-            if any(tracing):
-                w = self._rows(tracing).to(torch.float32)[:, None].expand(self.B, T)
-                if valid is not None:
-                    w = w * valid
-                plan.trace_w = w.contiguous()
-                if self.spec.statistic == "ema":
-                    plan.trace_w, plan.decay = ema_weights(plan.trace_w, float(self.spec.ema_decay), self._rows(self.fresh))
-                plan.align = self.stats.alignment
-                if self.detector is not None:
-                    plan.drift_trace_w = (w > 0).to(torch.float32)
-            if any(inlayer):
-                plan.build_rows = self._rows(inlayer)
-                self.builds += sum(inlayer)
-            if any(masked) or any(inlayer):
-                plan.prune = ROWS
-            if self.detector is not None and any(masked):
-                plan.drift_decode_rows = self._rows(masked)
-            if self.B == 1 and masked[0] and self.compacted:
-                plan.compact = self.kept_prefix
-            self._cache_key, self._cached_plan = key, plan
-        if plan.trace_w is not None:
-            self.tokens_traced += (plan.trace_w > 0).sum()
-            for b, flag in enumerate(tracing):
-                if flag:
-                    self.fresh[b] = False
-        self.tokens_seen += float(self.B * T) if valid is None else valid.sum()
-        return plan
-
-    def _after_decode_forward(self) -> None:
-        p = self.plan
-        tracing, _, inlayer, _ = self._phases()
-        for b, flag in enumerate(inlayer):
-            if flag:
-                self.has_mask[b] = True
-        det = self.detector
-        if det is not None and self._attn:
-            v = torch.cat([self._attn[l] for l in self.monitored], dim=-1)
-            if p.drift_trace_w is not None:
-                det.collect_trace(v, p.drift_trace_w)
-                self.peak_detector_bytes = max(self.peak_detector_bytes, det.nbytes())
-            m = self.spec.masking_step
-            ending = [tracing[b] and (self.step - self.restart[b] == max(m, 1) - 1) for b in range(self.B)]
-            if any(ending):
-                det.finalize(self._rows(ending))
-            if p.drift_decode_rows is not None:
-                det.collect_decode(v, p.drift_decode_rows)
-                self.decode_signal_tokens += self.B
-                due = []
-                for b in range(self.B):
-                    decoding = self.has_mask[b] and not tracing[b]
-                    self.n_window[b] += int(decoding)
-                    due.append(decoding and self.n_window[b] == det.W)
-                if any(due):
-                    self._check(self._rows(due), due)
-            if not any(self._phases()[0]) and det.windows.shape[1]:
-                det.drop_windows()
-        self.step += 1
-
-    def _check(self, rows: torch.Tensor, due: list[bool]) -> None:
-        cos, fired = self.detector.check(rows)
-        self.checks += sum(due)
-        values = torch.stack([fired.float(), cos, self.detector.tau]).tolist()  # one read per window
-        for b, flag in enumerate(due):
-            if not flag:
-                continue
-            self.n_window[b] = 0
-            entry = {"request": self.requests, "row": b, "step": self.step, "cosine": values[1][b], "threshold": values[2][b]}
-            self.window_log.append(entry)
-            if values[0][b] > 0.5:
-                self.triggers.append(entry)
-                self._retrace(b)
-
-    def _retrace(self, b: int) -> None:
-        """Drop row b's mask and statistics; it runs dense and re-traces from the next forward."""
-        row = self._rows([i == b for i in range(self.B)])
-        self.restart[b] = self.step + 1
-        self.has_mask[b] = False
-        self.fresh[b] = True
-        self.M[:, b] = 1
-        self.stats.clear_rows(row)
-        self.detector.clear_rows(row)
-        if self.B == 1:
-            self.compacted = False
-        self._cache_key = None
 
     # ------------------------------------------------------------------ masks
     def _keep(self):
@@ -461,68 +366,6 @@ class Controller:
         self.compacted = True
         self._cache_key = None
         self.build_seconds += time.perf_counter() - t0
-
-    # ------------------------------------------------------------------ scoring (one forward per request)
-    @torch.no_grad()
-    def score(self, model, input_ids: torch.Tensor, prompt_len: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw):
-        """Logits of one scoring forward over requests (B, T) whose first prompt_len[b] tokens are the prompt.
-
-        causal: statistics from the prompt (and the next m-1 positions), masks from position prompt_len-1+m-1
-        on, i.e. on the positions that predict the continuation. compat: trace and prune every position.
-        """
-        B, T = input_ids.shape
-        valid = (attention_mask[:, -T:] if attention_mask is not None else torch.ones_like(input_ids)).to(torch.float32)
-        if self.fixed is not None:  # the fixed masks on every position of every row: nothing to trace
-            self._new_request(B)
-            self.tokens_seen += valid.sum()
-            self._forced = Plan(prune=ROWS, compact=self.kept_prefix if B == 1 and self.compacted else None)
-            try:
-                return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw).logits
-            finally:
-                self._forced = None
-        pos = torch.arange(T, device=input_ids.device)[None, :]
-        prompt_len = prompt_len.to(input_ids.device)[:, None]
-        m = self.spec.masking_step
-        if self.spec.protocol == "compat":
-            trace = valid.clone()
-            prune = valid > 0
-            prefill = valid
-        else:
-            # GRIFFIN's classification mode (method.md 6): the last context position predicts the first
-            # continuation token, so it is pruned and the statistics come from the context before it
-            prompt_len = (prompt_len - 1).clamp_min(1)
-            end = prompt_len + (m - 1)
-            trace = valid * (pos < end)
-            prune = (valid > 0) & (pos >= end)
-            prefill = valid * (pos < prompt_len)
-        self._new_request(B)
-        decay = None
-        if self.spec.statistic == "ema":
-            d = float(self.spec.ema_decay)
-            w0, _ = ema_weights(prefill, d, torch.ones(B, dtype=torch.bool, device=self.device))
-            steps = (pos - prompt_len + 1).clamp_min(0)  # decode step index k of the traced positions after the prompt
-            tail = (1 - d) * torch.pow(torch.tensor(d, device=self.device), (m - 1 - steps).clamp_min(0))
-            lead = d ** max(m - 1, 0)
-            trace = torch.where(prefill > 0, w0 * lead, tail * trace)  # compat: the whole request is the prefill
-            decay = torch.zeros(B, device=self.device)
-        self.tokens_seen += valid.sum()
-        self.tokens_traced += (trace > 0).sum()
-        all_rows = torch.ones(B, dtype=torch.bool, device=self.device)
-        self.builds += B
-        kwargs = dict(attention_mask=attention_mask, use_cache=False, **kw)
-        try:
-            if self.spec.global_build:
-                self._forced = Plan(trace_w=trace, decay=decay, align=self.stats.alignment)
-                model(input_ids=input_ids, **kwargs)
-                self._build(all_rows)
-                self._forced = Plan(prune=prune)
-            else:
-                self._forced = Plan(trace_w=trace, decay=decay, build_rows=all_rows, prune=prune)
-            out = model(input_ids=input_ids, **kwargs)
-        finally:
-            self._forced = None
-        self.has_mask = [True] * B
-        return out.logits
 
     # ------------------------------------------------------------------ reporting
     def masks(self) -> torch.Tensor:

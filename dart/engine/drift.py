@@ -21,6 +21,7 @@ class DriftDetector:
     def __init__(self, spec: DriftSpec, width: int, device):
         self.spec, self.D, self.device = spec, width, device
         self.W = int(spec.window)
+        self.fire_steps: set[int] | None = None  # tests: windows closing at these forwards fire, whatever the cosine
         self.reset(0)
 
     def reset(self, batch: int) -> None:
@@ -34,6 +35,12 @@ class DriftDetector:
         self.tau = torch.full((batch,), float("nan"), device=self.device)
         self.current = z(batch, self.D)  # sum of the decode window being filled
         self.pressure = z(batch)
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep (and repeat) the state of rows `index` (B',) long."""
+        self.B = int(index.numel())
+        for name in ("total", "count", "windows", "center", "tau", "current", "pressure"):
+            setattr(self, name, getattr(self, name).index_select(0, index))
 
     def clear_rows(self, rows: torch.Tensor) -> None:
         keep = (~rows).float()
@@ -103,16 +110,35 @@ class DriftDetector:
         """Add the last-token signal v (B, T, D) of rows (B,) bool to their current window."""
         self.current += v[:, -1].float() * rows.float()[:, None]
 
-    def check(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Close the current window of rows (B,) bool: returns (cosine (B,), fired (B,) bool) for those rows."""
+    def check(self, rows: torch.Tensor, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Close the current window of rows (B,) bool at forward `step`: returns (cosine (B,), fired (B,) bool)."""
         cos = torch.nn.functional.cosine_similarity(self.current / self.W, self.center, dim=-1, eps=1e-12)
         below = cos < self.tau  # NaN tau (compat) never fires
+        if self.fire_steps is not None:
+            below = torch.full_like(below, step in self.fire_steps)
         pressure = torch.where(below, self.pressure + 1, (self.pressure - 1).clamp_min(0))
         self.pressure = torch.where(rows, pressure, self.pressure)
         fired = rows & (self.pressure >= self.spec.triggers)
         self.pressure = torch.where(fired, torch.zeros_like(self.pressure), self.pressure)
         self.current = torch.where(rows[:, None], torch.zeros_like(self.current), self.current)
         return cos, fired
+
+    def window_cosines(self, v: torch.Tensor, n_windows: int) -> torch.Tensor:
+        """cos(mean(window_i), c) of consecutive windows of W tokens of the signal v (B, T, D) from its first
+        token on, for i < n_windows: the checks a token-by-token run would make on these tokens (B, n_windows)."""
+        B = v.shape[0]
+        means = v[:, : n_windows * self.W].float().reshape(B, n_windows, self.W, -1).sum(dim=2) / self.W
+        return torch.nn.functional.cosine_similarity(means, self.center[:, None, :], dim=-1, eps=1e-12)
+
+    def first_trigger(self, below: list[bool]) -> int | None:
+        """Index of the window that fires, given whether each consecutive window (from a fresh pressure of 0)
+        falls below the threshold; None if none does. Host-side: the pressure counter of `check`."""
+        pressure = 0
+        for i, b in enumerate(below):
+            pressure = pressure + 1 if b else max(pressure - 1, 0)
+            if pressure >= self.spec.triggers:
+                return i
+        return None
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in

@@ -46,6 +46,20 @@ def ema_weights(valid: torch.Tensor, decay: float, fresh: torch.Tensor) -> tuple
     return w, row_decay
 
 
+def sequential_ema_weights(valid: torch.Tensor, decay: float, fresh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights (B, T) and decays (B,) that equal the valid tokens of a chunk fed as single-token forwards, one EMA
+    update each: A <- d A + (1 - d) |a|, except that a fresh row's first token starts A = |a| (a one-token first
+    forward after a reset). Used by chunked teacher forcing for the traced tokens after the prefill."""
+    n = valid.sum(dim=1, keepdim=True)
+    j = valid.cumsum(dim=1) - 1
+    d = torch.as_tensor(decay, dtype=torch.float32, device=valid.device)
+    powers = torch.pow(d, (n - 1 - j).clamp_min(0)) * valid
+    first = fresh[:, None] & (j == 0) & (valid > 0)
+    w = torch.where(first, powers, (1.0 - decay) * powers)
+    row_decay = torch.where(fresh, torch.zeros_like(n[:, 0]), torch.pow(d, n[:, 0]))
+    return w, row_decay
+
+
 class Statistics:
     """A (L, B, I) fp32, plus alignment sums (L, B, 3): sum c_t, sum r_t, token count."""
 

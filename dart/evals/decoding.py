@@ -1,11 +1,14 @@
-"""Scoring text under teacher forcing, either as one forward (prefill) or as real decoding: a prefix primes
-the model (and a dynamic strategy's statistics), then every further token is one cached forward, so masks,
-re-traces and the drift detector act exactly as in generation."""
+"""Scoring text under teacher forcing, either as one forward (prefill) or as decoding: a prefix primes the model
+(and a dynamic strategy's statistics), then every later token is fed as in generation, so masks, re-traces and
+the drift detector act exactly as they would when generating. Decoding runs through dart.engine.forcing:
+`chunked` (a few forwards, exact) by default, `reference` (one cached forward per token) for tests."""
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+
+from dart.engine.forcing import force
 
 
 @torch.no_grad()
@@ -13,39 +16,41 @@ def teacher_force(
     model,
     ids: torch.Tensor,
     prefix_len: int | None,
-    on_logits: Callable[[torch.Tensor, int], None],
+    on_logits: Callable[[list[int], int, torch.Tensor], None],
+    mode: str = "chunked",
+    prefix_logits: bool = True,
 ) -> None:
-    """Feed `ids` (B, T) and call `on_logits(logits, start)` with the logits predicting ids[:, start+1 : ...].
+    """Feed `ids` (B, T); on_logits(rows, start, logits) gets logits (len(rows), n, V) whose position t predicts
+    ids[row, start + t + 1]. A later call for the same positions replaces an earlier one. prefix_logits=False:
+    of the prompt's positions only the last one's logits (the others are not computed).
 
-    prefix_len None (or >= T): one forward over all of ids. Otherwise ids[:, :prefix_len] is the prompt (one
-    prefill forward) and each later input token is a single-token forward with the KV cache.
+    prefix_len None (or >= T - 1): one forward over all of ids. Otherwise ids[:, :prefix_len] is the prompt (the
+    prefill) and every later input token is teacher-forced decoding.
     """
-    from transformers import DynamicCache
-
-    T = ids.shape[1]
+    B, T = ids.shape
     if prefix_len is None or prefix_len >= T - 1:
-        on_logits(model(input_ids=ids[:, :-1], use_cache=False).logits, 0)
+        on_logits(list(range(B)), 0, model(input_ids=ids[:, :-1], use_cache=False).logits)
         return
-    prefix_len = max(1, int(prefix_len))
-    cache = DynamicCache()
-    out = model(input_ids=ids[:, :prefix_len], past_key_values=cache, use_cache=True)
-    on_logits(out.logits, 0)
-    for t in range(prefix_len, T - 1):
-        out = model(input_ids=ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-        on_logits(out.logits, t)
+    P = max(1, int(prefix_len))
+    rows = ids.tolist()
+    force(model, [r[:P] for r in rows], [r[P : T - 1] for r in rows], list(range(B)),
+          lambda rs, j0, logits: on_logits(rs, P + j0, logits), mode=mode, prefix_logits=prefix_logits)
 
 
 @torch.no_grad()
-def token_logprobs(model, ids: torch.Tensor, prefix_len: int | None = None) -> torch.Tensor:
+def token_logprobs(model, ids: torch.Tensor, prefix_len: int | None = None, mode: str = "chunked") -> torch.Tensor:
     """log p(ids[:, t+1] | ids[:, :t+1]) for t in 0..T-2, as a (B, T-1) fp32 tensor."""
     B, T = ids.shape
     out = torch.empty(B, T - 1, dtype=torch.float32, device=ids.device)
 
-    def take(logits: torch.Tensor, start: int) -> None:
-        n = logits.shape[1]
-        targets = ids[:, start + 1 : start + 1 + n]
-        lp = torch.log_softmax(logits.float(), dim=-1)
-        out[:, start : start + n] = lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    def take(rows: list[int], start: int, logits: torch.Tensor) -> None:
+        n = min(logits.shape[1], T - 1 - start)
+        if n <= 0:
+            return
+        r = torch.tensor(rows, device=ids.device)
+        targets = ids[r, start + 1 : start + 1 + n]
+        lg = logits[:, :n].float()
+        out[r, start : start + n] = lg.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lg.logsumexp(-1)
 
-    teacher_force(model, ids, prefix_len, take)
+    teacher_force(model, ids, prefix_len, take, mode=mode)
     return out

@@ -4,8 +4,8 @@ models, whose benchmark accuracy sits at chance).
 Each sample is a prefix of `prefix` tokens from one real document followed by `length` tokens of either the
 same document (segment `same`) or another document (segment `switch`: the topic changes under the model).
 The dense model scores it in one forward (strategy paused); the pruned model scores it as decoding: the prefix
-is the prompt, every continuation token one cached forward, so masks and the drift detector act as in
-generation. Per continuation token: KL(dense || pruned), top-1 agreement, and the NLL of the true token.
+is the prompt, every continuation token teacher-forced (dart.engine.forcing, `forcing` chunked or reference), so
+masks and the drift detector act as in generation. Per continuation token: KL(dense || pruned), top-1 agreement, and the NLL of the true token.
 """
 from __future__ import annotations
 
@@ -22,8 +22,14 @@ SEGMENTS = ("same", "switch")
 class Fidelity(Evaluator):
     name = "fidelity"
 
-    def __init__(self, documents="wiki", prefix=256, length=256, limit=8, segments=SEGMENTS, name=None, **kwargs):
+    def __init__(self, documents="wiki", prefix=256, length=256, limit=8, segments=SEGMENTS, forcing="chunked",
+                 name=None, **kwargs):
         super().__init__(name=name, limit=limit)
+        from dart.engine.forcing import MODES as FORCING
+
+        if forcing not in FORCING:
+            raise choice_error("eval.forcing", forcing, FORCING)
+        self.forcing = forcing
         from dart.data.texts import DOC_SOURCES
 
         if documents not in DOC_SOURCES:
@@ -66,23 +72,22 @@ class Fidelity(Evaluator):
         with strategy.paused():
             dense = model(input_ids=ids[:, :-1], use_cache=False).logits[0, P - 1 :].float().log_softmax(-1)
         targets = ids[0, P:]
-        kl, agree, nll = [], [], []
+        n = targets.numel()
+        kl, agree, nll = (torch.zeros(n, device=ids.device) for _ in range(3))
 
-        def take(logits, start):
-            lp = logits[0].float().log_softmax(-1)
-            lo, hi = max(start, P - 1), start + lp.shape[0]
+        def take(rows, start, logits):  # logits[0, t] predicts ids[0, start + t + 1]; keep the continuation's
+            lo, hi = max(start, P - 1), min(start + logits.shape[1], P - 1 + n)
             if hi <= lo:
                 return
-            lp = lp[lo - start :]
+            lp = logits[0, lo - start : hi - start].float().log_softmax(-1)
             ref = dense[lo - (P - 1) : hi - (P - 1)]
-            kl.append((ref.exp() * (ref - lp)).sum(-1))
-            agree.append((ref.argmax(-1) == lp.argmax(-1)).float())
-            nll.append(-lp.gather(-1, targets[lo - (P - 1) : hi - (P - 1), None]).squeeze(-1))
+            kl[lo - (P - 1) : hi - (P - 1)] = (ref.exp() * (ref - lp)).sum(-1)
+            agree[lo - (P - 1) : hi - (P - 1)] = (ref.argmax(-1) == lp.argmax(-1)).float()
+            nll[lo - (P - 1) : hi - (P - 1)] = -lp.gather(-1, targets[lo - (P - 1) : hi - (P - 1), None]).squeeze(-1)
 
         prefix = P if getattr(strategy, "dynamic", False) else None
-        teacher_force(model, ids, prefix, take)
+        teacher_force(model, ids, prefix, take, mode=self.forcing, prefix_logits=False)
         dense_nll = -dense.gather(-1, targets[:, None]).squeeze(-1)
-        kl, agree, nll = torch.cat(kl), torch.cat(agree), torch.cat(nll)
         return {"segment": segment, "doc": index, "kl": kl.cpu(), "top1": agree.cpu(), "nll": nll.cpu(),
                 "nll_dense": dense_nll.cpu()}
 

@@ -49,8 +49,14 @@ class Harness(Evaluator):
 
     name = "ten"
 
-    def __init__(self, benchmarks=None, source="auto", limit=None, batch_size=8, bootstrap_iters=0, name=None, **kwargs):
+    def __init__(self, benchmarks=None, source="auto", limit=None, batch_size=8, bootstrap_iters=0, forcing="chunked",
+                 name=None, **kwargs):
         super().__init__(name=name, limit=limit)
+        from dart.engine.forcing import MODES as FORCING
+
+        if forcing not in FORCING:
+            raise choice_error("eval.forcing", forcing, FORCING)
+        self.forcing = forcing
         from dart.evals.tasks import BENCHMARK_NAMES
 
         self.benchmarks = list(benchmarks or BENCHMARK_NAMES)
@@ -113,13 +119,13 @@ class Harness(Evaluator):
         name, tasks, shots, manager, kind = item
         logging.getLogger("lm-eval").setLevel(logging.WARNING)
         logging.getLogger("lm_eval").setLevel(logging.WARNING)
-        lm = DartLM(self.ctx.model, self.ctx.tokenizer, self.ctx.strategy, batch_size=self.batch_size)
+        lm = DartLM(self.ctx.model, self.ctx.tokenizer, self.ctx.strategy, batch_size=self.batch_size, forcing=self.forcing)
         results = lm_eval.simple_evaluate(
             model=lm, tasks=tasks, num_fewshot=shots, limit=self.limit, task_manager=manager,
             bootstrap_iters=self.bootstrap_iters, log_samples=False, verbosity="WARNING",
         )
         return {"benchmark": name, "kind": kind, "tasks": tasks,
-                "metrics": summarize_results(results, tasks), "exact_requests": lm.exact_requests}
+                "metrics": summarize_results(results, tasks), "scoring": dict(lm.stats)}
 
     def finalize(self, outputs):
         metrics: dict[str, float | None] = {}
@@ -132,7 +138,8 @@ class Harness(Evaluator):
                 accs.append(sum(vals) / len(vals))
         metrics["average/acc"] = sum(accs) / len(accs) if accs else None
         self.extra["sources"] = {o["benchmark"]: {"kind": o["kind"], "tasks": o["tasks"]} for o in outputs}
-        self.extra["decoded_requests"] = sum(o["exact_requests"] for o in outputs)
+        # requests, the prompts they share (each run once), rows scored, requests scored in one pass (compat)
+        self.extra["scoring"] = {k: sum(o["scoring"][k] for o in outputs) for k in (outputs[0]["scoring"] if outputs else {})}
         proto = getattr(getattr(self.ctx.strategy, "spec", None), "protocol", None)
         self.extra["protocol"] = proto
         return metrics

@@ -1,13 +1,20 @@
 """`DartLM`: lm-evaluation-harness's HFLM with a pruned model, whose loglikelihood path knows where each
-request's prompt ends (method.md section 6).
+request's context ends (method.md section 6).
 
-A multiple-choice request is ONE forward over (context + continuation)[:-1]. Under protocol=causal the engine
-takes its statistics from the prompt (context[:-1]) and prunes from the last context position on, the positions
-that predict the continuation (GRIFFIN's classification mode); compat traces and prunes every position in the
-same pass, as published. Every row of a batch gets its own prompt length, statistics and masks, and padding
-never enters the statistics, so the batch size does not change results. Where the drift detector could act
-inside a continuation (DART under causal with m + W <= its length), that request is run exactly as teacher-forced
-decoding, one token per forward; compat always scores in one forward, as published.
+lm-eval scores a request (context, continuation) from the logits of (context + continuation)[:-1]. Under
+protocol=causal the engine's prompt is the context minus its last token: its statistics (and the detector's
+baseline) come from there, the last context token is the first teacher-forced input and everything from it on is
+pruned (GRIFFIN's classification mode), with the drift detector live over the continuation. That is exactly
+teacher-forced decoding, run here by dart.engine.forcing in a few forwards:
+
+- shared contexts: the requests of a question share their prompt, so it runs once (the trace pass: statistics,
+  masks, detector baseline) and all of its continuations are scored against its KV cache in one batched forward;
+  continuations that feed the same tokens (one-token answers: only the target differs) are one row;
+- a drift trigger inside a continuation recomputes only that row's tokens after it (forcing's rounds);
+- several questions per batch (`batch_size` prompts), each row with its own statistics, masks and detector, so
+  the batch size does not change any log-likelihood.
+protocol=compat keeps the published same-pass semantics: one forward over context + continuation per request,
+the mask traced from the very tokens it scores (Controller.score).
 """
 from __future__ import annotations
 
@@ -16,58 +23,100 @@ from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils import Collator
 from tqdm import tqdm
 
+from dart.engine.forcing import MODES, force
+from dart.errors import choice_error
+
 
 class DartLM(HFLM):
-    def __init__(self, model, tokenizer, strategy, batch_size: int = 1, max_length: int | None = None, **kwargs):
+    def __init__(self, model, tokenizer, strategy, batch_size: int = 1, max_length: int | None = None,
+                 forcing: str = "chunked", **kwargs):
+        if forcing not in MODES:
+            raise choice_error("forcing", forcing, MODES)
         super().__init__(pretrained=model, tokenizer=tokenizer, batch_size=int(batch_size), max_length=max_length,
                          device=str(next(model.parameters()).device), **kwargs)
         self.strategy = strategy
-        self.exact_requests = 0
+        self.forcing = forcing
+        self.stats = {"requests": 0, "prompts": 0, "rows": 0, "one_pass": 0}
 
     @property
     def controller(self):
         return getattr(self.strategy, "controller", None)
 
-    def _needs_decode(self, cont_len: int) -> bool:
+    def _same_pass(self) -> bool:
         c = self.controller
-        if c is None or c.detector is None or c.spec.protocol == "compat":
-            return False  # compat is the published same-pass scoring: one forward, the detector never acts
-        return cont_len >= max(c.spec.masking_step, 1) + c.detector.W
-
-    def _batch_logits(self, ids: torch.Tensor, mask: torch.Tensor, prompt_len: torch.Tensor) -> torch.Tensor:
-        if self.controller is not None:
-            return self.controller.score(self.model, ids, prompt_len, attention_mask=mask)
-        return self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-
-    def _decode_logits(self, tokens: list[int], prompt_len: int) -> torch.Tensor:
-        """Logits (T-1, V) of one request run as prompt + teacher-forced decoding (the detector live)."""
-        from dart.evals.decoding import teacher_force
-
-        ids = torch.tensor([tokens], device=self.device)
-        out = torch.empty(len(tokens) - 1, self.model.config.vocab_size, device=self.device)
-
-        def take(logits, start):
-            out[start : start + logits.shape[1]] = logits[0, :, : out.shape[1]].float()
-
-        teacher_force(self.model, ids, prompt_len, take)
-        return out
+        return c is not None and c.fixed is None and c.spec.protocol == "compat"
 
     @torch.no_grad()
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+        bs = int(override_bs or (self.batch_size if self.batch_size != "auto" else 1))
+        bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="loglikelihood")
+        try:
+            if self._same_pass():
+                return self._one_pass(requests, bs, bar)
+            return self._shared_contexts(requests, bs, bar)
+        finally:
+            bar.close()
+
+    # ------------------------------------------------------------------ causal: shared prompts, chunked forcing
+    def _split(self, ctx: list[int], cont: list[int]) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+        """(prompt, teacher-forced tokens, forced index of the logit that predicts cont[0])."""
+        inp = (ctx + cont)[-(self.max_length + 1) :][:-1]
+        prompt_len = max(1, len(inp) - len(cont))  # the context (as kept) minus its last token
+        return tuple(inp[:prompt_len]), tuple(inp[prompt_len:]), len(inp) - len(cont) - prompt_len
+
+    def _shared_contexts(self, requests, bs: int, bar) -> list[tuple[float, bool]]:
+        prompts: dict[tuple, int] = {}
+        rows: dict[tuple, int] = {}
+        row_group: list[int] = []
+        row_forced: list[tuple] = []
+        targets: list[tuple[int, int, list[int]]] = []  # per request: (row, first forced index, continuation)
+        for _, ctx, cont in requests:
+            prompt, fed, first = self._split(list(ctx), list(cont))
+            g = prompts.setdefault(prompt, len(prompts))
+            r = rows.setdefault((g, fed), len(rows))
+            if r == len(row_group):
+                row_group.append(g)
+                row_forced.append(fed)
+            targets.append((r, first, list(cont)))
+        self.stats["requests"] += len(requests)
+        self.stats["prompts"] += len(prompts)
+        self.stats["rows"] += len(rows)
+        prompt_list = list(prompts)
+        # longest prompts first (time estimates err on the long side, out-of-memory errors come early)
+        order = sorted(range(len(prompt_list)), key=lambda g: (-len(prompt_list[g]), prompt_list[g]))
+        rows_of: list[list[int]] = [[] for _ in prompt_list]
+        for r, g in enumerate(row_group):
+            rows_of[g].append(r)
+        reqs_of_row: list[list[int]] = [[] for _ in row_group]
+        for q, (r, _, _) in enumerate(targets):
+            reqs_of_row[r].append(q)
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        for start in range(0, len(order), bs):
+            gs = order[start : start + bs]
+            batch_rows = [r for g in gs for r in rows_of[g]]
+            batch_reqs = [q for r in batch_rows for q in reqs_of_row[r]]
+            scorer = _Targets(batch_rows, reqs_of_row, targets, self.device)
+            force(self.model, [prompt_list[g] for g in gs], [row_forced[r] for r in batch_rows],
+                  [gs.index(row_group[r]) for r in batch_rows], scorer.take, mode=self.forcing, pad_id=pad)
+            for q, value in zip(batch_reqs, scorer.results()):
+                results[q] = value
+            bar.update(len(batch_reqs))
+        return results
+
+    # ------------------------------------------------------------------ compat: the published same pass
+    def _one_pass(self, requests, bs: int, bar) -> list[tuple[float, bool]]:
         def key(req):
             toks = req[1] + req[2]
             return -len(toks), tuple(toks)
 
         order = Collator(requests, sort_fn=key)
-        bs = int(override_bs or (self.batch_size if self.batch_size != "auto" else 1))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         results = []
-        bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="loglikelihood")
         for chunk in order.get_batched(n=bs):
             inputs, conts, prompts = [], [], []
             for _, ctx, cont in chunk:
-                full = (ctx + cont)[-(self.max_length + 1) :]
-                inp = full[:-1]
+                inp = (ctx + cont)[-(self.max_length + 1) :][:-1]
                 inputs.append(inp)
                 conts.append(cont)
                 prompts.append(len(inp) - len(cont) + 1)  # the context's length within the input
@@ -78,28 +127,62 @@ class DartLM(HFLM):
                 ids[i, : len(x)] = torch.tensor(x)
                 mask[i, : len(x)] = 1
             ids, mask = ids.to(self.device), mask.to(self.device)
-            exact = [self._needs_decode(len(c)) for c in conts]
-            batched = [i for i, e in enumerate(exact) if not e]
-            rows: dict[int, torch.Tensor] = {}
-            if batched:  # one forward over the requests that are not decoded (the decoded ones would be wasted)
-                width = max(len(inputs[i]) for i in batched)
-                sel = torch.tensor(batched, device=self.device)
-                out = self._batch_logits(ids[sel, :width], mask[sel, :width],
-                                         torch.tensor([prompts[i] for i in batched], device=self.device))
-                rows = {i: out[j] for j, i in enumerate(batched)}
+            logits = self.controller.score(self.model, ids, torch.tensor(prompts, device=self.device), attention_mask=mask)
             scores = []
             for i, (inp, cont) in enumerate(zip(inputs, conts)):
-                if exact[i]:
-                    self.exact_requests += 1
-                    # prompt = context[:-1]; the last context token is the first teacher-forced decode input
-                    row = self._decode_logits(inp + [0], max(1, prompts[i] - 1))[: len(inp)]
-                else:
-                    row = rows[i][: len(inp)].float()
-                lp = row[len(inp) - len(cont) :].log_softmax(-1)
+                lp = logits[i, len(inp) - len(cont) : len(inp)].float().log_softmax(-1)
                 target = torch.tensor(cont, device=lp.device)
                 scores.append(torch.stack([lp.gather(-1, target[:, None]).sum(), (lp.argmax(-1) == target).all().float()]))
             for logprob, greedy in torch.stack(scores).tolist():  # one device read per batch
                 results.append((logprob, greedy > 0.5))
+            self.stats["requests"] += len(chunk)
+            self.stats["one_pass"] += len(chunk)
             bar.update(len(chunk))
-        bar.close()
         return order.get_original(results)
+
+
+class _Targets:
+    """Collects, from forcing's take() calls, each request's per-token log-probabilities of its continuation and
+    whether greedy decoding would produce it; a later call for the same positions replaces an earlier one."""
+
+    def __init__(self, batch_rows: list[int], reqs_of_row: list[list[int]], targets, device):
+        self.device = device
+        self.order = [q for r in batch_rows for q in reqs_of_row[r]]  # the batch's requests, in results() order
+        place = {q: k for k, q in enumerate(self.order)}
+        self.entries: list[list[tuple[int, int, int]]] = [[] for _ in batch_rows]  # per row: (j, target, slot)
+        self.owner: list[int] = []  # the request (its place in self.order) of every slot
+        for i, r in enumerate(batch_rows):
+            for q in reqs_of_row[r]:
+                _, first, cont = targets[q]
+                for t, tok in enumerate(cont):
+                    self.entries[i].append((first + t, tok, len(self.owner)))
+                    self.owner.append(place[q])
+        self.lp = torch.zeros(len(self.owner), dtype=torch.float32, device=device)
+        self.hit = torch.zeros(len(self.owner), dtype=torch.float32, device=device)
+
+    def take(self, rows: list[int], j0: int, logits: torch.Tensor) -> None:
+        n = logits.shape[1]
+        sel_row, sel_pos, sel_tok, sel_slot = [], [], [], []
+        for i, b in enumerate(rows):
+            for j, tok, slot in self.entries[b]:
+                if j0 <= j < j0 + n:
+                    sel_row.append(i)
+                    sel_pos.append(j - j0)
+                    sel_tok.append(tok)
+                    sel_slot.append(slot)
+        if not sel_slot:
+            return
+        dev = logits.device
+        ri, pi = torch.tensor(sel_row, device=dev), torch.tensor(sel_pos, device=dev)
+        picked = logits[ri, pi].float()  # (k, V): only the positions that predict a continuation token
+        tok = torch.tensor(sel_tok, device=dev)
+        slot = torch.tensor(sel_slot, device=self.device)
+        self.lp[slot] = (picked.gather(-1, tok[:, None]).squeeze(-1) - picked.logsumexp(-1)).to(self.device)
+        self.hit[slot] = (picked.argmax(-1) == tok).float().to(self.device)
+
+    def results(self) -> list[tuple[float, bool]]:
+        owner = torch.tensor(self.owner, dtype=torch.long, device=self.device)
+        n = len(self.order)
+        lp = torch.zeros(n, device=self.device).index_add_(0, owner, self.lp)
+        miss = torch.zeros(n, device=self.device).index_add_(0, owner, 1.0 - self.hit)
+        return [(a, b < 0.5) for a, b in torch.stack([lp, miss], dim=1).tolist()]  # one device read per batch

@@ -6,8 +6,10 @@ Protocols:
 - `chunks` (Wanda/SparseGPT): non-overlapping windows of `window` tokens (2048 there) over the joined text.
 Mode (how a window is run):
 - `prefill`: one forward per window (dense and input-independent masks: dense, static).
-- `decode`: the window's unscored context (at least `prime` tokens) is the prompt; every later token is one
-  cached forward, so a dynamic strategy traces the prompt and prunes what follows as it would when generating.
+- `decode`: the window's unscored context (at least `prime` tokens) is the prompt; every later token is
+  teacher-forced decoding, so a dynamic strategy traces the prompt and prunes what follows (re-tracing where its
+  detector fires) as it would when generating; run by dart.engine.forcing (`forcing`: `chunked`, a few forwards
+  per window, exact; `reference`, one forward per token).
 - `auto`: decode for dynamic strategies, prefill otherwise. Both modes score the same tokens.
 """
 from __future__ import annotations
@@ -69,11 +71,16 @@ class Perplexity(Evaluator):
     name = "perplexity"
 
     def __init__(self, texts=("news",), protocol="sliding", window=1024, stride=256, limit=None, mode="auto",
-                 prime=64, batch_size=1, name=None, **kwargs):
+                 prime=64, batch_size=1, forcing="chunked", name=None, **kwargs):
         super().__init__(name=name, limit=limit)
         check_windows(protocol, window, stride)
         if mode not in MODES:
             raise choice_error("eval.mode", mode, MODES)
+        from dart.engine.forcing import MODES as FORCING
+
+        if forcing not in FORCING:
+            raise choice_error("eval.forcing", forcing, FORCING)
+        self.forcing = forcing
         from dart.data.texts import TEXT_SOURCES
 
         for t in texts:
@@ -120,7 +127,7 @@ class Perplexity(Evaluator):
         ids = torch.stack([w.ids for w in batch]).to(device)
         T, n = ids.shape[1], batch[0].n_scored
         prefix = max(T - n, self.prime) if self.decode else None
-        lp = token_logprobs(self.ctx.model, ids, prefix)[:, -n:]  # the last n targets are the scored ones
+        lp = token_logprobs(self.ctx.model, ids, prefix, mode=self.forcing)[:, -n:]  # the last n targets are the scored ones
         nll = (-lp).sum(dim=1).double().cpu()
         return [(w.text, float(s), n) for w, s in zip(batch, nll)]
 

@@ -1,0 +1,391 @@
+"""Exact chunked teacher forcing: teacher-forced text under any strategy in a few forwards instead of one forward
+per token, equal to token-by-token decoding (mode `reference`) within float tolerance.
+
+The work is G prefixes (prompts; forward 0 is a prefix's prefill) and B continuations: row b continues prefix
+group[b] and feeds its teacher-forced tokens forced[b] one by one (forward k >= 1 feeds forced[b][k-1]). Run
+token by token, the engine's schedule acts between tokens: trace until the masking step m, build, prune, check a
+drift window every W pruned tokens, re-trace after a trigger, release at step r. Between two such events nothing
+in the schedule changes and attention is causal, so one forward over all the tokens up to the next event gives
+the same logits and the same monitored attention outputs as one forward per token. Here:
+
+1. the G prefixes run in one forward (right-padded: explicit positions, padding hidden by the attention mask;
+   tracing as the prefill does), then the KV cache and the engine's per-row state are expanded over the B rows:
+   a context shared by several continuations (the choices of a question) runs once;
+2. a round over a set of rows in the same phase: the remaining trace forwards of every row in one dense forward
+   (m - 1 after the prefill, m after a re-trace); the masks and the detector's baseline; then the rest of every
+   row's tokens in one pruned forward (compacted for a single row; positions from the release step on dense);
+3. the drift windows of that pruned forward are evaluated on its monitored attention outputs (host-side pressure
+   counter, one device read per round); a row whose window fires at forward f is exact up to and including f;
+   the next round recomputes its later tokens with the published re-trace semantics (dense for m forwards, then
+   new masks and a new baseline from the re-trace tokens only). The KV cache up to f stays valid: the columns
+   after it are hidden from that row by the attention mask (a single row's cache is cropped instead).
+Rounds: 1 + the largest number of triggers in one row. Strategies without a schedule (dense, fixed masks, CATS)
+run the prefixes and then every continuation in one forward.
+
+Logits reach the caller through take(rows, j0, logits): logits[i, t] is the model's output after forced index
+j0 + t of row rows[i] (j0 = -1 is the prefix's last position; with prefix_logits, -P is its first). It may hold
+positions past the row's own length (padding: ignore them), and a later call for the same positions replaces an
+earlier one (tokens after a trigger are recomputed).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from dart.engine.plan import ROWS, Plan
+from dart.engine.stats import ema_weights, sequential_ema_weights
+from dart.errors import ConfigError, choice_error
+
+MODES = ("chunked", "reference")
+Take = Callable[[list[int], int, torch.Tensor], None]
+
+
+def controller_of(model):
+    """The engine controller attached to `model` (None: dense, CATS, or nothing attached)."""
+    return getattr(model, "_dart_controller", None)
+
+
+def has_sliding_window(config) -> bool:
+    """Attention limited to a window of columns: columns hidden inside the cache would shift it, so such models
+    are run without hidden columns (one prefix at a time, a re-tracing row alone)."""
+    if config is None:
+        return False
+    types = getattr(config, "layer_types", None) or ()
+    if any("sliding" in str(t) for t in types):
+        return True
+    return getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True) is not False
+
+
+@torch.no_grad()
+def force(model, prefixes: Sequence[Sequence[int]], forced: Sequence[Sequence[int]], group: Sequence[int], take: Take,
+          mode: str = "chunked", prefix_logits: bool = False, pad_id: int = 0, compact_min: int = 16) -> None:
+    """Teacher-force every row (see the module docstring); `mode` chunked (fast, exact) or reference (one
+    forward per token, through the engine's own decoding schedule)."""
+    if mode not in MODES:
+        raise choice_error("forcing mode", mode, MODES)
+    if len(forced) != len(group) or any(not 0 <= g < len(prefixes) for g in group):
+        raise ValueError("every continuation needs the index of its prefix")
+    if any(len(p) < 1 for p in prefixes):
+        raise ValueError("every prefix needs at least one token")
+    if not forced:
+        return
+    if mode == "reference":
+        return _reference(model, prefixes, forced, group, take, prefix_logits)
+    c = controller_of(model)
+    if c is not None and c._paused:
+        c = None
+    if has_sliding_window(getattr(model, "config", None)):  # no hidden cache columns: one row at a time
+        for b in range(len(forced)):
+            _Chunked(model, c, [prefixes[group[b]]], [forced[b]], [0], [b], take, prefix_logits, pad_id, compact_min).run()
+        return
+    _Chunked(model, c, prefixes, forced, group, list(range(len(forced))), take, prefix_logits, pad_id, compact_min).run()
+
+
+def _device(model) -> torch.device:
+    try:
+        return model.get_input_embeddings().weight.device
+    except AttributeError:  # a stand-in model without embeddings (tests)
+        return torch.device("cpu")
+
+
+def _reference(model, prefixes, forced, group, take, prefix_logits) -> None:
+    """One request per row: its prefix as the prefill, then one cached forward per forced token."""
+    from transformers import DynamicCache
+
+    dev = _device(model)
+    for b, toks in enumerate(forced):
+        pre = list(prefixes[group[b]])
+        cache = DynamicCache()
+        out = model(input_ids=torch.tensor([pre], device=dev), past_key_values=cache, use_cache=True).logits
+        take([b], -len(pre), out) if prefix_logits else take([b], -1, out[:, -1:])
+        for j, t in enumerate(toks):
+            out = model(input_ids=torch.tensor([[t]], device=dev), past_key_values=cache, use_cache=True).logits
+            take([b], j, out)
+
+
+class _Chunked:
+    def __init__(self, model, c, prefixes, forced, group, names, take, prefix_logits, pad_id, compact_min):
+        self.model, self.c, self.take = model, c, take
+        self.prefixes, self.forced, self.group, self.names = [list(p) for p in prefixes], [list(f) for f in forced], list(group), names
+        self.prefix_logits, self.pad, self.compact_min = prefix_logits, int(pad_id), int(compact_min)
+        self.dev = _device(model)
+        self.B = len(forced)
+        self.N = [len(f) for f in self.forced]
+        self.P = [len(self.prefixes[g]) for g in self.group]
+        self.j_next = [0] * self.B
+        self.dynamic = c is not None and c.fixed is None
+        if self.dynamic:
+            spec = c.spec
+            self.m, self.r = int(spec.masking_step), spec.release_step
+            self.det = c.detector
+            if self.m == 0 and spec.global_build:
+                raise ConfigError("strategy.allocation=auto needs every layer's statistics before any mask, so it "
+                                  "cannot mask the prefill it traces (masking_step=0); use masking_step >= 1")
+
+    # ------------------------------------------------------------------ plumbing
+    def _forward(self, ids, new_valid, positions, plan: Plan | None, logits_to_keep=0):
+        """One forward of the cohort's new tokens (n, T) after the cached columns; returns the logits."""
+        self.amask = torch.cat([self.amask, new_valid.long()], dim=1)
+        c = self.c
+        if c is not None and plan is not None:
+            c._forced = plan
+        try:
+            out = self.model(input_ids=ids, attention_mask=self.amask, position_ids=positions,
+                             past_key_values=self.cache, use_cache=True, logits_to_keep=logits_to_keep)
+        finally:
+            if c is not None:
+                c._forced = None
+        return out.logits
+
+    def _emit(self, rows: list[int], j0: list[int], logits: torch.Tensor) -> None:
+        """take() per set of rows that start at the same forced index."""
+        by_start: dict[int, list[int]] = {}
+        for i, j in enumerate(j0):
+            by_start.setdefault(j, []).append(i)
+        for j, idx in by_start.items():
+            sel = logits if len(idx) == len(rows) else logits[torch.tensor(idx, device=logits.device)]
+            self.take([self.names[rows[i]] for i in idx], j, sel)
+
+    def _chunk(self, rows: list[int], T: int):
+        """Tokens (n, T), valid (n, T) bool and positions (n, T) of the next T forced tokens of each row."""
+        n = len(rows)
+        ids = torch.full((n, T), self.pad, dtype=torch.long)
+        valid = torch.zeros((n, T), dtype=torch.bool)
+        pos = torch.zeros((n, T), dtype=torch.long)
+        for i, b in enumerate(rows):
+            j = self.j_next[b]
+            toks = self.forced[b][j : j + T]
+            ids[i, : len(toks)] = torch.tensor(toks, dtype=torch.long)
+            valid[i, : len(toks)] = True
+            pos[i] = self.P[b] + j + torch.arange(T)
+        return ids.to(self.dev), valid.to(self.dev), pos.to(self.dev)
+
+    def _forward_index(self, rows: list[int], T: int) -> torch.Tensor:
+        """Forward index k = j + 1 of each position of the next chunk (n, T), on the host."""
+        return torch.tensor([self.j_next[b] for b in rows])[:, None] + 1 + torch.arange(T)[None, :]
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> None:
+        from transformers import DynamicCache
+
+        c, G = self.c, len(self.prefixes)
+        lens = [len(p) for p in self.prefixes]
+        Pmax = max(lens)
+        ids = torch.full((G, Pmax), self.pad, dtype=torch.long)
+        valid = torch.zeros((G, Pmax), dtype=torch.bool)
+        for g, p in enumerate(self.prefixes):
+            ids[g, : len(p)] = torch.tensor(p, dtype=torch.long)
+            valid[g, : len(p)] = True
+        ids, valid = ids.to(self.dev), valid.to(self.dev)
+        positions = torch.arange(Pmax, device=self.dev)[None, :].expand(G, Pmax)
+        self.cache, self.amask = DynamicCache(), torch.zeros((G, 0), dtype=torch.long, device=self.dev)
+        keep = 0 if self.prefix_logits else torch.tensor(lens, device=self.dev)[:, None] - 1
+        plan = None
+        if c is not None:
+            self.request0 = c.requests
+            c._new_request(G)
+            plan = self._prefill_plan(valid) if self.dynamic else self._fixed_plan(G)
+        logits = self._forward(ids, valid, positions, plan, logits_to_keep=keep)
+        if self.dynamic:
+            self._after_prefill(valid)
+        elif c is not None:
+            c.tokens_seen += valid.sum()
+        for g in range(G):
+            rows = [b for b in range(self.B) if self.group[b] == g]
+            if rows:
+                one = logits[g : g + 1, : lens[g]] if self.prefix_logits else logits[g : g + 1]
+                self.take([self.names[b] for b in rows], -lens[g] if self.prefix_logits else -1, one.expand(len(rows), -1, -1))
+        index = torch.tensor(self.group, device=self.dev)
+        self.cache.batch_select_indices(index)
+        self.amask = self.amask.index_select(0, index)
+        if c is not None:
+            c.select_rows(index)
+        rows = list(range(self.B))
+        if not self.dynamic:
+            self._rest_in_one(rows)
+        else:
+            first = True
+            while rows:
+                rows = self._round(rows, first)
+                first = False
+            c.requests = self.request0 + self.B
+
+    def _fixed_plan(self, n: int) -> Plan:
+        c = self.c
+        return Plan(prune=ROWS, compact=c.kept_prefix if n == 1 and c.compacted else None)
+
+    def _rest_in_one(self, rows: list[int]) -> None:
+        """Strategies without a schedule: every row's forced tokens in one forward."""
+        T = max(self.N)
+        if T == 0:
+            return
+        ids, valid, pos = self._chunk(rows, T)
+        plan = self._fixed_plan(len(rows)) if self.c is not None else None
+        logits = self._forward(ids, valid, pos, plan)
+        if self.c is not None:
+            self.c.tokens_seen += valid.sum()
+        self._emit(rows, [0] * len(rows), logits)
+
+    # ------------------------------------------------------------------ the schedule, chunked
+    def _trace_weights(self, live: torch.Tensor, prefill: bool, fresh: bool):
+        c = self.c
+        w = live.to(torch.float32)
+        decay = None
+        if c.spec.statistic == "ema":
+            d = float(c.spec.ema_decay)
+            flags = torch.full((w.shape[0],), fresh, dtype=torch.bool, device=self.dev)
+            w, decay = (ema_weights if prefill else sequential_ema_weights)(w, d, flags)
+        return w, decay
+
+    def _prefill_plan(self, valid: torch.Tensor) -> Plan:
+        c = self.c
+        w, decay = self._trace_weights(valid, prefill=True, fresh=True)
+        plan = Plan(trace_w=w, decay=decay, align=c.stats.alignment, capture=self.det is not None,
+                    drift_trace_w=valid.to(torch.float32) if self.det is not None else None)
+        if self.m == 0:  # the published same-pass build: mask the prefill it was traced from
+            plan.build_rows = torch.ones(valid.shape[0], dtype=torch.bool, device=self.dev)
+            plan.prune = ROWS
+        return plan
+
+    def _after_prefill(self, valid: torch.Tensor) -> None:
+        c, G = self.c, valid.shape[0]
+        c.tokens_seen += valid.sum()
+        c.tokens_traced += valid.sum()
+        c.fresh = [False] * G
+        if self.det is not None:
+            self.det.collect_trace(c.captured, valid.to(torch.float32))
+            if max(self.m, 1) == 1:
+                self.det.finalize(torch.ones(G, dtype=torch.bool, device=self.dev))
+                self.det.drop_windows()
+        if self.m == 0:
+            c.has_mask = [True] * G
+            c.builds += G
+
+    def _round(self, rows: list[int], first: bool) -> list[int]:
+        """Trace, build and prune the rows (all in the same phase); returns the rows that re-trace next."""
+        c, m, r = self.c, self.m, self.r
+        n = len(rows)
+        t = max(m, 1) - 1 if first else max(m, 1)
+        T1 = min(t, max(self.N[b] - self.j_next[b] for b in rows))
+        if T1 > 0:  # trace forwards: dense (m = 0 after a trigger: the same-pass build of one token)
+            ids, valid, pos = self._chunk(rows, T1)
+            k = self._forward_index(rows, T1).to(self.dev)
+            live = valid & (k < r) if r is not None else valid
+            w, decay = self._trace_weights(live, prefill=False, fresh=not first)
+            plan = Plan(trace_w=w, decay=decay, align=c.stats.alignment, capture=self.det is not None,
+                        drift_trace_w=live.to(torch.float32) if self.det is not None else None)
+            if m == 0:
+                plan.build_rows, plan.prune = live[:, 0], live
+            logits = self._forward(ids, valid, pos, plan)
+            self._emit(rows, [self.j_next[b] for b in rows], logits)
+            n_live = live.sum(dim=1).tolist()
+            c.tokens_seen += valid.sum()
+            c.tokens_traced += live.sum()
+            for i in range(n):
+                if n_live[i]:
+                    c.fresh[i] = False
+            if self.det is not None:
+                self.det.collect_trace(c.captured, live.to(torch.float32))
+                done = [x == t for x in n_live]
+                if any(done):
+                    self.det.finalize(c._rows(done))
+                self.det.drop_windows()
+            if m == 0:
+                for i in range(n):
+                    if n_live[i]:
+                        c.has_mask[i] = True
+                c.builds += sum(1 for x in n_live if x)
+            for b in rows:
+                self.j_next[b] = min(self.j_next[b] + T1, self.N[b])
+        T2 = max(self.N[b] - self.j_next[b] for b in rows)
+        if T2 <= 0:
+            return []
+        if m >= 1:  # the masks, at forward m after the (re)start
+            build = [self.j_next[b] < self.N[b] and (r is None or self.j_next[b] + 1 < r) for b in rows]
+            if any(build):
+                c._build(c._rows(build))
+                c.builds += sum(build)
+                for i, flag in enumerate(build):
+                    if flag:
+                        c.has_mask[i] = True
+        if n == 1 and c.has_mask[0] and c.spec.execution != "masked" and (c.spec.execution == "compact" or T2 >= self.compact_min):
+            c._maybe_compact()
+        c._pending_compact = False
+        ids, valid, pos = self._chunk(rows, T2)
+        k_host = self._forward_index(rows, T2)
+        pruned_host = valid.cpu() & torch.tensor(c.has_mask)[:, None]
+        whole = r is None or bool((k_host < r).all())  # else the positions from the release step on run dense
+        if not whole:
+            pruned_host &= k_host < r
+        plan = Plan(prune=ROWS if whole else pruned_host.to(self.dev), capture=self.det is not None)
+        if n == 1 and c.compacted and c.has_mask[0] and whole:
+            plan.compact = c.kept_prefix
+        j_start = [self.j_next[b] for b in rows]
+        logits = self._forward(ids, valid, pos, plan)
+        self._emit(rows, j_start, logits)
+        n_pruned = pruned_host.sum(dim=1).tolist()
+        fired = self._scan(rows, j_start, n_pruned) if self.det is not None else [None] * n
+        # accounting, up to each row's trigger (the rest is recomputed)
+        n_valid = valid.sum(dim=1).tolist()
+        c.tokens_seen += float(sum(nv if f is None else f + 1 for nv, f in zip(n_valid, fired)))
+        return self._next_cohort(rows, j_start, fired, T2)
+
+    def _scan(self, rows: list[int], j_start: list[int], n_pruned: list[int]) -> list[int | None]:
+        """The drift checks of the pruned chunk; per row the chunk position of the token whose window fired."""
+        c, det, W = self.c, self.det, self.det.W
+        n_w = [x // W for x in n_pruned]
+        out: list[int | None] = [None] * len(rows)
+        if max(n_w) == 0:
+            return out
+        cos = det.window_cosines(c.captured, max(n_w))
+        values = torch.cat([cos, det.tau[:, None]], dim=1).tolist()  # one read per round
+        for i, b in enumerate(rows):
+            tau = values[i][-1]
+            steps = [j_start[i] + (w + 1) * W for w in range(n_w[i])]  # forward index closing each window
+            if det.fire_steps is not None:
+                below = [s in det.fire_steps for s in steps]
+            else:
+                below = [values[i][w] < tau for w in range(n_w[i])]  # NaN tau never fires
+            hit = det.first_trigger(below)
+            last = n_w[i] - 1 if hit is None else hit
+            request = self.request0 + 1 + self.names[b]
+            for w in range(last + 1):
+                entry = {"request": request, "row": 0, "step": steps[w], "cosine": values[i][w], "threshold": tau}
+                c.window_log.append(entry)
+                if w == hit:
+                    c.triggers.append(entry)
+            c.checks += last + 1
+            if hit is not None:
+                out[i] = (hit + 1) * W - 1
+        return out
+
+    def _next_cohort(self, rows: list[int], j_start: list[int], fired: list[int | None], T2: int) -> list[int]:
+        """Rows with tokens left after their trigger: their cache up to the trigger, fresh engine state."""
+        keep, cut = [], []
+        for i, b in enumerate(rows):
+            if fired[i] is None:
+                continue
+            j_f = j_start[i] + fired[i]
+            if j_f + 1 < self.N[b]:
+                keep.append(i)
+                cut.append(fired[i] + 1)  # valid columns of this row inside the last chunk
+                self.j_next[b] = j_f + 1
+        if not keep:
+            return []
+        c = self.c
+        index = torch.tensor(keep, device=self.dev)
+        self.cache.batch_select_indices(index)
+        self.amask = self.amask.index_select(0, index)
+        c.select_rows(index)
+        c.clear_all_rows()
+        start = self.amask.shape[1] - T2
+        if len(keep) == 1:
+            drop = T2 - cut[0]
+            if drop:
+                self.cache.crop(-drop)
+                self.amask = self.amask[:, : self.amask.shape[1] - drop]
+        else:
+            for i, n_ok in enumerate(cut):
+                self.amask[i, start + n_ok :] = 0
+        return [rows[i] for i in keep]

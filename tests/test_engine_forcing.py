@@ -1,0 +1,212 @@
+"""Exact chunked teacher forcing (dart/engine/forcing.py) against its reference, token-by-token decoding through the
+engine's own schedule: every logit within 1e-4 and the same drift checks and triggers, on tiny random Llama, GPT-2
+and GPT-NeoX models, with scripted triggers (first, middle and last window of a continuation; several in one
+continuation), natural triggers, m = 0 / 1 / 2 / 20, a release step, the EMA statistic, depth-aware allocation,
+shared prefixes and batch 1 == batch B."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import MODEL_BUILDERS, tiny_llama  # noqa: E402
+from dart.engine.controller import Controller  # noqa: E402
+from dart.engine.forcing import force  # noqa: E402
+from dart.engine.spec import DriftSpec, EngineSpec  # noqa: E402
+
+TOL = 1e-4
+
+
+def work(seed=1, prefix_lens=(7, 12), forced_lens=(3, 30, 17, 0, 41), group=(0, 1, 1, 0, 0), vocab=128):
+    g = torch.Generator().manual_seed(seed)
+    prefixes = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in prefix_lens]
+    forced = [torch.randint(0, vocab, (n,), generator=g).tolist() for n in forced_lens]
+    return prefixes, forced, list(group)
+
+
+def collect(model, prefixes, forced, group, mode, **kw):
+    """{row: {forced index j: log-probs}} for j in -1 .. N-1 (later calls replace earlier ones)."""
+    out = {b: {} for b in range(len(forced))}
+
+    def take(rows, j0, logits):
+        for i, b in enumerate(rows):
+            for t in range(logits.shape[1]):
+                if -1 <= j0 + t < len(forced[b]):
+                    out[b][j0 + t] = logits[i, t].float().log_softmax(-1)
+
+    force(model, prefixes, forced, group, take, mode=mode, **kw)
+    return out
+
+
+def checks(c: Controller, base: tuple[int, int]):
+    """(row, forward, fired) of every drift check since `base` = (log length, requests), rows numbered from 0."""
+    fired = {(t["request"], t["step"]) for t in c.triggers}
+    log = c.window_log[base[0]:]
+    return sorted((e["request"] - base[1] - 1, e["step"], (e["request"], e["step"]) in fired) for e in log)
+
+
+def mark(c: Controller) -> tuple[int, int]:
+    return len(c.window_log), c.requests
+
+
+def compare(model, c, prefixes, forced, group, **kw):
+    n0 = mark(c)
+    ref = collect(model, prefixes, forced, group, "reference", **kw)
+    ref_checks = checks(c, n0)
+    n1 = mark(c)
+    got = collect(model, prefixes, forced, group, "chunked", **kw)
+    got_checks = checks(c, n1)
+    worst = 0.0
+    for b in ref:
+        assert sorted(ref[b]) == sorted(got[b]) == list(range(-1, len(forced[b]))), b
+        for j in ref[b]:
+            worst = max(worst, float((ref[b][j] - got[b][j]).abs().max()))
+    assert worst < TOL, worst
+    assert got_checks == ref_checks
+    return ref_checks
+
+
+def attach(model, **spec):
+    drift = spec.pop("drift", {})
+    return Controller(model, EngineSpec(sparsity=spec.pop("sparsity", 0.5), drift=DriftSpec(**drift), **spec)).attach()
+
+
+@pytest.mark.parametrize("arch", sorted(MODEL_BUILDERS))
+@pytest.mark.parametrize("m", [1, 2, 20])
+def test_natural_triggers(arch, m):
+    """A threshold at the baseline's mean (no margin): windows fall below it about half the time, so most rows
+    re-trace several times; the chunked run makes the same checks and triggers and the same logits."""
+    model = MODEL_BUILDERS[arch]()
+    c = attach(model, masking_step=m, drift=dict(sigma_scale=0.0, min_margin=0.0))
+    prefixes, forced, group = work(forced_lens=(3, 30, 17, 0, 61))
+    got = compare(model, c, prefixes, forced, group)
+    assert sum(f for *_, f in got) >= (4 if m < 20 else 1)
+
+
+# forward indices of the windows with m = 1, W = 5: a row's first window closes at forward 5 (pruned from
+# forward 1); after a trigger at f: forward f+1 re-traces, f+2 builds, windows close at f+6, f+11, ...
+SCRIPTS = {
+    "first": ({5}, [(1, 5)]),
+    "middle": ({15}, [(1, 15)]),
+    "last": ({30}, [(1, 30)]),  # the last window of the 30-token row: a trigger with nothing left to recompute
+    "several": ({5, 11, 21, 22}, [(1, 5), (1, 11), (1, 22)]),  # after the 2nd: windows close at 17, 22, 27
+}
+
+
+@pytest.mark.parametrize("arch", sorted(MODEL_BUILDERS))
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_scripted_triggers(arch, script):
+    model = MODEL_BUILDERS[arch]()
+    c = attach(model, masking_step=1)
+    c.detector.fire_steps, expected = SCRIPTS[script]
+    prefixes, forced, group = work(forced_lens=(3, 30), group=(0, 1))
+    got = compare(model, c, prefixes, forced, group)
+    assert [(row, step) for row, step, fired in got if fired] == expected
+
+
+@pytest.mark.parametrize("m", [1, 20])
+def test_scripted_triggers_long_masking_step(m):
+    """m = 20: the first window closes at forward 24 and a re-trace runs 20 dense forwards before its masks."""
+    model = tiny_llama()
+    c = attach(model, masking_step=m)
+    first, second = m + 4, m + 4 + 1 + m + 4
+    c.detector.fire_steps = {first, second}
+    prefixes, forced, group = work(forced_lens=(70, 25), group=(0, 1))
+    got = compare(model, c, prefixes, forced, group)
+    expected = [(0, first), (0, second), (1, first)] + ([(1, second)] if second <= 25 else [])
+    assert [(row, step) for row, step, fired in got if fired] == expected
+
+
+@pytest.mark.parametrize("spec", [
+    dict(masking_step=0, protocol="compat"),  # same-pass: the prefill masked with its own statistics
+    dict(masking_step=1, release_step=12),  # positions from forward 12 on run dense, no checks after it
+    dict(masking_step=2, statistic="ema", ema_decay=0.9),
+    dict(masking_step=1, allocation="auto"),
+    dict(masking_step=3, ranking="max"),
+    dict(masking_step=1, statistic="griffin"),
+    dict(masking_step=1, mask_rule="mean"),
+    dict(masking_step=1, execution="masked"),
+    dict(masking_step=1, execution="compact"),
+])
+def test_every_knob_natural_triggers(spec):
+    model = tiny_llama()
+    c = attach(model, drift=dict(sigma_scale=0.0, min_margin=0.0), **spec)
+    prefixes, forced, group = work(forced_lens=(3, 30, 17, 0, 41))
+    got = compare(model, c, prefixes, forced, group)
+    if spec.get("release_step"):
+        assert got and all(step < 12 for _, step, _ in got)
+    else:
+        assert any(f for *_, f in got)
+
+
+def test_no_detector_and_fixed_masks():
+    """static_prompt (no detector) and fixed masks (strategy=static): no rounds, same logits."""
+    model = tiny_llama()
+    c = attach(model, masking_step=2, drift=dict(enabled=False))
+    compare(model, c, *work())
+    c.detach()
+    fixed = torch.rand(3, 64, generator=torch.Generator().manual_seed(0)) < 0.5
+    c = Controller(model, EngineSpec(drift=DriftSpec(enabled=False)), fixed_masks=fixed).attach()
+    compare(model, c, *work())
+
+
+def test_dense_model_without_engine():
+    model = tiny_llama()
+    prefixes, forced, group = work()
+    ref = collect(model, prefixes, forced, group, "reference")
+    got = collect(model, prefixes, forced, group, "chunked")
+    for b in ref:
+        for j in ref[b]:
+            assert torch.allclose(ref[b][j], got[b][j], atol=TOL, rtol=0)
+
+
+def test_batch_invariance_and_shared_prefixes():
+    """All rows at once (prefixes shared, batched re-trace rounds) == each row alone (chunked)."""
+    model = tiny_llama()
+    c = attach(model, masking_step=1, drift=dict(sigma_scale=0.0, min_margin=0.0))
+    prefixes, forced, group = work(forced_lens=(3, 30, 17, 0, 41, 30), group=(0, 1, 1, 0, 0, 1))
+    n0 = mark(c)
+    together = collect(model, prefixes, forced, group, "chunked")
+    log_together = checks(c, n0)
+    alone, log_alone = {}, []
+    for b in range(len(forced)):
+        n1 = mark(c)
+        alone[b] = collect(model, [prefixes[group[b]]], [forced[b]], [0], "chunked")[0]
+        log_alone += [(b, step, f) for _, step, f in checks(c, n1)]
+    assert sorted(log_alone) == log_together and any(f for *_, f in log_together)
+    for b in range(len(forced)):
+        for j in alone[b]:
+            assert float((alone[b][j] - together[b][j]).abs().max()) < TOL, (b, j)
+
+
+def test_prefix_logits():
+    """prefix_logits: the prefill's logits at every prefix position (perplexity scores tokens inside the prime)."""
+    model = tiny_llama()
+    c = attach(model, masking_step=1)
+    prefixes, forced, group = work(prefix_lens=(9,), forced_lens=(12, 12), group=(0, 0))
+    seen = {}
+
+    def take(rows, j0, logits):
+        for i, b in enumerate(rows):
+            for t in range(logits.shape[1]):
+                seen[b, j0 + t] = logits[i, t]
+
+    force(model, prefixes, forced, group, take, prefix_logits=True)
+    with c.paused():
+        dense = model(torch.tensor([prefixes[0]])).logits[0]
+    for j in range(-9, 0):
+        assert torch.allclose(seen[0, j], dense[9 + j], atol=1e-5) and torch.allclose(seen[1, j], dense[9 + j], atol=1e-5)
+
+
+def test_forward_count():
+    """Without triggers: one prefill, one trace chunk (m >= 2) and one pruned chunk, whatever the lengths."""
+    model = tiny_llama()
+    c = attach(model, masking_step=2, drift=dict(enabled=False))
+    calls = []
+    h = model.register_forward_pre_hook(lambda mod, args, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
+    force(model, *work(), lambda *a: None)
+    h.remove()
+    assert calls == [(2, 12), (5, 1), (5, 40)]
