@@ -210,3 +210,39 @@ def test_forward_count():
     force(model, *work(), lambda *a: None)
     h.remove()
     assert calls == [(2, 12), (5, 1), (5, 40)]
+
+
+@pytest.mark.parametrize("spec", [
+    dict(masking_step=1, drift=dict(sigma_scale=0.0, min_margin=0.0)),
+    dict(masking_step=2, statistic="ema", ema_decay=0.9, drift=dict(sigma_scale=0.0, min_margin=0.0)),
+    dict(masking_step=1, allocation="auto"),
+    dict(masking_step=1, statistic="griffin", drift=dict(enabled=False)),
+    "fixed", "dense",
+])
+def test_shared_prompt_head(spec):
+    """Prompts with a common head (few-shot examples): the head runs once, then each prompt's tail; statistics,
+    EMA weights, the detector's windows and the logits equal the token-by-token reference."""
+    model = tiny_llama()
+    if spec == "fixed":
+        c = Controller(model, EngineSpec(drift=DriftSpec(enabled=False)),
+                       fixed_masks=torch.rand(3, 64, generator=torch.Generator().manual_seed(0)) < 0.5).attach()
+    elif spec != "dense":
+        c = attach(model, **dict(spec))
+    head = work(prefix_lens=(13,))[0][0]
+    prefixes, forced, group = work(prefix_lens=(4, 9, 1), forced_lens=(3, 30, 17, 0, 41), group=(0, 1, 2, 0, 2))
+    prefixes = [head + p for p in prefixes]
+    calls = []
+    h = model.register_forward_pre_hook(lambda mod, args, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    if spec == "dense":
+        ref = collect(model, prefixes, forced, group, "reference")
+        calls.clear()
+        got = collect(model, prefixes, forced, group, "chunked", shared=13)
+        worst = max(float((ref[b][j] - got[b][j]).abs().max()) for b in ref for j in ref[b])
+        assert worst < TOL
+    else:
+        calls_before = len(calls)
+        compare(model, c, prefixes, forced, group, shared=13)
+        calls[:] = calls[calls_before:]
+        calls[:] = calls[[i for i, s in enumerate(calls) if s == (1, 13)][0]:]  # the chunked run's forwards
+    h.remove()
+    assert calls[:2] == [(1, 13), (3, 9)]  # the head once, then the three tails

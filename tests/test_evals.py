@@ -422,6 +422,36 @@ def test_harness_shares_contexts(tok):
     assert batch[2][0] != batch[3][0]  # one row, two targets
 
 
+def test_prompt_batches_group_common_heads():
+    from dart.evals.lm import prompt_batches
+
+    head = tuple(range(100, 140))  # 40 tokens of few-shot examples
+    prompts = [head + (1, 2), (5, 6, 7), head + (3,), head + (4, 4, 4), (9,) * 50, head[:20] + (8,)]
+    assert prompt_batches(prompts, 8) == [([3, 0, 2], 40), ([4, 5, 1], 0)]
+    assert prompt_batches(prompts, 2) == [([3, 0], 40), ([4, 2], 0), ([5, 1], 0)]  # a lone cluster member joins the rest
+
+
+def test_harness_few_shot_head_runs_once(tok):
+    """5-shot style prompts (a long common head, then each question): the head is one forward of one row; the
+    log-likelihoods equal one request at a time, token by token."""
+    from dart.evals.harness import DartLM
+
+    m = model()
+    s = Dart(sparsity=0.5, drift=dict(sigma_scale=0.0, min_margin=0.0))  # triggers wherever a window dips
+    s.attach(m)
+    head = list(range(200, 240))
+    reqs = [(("", ""), head + q, cont) for q in ([1, 2, 3], [4, 5], [6, 7, 8, 9]) for cont in ([40], [41], list(range(50, 58)))]
+    lm = DartLM(m, tok, s, batch_size=8)
+    shapes = []
+    h = m.register_forward_pre_hook(lambda mod, args, kw: shapes.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    batch = lm._loglikelihood_tokens(reqs, disable_tqdm=True)
+    h.remove()
+    assert shapes[:2] == [(1, 40), (3, 3)]  # the head, then the three questions minus their last token
+    ref = DartLM(m, tok, s, batch_size=1, forcing="reference")
+    singles = [ref._loglikelihood_tokens([r], disable_tqdm=True)[0] for r in reqs]
+    assert [lp for lp, _ in batch] == pytest.approx([lp for lp, _ in singles], abs=1e-4)
+
+
 # ============================================================================ 4. batch invariance of the harness
 TASKS = ["offline_arc_easy", "offline_boolq"]  # multi-token answer texts (some >= 6 tokens) and " yes"/" no"
 

@@ -59,9 +59,11 @@ def has_sliding_window(config) -> bool:
 
 @torch.no_grad()
 def force(model, prefixes: Sequence[Sequence[int]], forced: Sequence[Sequence[int]], group: Sequence[int], take: Take,
-          mode: str = "chunked", prefix_logits: bool = False, pad_id: int = 0, compact_min: int = 16) -> None:
+          mode: str = "chunked", prefix_logits: bool = False, pad_id: int = 0, compact_min: int = 16,
+          shared: int = 0) -> None:
     """Teacher-force every row (see the module docstring); `mode` chunked (fast, exact) or reference (one
-    forward per token, through the engine's own decoding schedule)."""
+    forward per token, through the engine's own decoding schedule). shared: the prefixes' first `shared` tokens
+    are the same (few-shot examples), so they run once and the prompts' tails after them."""
     if mode not in MODES:
         raise choice_error("forcing mode", mode, MODES)
     if len(forced) != len(group) or any(not 0 <= g < len(prefixes) for g in group):
@@ -79,7 +81,8 @@ def force(model, prefixes: Sequence[Sequence[int]], forced: Sequence[Sequence[in
         for b in range(len(forced)):
             _Chunked(model, c, [prefixes[group[b]]], [forced[b]], [0], [b], take, prefix_logits, pad_id, compact_min).run()
         return
-    _Chunked(model, c, prefixes, forced, group, list(range(len(forced))), take, prefix_logits, pad_id, compact_min).run()
+    _Chunked(model, c, prefixes, forced, group, list(range(len(forced))), take, prefix_logits, pad_id, compact_min,
+             shared).run()
 
 
 def _device(model) -> torch.device:
@@ -105,7 +108,7 @@ def _reference(model, prefixes, forced, group, take, prefix_logits) -> None:
 
 
 class _Chunked:
-    def __init__(self, model, c, prefixes, forced, group, names, take, prefix_logits, pad_id, compact_min):
+    def __init__(self, model, c, prefixes, forced, group, names, take, prefix_logits, pad_id, compact_min, shared=0):
         self.model, self.c, self.take = model, c, take
         self.prefixes, self.forced, self.group, self.names = [list(p) for p in prefixes], [list(f) for f in forced], list(group), names
         self.prefix_logits, self.pad, self.compact_min = prefix_logits, int(pad_id), int(compact_min)
@@ -122,6 +125,11 @@ class _Chunked:
             if self.m == 0 and spec.global_build:
                 raise ConfigError("strategy.allocation=auto needs every layer's statistics before any mask, so it "
                                   "cannot mask the prefill it traces (masking_step=0); use masking_step >= 1")
+        # a common head of the prompts runs once (never under m = 0: its masks are built inside the prefill)
+        usable = not prefix_logits and not (self.dynamic and self.m == 0) and len(self.prefixes) > 1
+        self.shared = min(int(shared), min(len(p) for p in self.prefixes) - 1) if usable else 0
+        if self.shared and any(p[: self.shared] != self.prefixes[0][: self.shared] for p in self.prefixes):
+            raise ValueError(f"the prompts do not share their first {self.shared} tokens")
 
     # ------------------------------------------------------------------ plumbing
     def _forward(self, ids, new_valid, positions, plan: Plan | None, logits_to_keep=0):
@@ -170,25 +178,38 @@ class _Chunked:
         from transformers import DynamicCache
 
         c, G = self.c, len(self.prefixes)
-        lens = [len(p) for p in self.prefixes]
+        k = self.shared
+        self.cache = DynamicCache()
+        self.amask = torch.zeros((1 if k else G, 0), dtype=torch.long, device=self.dev)
+        if c is not None:
+            self.request0 = c.requests
+            c._new_request(1 if k else G)
+        if k:  # the prompts' common head: one row, then expanded over the prompts
+            ids = torch.tensor([self.prefixes[0][:k]], dtype=torch.long, device=self.dev)
+            valid = torch.ones_like(ids, dtype=torch.bool)
+            plan = self._prefill_plan(valid, "head") if self.dynamic else (self._fixed_plan(1) if c is not None else None)
+            self._forward(ids, valid, torch.arange(k, device=self.dev)[None, :], plan, logits_to_keep=1)
+            if self.dynamic:
+                self._after_prefill(valid, finished=False)
+            elif c is not None:
+                c.tokens_seen += valid.sum()
+            self._select(torch.zeros(G, dtype=torch.long, device=self.dev))
+        lens = [len(p) - k for p in self.prefixes]
         Pmax = max(lens)
         ids = torch.full((G, Pmax), self.pad, dtype=torch.long)
         valid = torch.zeros((G, Pmax), dtype=torch.bool)
         for g, p in enumerate(self.prefixes):
-            ids[g, : len(p)] = torch.tensor(p, dtype=torch.long)
-            valid[g, : len(p)] = True
+            ids[g, : lens[g]] = torch.tensor(p[k:], dtype=torch.long)
+            valid[g, : lens[g]] = True
         ids, valid = ids.to(self.dev), valid.to(self.dev)
-        positions = torch.arange(Pmax, device=self.dev)[None, :].expand(G, Pmax)
-        self.cache, self.amask = DynamicCache(), torch.zeros((G, 0), dtype=torch.long, device=self.dev)
+        positions = k + torch.arange(Pmax, device=self.dev)[None, :].expand(G, Pmax)
         keep = 0 if self.prefix_logits else torch.tensor(lens, device=self.dev)[:, None] - 1
         plan = None
         if c is not None:
-            self.request0 = c.requests
-            c._new_request(G)
-            plan = self._prefill_plan(valid) if self.dynamic else self._fixed_plan(G)
+            plan = self._prefill_plan(valid, "tail" if k else "whole") if self.dynamic else self._fixed_plan(G)
         logits = self._forward(ids, valid, positions, plan, logits_to_keep=keep)
         if self.dynamic:
-            self._after_prefill(valid)
+            self._after_prefill(valid, finished=True)
         elif c is not None:
             c.tokens_seen += valid.sum()
         for g in range(G):
@@ -196,11 +217,7 @@ class _Chunked:
             if rows:
                 one = logits[g : g + 1, : lens[g]] if self.prefix_logits else logits[g : g + 1]
                 self.take([self.names[b] for b in rows], -lens[g] if self.prefix_logits else -1, one.expand(len(rows), -1, -1))
-        index = torch.tensor(self.group, device=self.dev)
-        self.cache.batch_select_indices(index)
-        self.amask = self.amask.index_select(0, index)
-        if c is not None:
-            c.select_rows(index)
+        self._select(torch.tensor(self.group, device=self.dev))
         rows = list(range(self.B))
         if not self.dynamic:
             self._rest_in_one(rows)
@@ -210,6 +227,13 @@ class _Chunked:
                 rows = self._round(rows, first)
                 first = False
             c.requests = self.request0 + self.B
+
+    def _select(self, index: torch.Tensor) -> None:
+        """Keep (and repeat) rows `index` of the cache, the attention mask and the engine's per-row state."""
+        self.cache.batch_select_indices(index)
+        self.amask = self.amask.index_select(0, index)
+        if self.c is not None:
+            self.c.select_rows(index)
 
     def _fixed_plan(self, n: int) -> Plan:
         c = self.c
@@ -238,9 +262,28 @@ class _Chunked:
             w, decay = (ema_weights if prefill else sequential_ema_weights)(w, d, flags)
         return w, decay
 
-    def _prefill_plan(self, valid: torch.Tensor) -> Plan:
+    def _prefill_plan(self, valid: torch.Tensor, part: str) -> Plan:
+        """The prompts' trace: in one forward ("whole"), or a common head and then each prompt's tail. The
+        statistics are sums over the prompt's tokens, so two parts give the same totals; the EMA's prefill weights
+        d^(n-1-t) / Z_n (n: the prompt's length) are split into the head's d^(k-1-t) and the tail's rescaling."""
         c = self.c
-        w, decay = self._trace_weights(valid, prefill=True, fresh=True)
+        w, decay = valid.to(torch.float32), None
+        if c.spec.statistic == "ema":
+            d = float(c.spec.ema_decay)
+            if part == "whole":
+                w, decay = ema_weights(w, d, torch.ones(w.shape[0], dtype=torch.bool, device=self.dev))
+            elif part == "head":
+                k = w.shape[1]
+                w = torch.pow(torch.tensor(d, device=self.dev), torch.arange(k - 1, -1, -1, device=self.dev, dtype=torch.float32))[None, :]
+                decay = torch.zeros(1, device=self.dev)
+            else:
+                S = w.sum(dim=1, keepdim=True)
+                n = S + self.shared
+                dd = torch.tensor(d, device=self.dev)
+                Z = (1 - torch.pow(dd, n)) / (1 - d)
+                j = w.cumsum(dim=1) - 1
+                w = torch.pow(dd, (S - 1 - j).clamp_min(0)) * w / Z
+                decay = (torch.pow(dd, S) / Z)[:, 0]
         plan = Plan(trace_w=w, decay=decay, align=c.stats.alignment, capture=self.det is not None,
                     drift_trace_w=valid.to(torch.float32) if self.det is not None else None)
         if self.m == 0:  # the published same-pass build: mask the prefill it was traced from
@@ -248,16 +291,18 @@ class _Chunked:
             plan.prune = ROWS
         return plan
 
-    def _after_prefill(self, valid: torch.Tensor) -> None:
+    def _after_prefill(self, valid: torch.Tensor, finished: bool) -> None:
         c, G = self.c, valid.shape[0]
         c.tokens_seen += valid.sum()
         c.tokens_traced += valid.sum()
-        c.fresh = [False] * G
         if self.det is not None:
             self.det.collect_trace(c.captured, valid.to(torch.float32))
-            if max(self.m, 1) == 1:
-                self.det.finalize(torch.ones(G, dtype=torch.bool, device=self.dev))
-                self.det.drop_windows()
+        if not finished:
+            return
+        c.fresh = [False] * G
+        if self.det is not None and max(self.m, 1) == 1:
+            self.det.finalize(torch.ones(G, dtype=torch.bool, device=self.dev))
+            self.det.drop_windows()
         if self.m == 0:
             c.has_mask = [True] * G
             c.builds += G

@@ -11,6 +11,7 @@ teacher-forced decoding, run here by dart.engine.forcing in a few forwards:
   masks, detector baseline) and all of its continuations are scored against its KV cache in one batched forward;
   continuations that feed the same tokens (one-token answers: only the target differs) are one row;
 - a drift trigger inside a continuation recomputes only that row's tokens after it (forcing's rounds);
+- prompts with a common head (the few-shot examples of MMLU-style 5-shot prompts) run that head once;
 - several questions per batch (`batch_size` prompts), each row with its own statistics, masks and detector, so
   the batch size does not change any log-likelihood.
 protocol=compat keeps the published same-pass semantics: one forward over context + continuation per request,
@@ -82,8 +83,6 @@ class DartLM(HFLM):
         self.stats["prompts"] += len(prompts)
         self.stats["rows"] += len(rows)
         prompt_list = list(prompts)
-        # longest prompts first (time estimates err on the long side, out-of-memory errors come early)
-        order = sorted(range(len(prompt_list)), key=lambda g: (-len(prompt_list[g]), prompt_list[g]))
         rows_of: list[list[int]] = [[] for _ in prompt_list]
         for r, g in enumerate(row_group):
             rows_of[g].append(r)
@@ -92,13 +91,12 @@ class DartLM(HFLM):
             reqs_of_row[r].append(q)
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        for start in range(0, len(order), bs):
-            gs = order[start : start + bs]
+        for gs, shared in prompt_batches(prompt_list, bs):
             batch_rows = [r for g in gs for r in rows_of[g]]
             batch_reqs = [q for r in batch_rows for q in reqs_of_row[r]]
             scorer = _Targets(batch_rows, reqs_of_row, targets, self.device)
             force(self.model, [prompt_list[g] for g in gs], [row_forced[r] for r in batch_rows],
-                  [gs.index(row_group[r]) for r in batch_rows], scorer.take, mode=self.forcing, pad_id=pad)
+                  [gs.index(row_group[r]) for r in batch_rows], scorer.take, mode=self.forcing, pad_id=pad, shared=shared)
             for q, value in zip(batch_reqs, scorer.results()):
                 results[q] = value
             bar.update(len(batch_reqs))
@@ -139,6 +137,44 @@ class DartLM(HFLM):
             self.stats["one_pass"] += len(chunk)
             bar.update(len(chunk))
         return order.get_original(results)
+
+
+def _common(a, b) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def prompt_batches(prompts: list[tuple], bs: int, min_shared: int = 32) -> list[tuple[list[int], int]]:
+    """Batches of at most `bs` prompts (indices) with the length of the head they share: prompts with a common
+    head of at least `min_shared` tokens (the few-shot examples of a subject) go together and the head runs once;
+    the others go longest first (time estimates err on the long side, out-of-memory errors come early)."""
+    clusters, members, head = [], [], ()
+    for g in sorted(range(len(prompts)), key=lambda g: prompts[g]):  # common heads end up next to each other
+        n = _common(head, prompts[g]) if members else 0
+        if members and n >= min_shared:
+            members.append(g)
+            head = head[:n]
+        else:
+            if members:
+                clusters.append((members, len(head)))
+            members, head = [g], prompts[g]
+    if members:
+        clusters.append((members, len(head)))
+    batches, singles = [], []
+    for members, n in clusters:
+        members.sort(key=lambda g: (-len(prompts[g]), prompts[g]))
+        for i in range(0, len(members), bs):
+            part = members[i : i + bs]
+            if len(part) > 1:
+                batches.append((part, n))
+            else:
+                singles += part
+    singles.sort(key=lambda g: (-len(prompts[g]), prompts[g]))
+    return batches + [(singles[i : i + bs], 0) for i in range(0, len(singles), bs)]
 
 
 class _Targets:
