@@ -25,8 +25,11 @@ pip() { "$vpy" -m pip --disable-pip-version-check -q "$@" 2>&1 | grep -v "is ign
 
 if ! "$vpy" -c "import torch" >/dev/null 2>&1; then
   log "installing ${DART_TORCH:-torch==2.13.0}"
+  # numpy with it: a torch imported without numpy warns "Failed to initialize NumPy" (the check below imports it)
+  numpy_spec=$(grep -m1 '^numpy==' constraints.txt 2>/dev/null || echo numpy)
+  [ "${DART_NO_CONSTRAINTS:-0}" = 1 ] && numpy_spec=numpy
   # shellcheck disable=SC2086
-  pip install ${DART_TORCH:-torch==2.13.0}
+  pip install ${DART_TORCH:-torch==2.13.0} "$numpy_spec"
   "$vpy" -c "import torch" || { log "torch did not install: set DART_TORCH to a pip spec that works here"; exit 1; }
 fi
 

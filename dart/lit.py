@@ -2,8 +2,12 @@
 
 EvalModule wraps the Hugging Face model and an Evaluator; each evaluator batch is one test step (so long work
 shows Lightning's progress bar) and `on_test_epoch_end` aggregates the metrics. StrategyCallback attaches the
-strategy's hooks when testing starts and removes them when it ends."""
+strategy's hooks when testing starts and removes them when it ends. PlainProgress prints a plain progress line
+every so often when stdout is not a terminal (nohup, SLURM), where Lightning's bar shows nothing until the end."""
 from __future__ import annotations
+
+import sys
+import time
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
@@ -62,3 +66,51 @@ class StrategyCallback(pl.Callback):
 
     def on_test_end(self, trainer, pl_module) -> None:
         self.strategy.detach()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def progress_line(label: str, done: int, total: int | None, elapsed: float) -> str:
+    """"[dart] perplexity: step 3/40, 0:42 elapsed, ETA 8:38"; the ETA assumes the remaining steps take as long
+    as the finished ones did on average."""
+    if total:
+        eta = _duration(elapsed / done * (total - done)) if done else "?"
+        return f"[dart] {label}: step {done}/{total}, {_duration(elapsed)} elapsed, ETA {eta}"
+    return f"[dart] {label}: step {done}, {_duration(elapsed)} elapsed"
+
+
+class PlainProgress(pl.Callback):
+    """One plain line at most every `interval_s` seconds of evaluation (step i/n, elapsed, ETA), and one when the
+    evaluation ends. `clock` and `stream` are for tests."""
+
+    def __init__(self, interval_s: float = 30.0, label: str = "eval", clock=time.monotonic, stream=None):
+        self.interval_s = float(interval_s)
+        self.label = label
+        self.clock = clock
+        self.stream = stream
+        self.total: int | None = None
+        self.done = 0
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream or sys.stdout, flush=True)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self.t0 = self.last = self.clock()
+        total = trainer.num_test_batches[0] if trainer.num_test_batches else None
+        self.total = int(total) if isinstance(total, (int, float)) and total != float("inf") else None
+        self.done = 0
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.done = batch_idx + 1
+        now = self.clock()
+        if now - self.last >= self.interval_s and (self.total is None or self.done < self.total):
+            self.last = now
+            self._print(progress_line(self.label, self.done, self.total, now - self.t0))
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._print(f"[dart] {self.label}: {self.done} steps done in {_duration(self.clock() - self.t0)}")

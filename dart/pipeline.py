@@ -5,19 +5,22 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dart import signals
 from dart.config_checks import check_config
 from dart.errors import DartError
 from dart.results import RESULTS, SCHEMA, config_hash, is_complete, read_results, write_json_atomic
 
 # keys that change where or how a run is reported, not what it computes: left out of the resume hash
-NON_RESULT_KEYS = ("sweep_name", "resume", "print_table", "logger", "device")
+NON_RESULT_KEYS = ("sweep_name", "resume", "print_table", "progress_s", "logger", "device")
 
 
 def result_config(cfg: DictConfig) -> dict[str, Any]:
@@ -26,9 +29,13 @@ def result_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _quiet_libraries() -> None:
+    """No third-party noise a user cannot act on; real warnings stay (each filter names one message)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_SILENT", "true")
-    for name in ("absl", "lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning_fabric"):
+    # Lightning 2.6 builds torch's LeafSpec, which torch 2.13 deprecates (nothing here to change)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    for name in ("absl", "lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning_fabric",
+                 "lightning.pytorch.trainer.connectors.signal_connector"):  # "Received SIGTERM": dart says it itself
         logging.getLogger(name).setLevel(logging.WARNING)
     import transformers
 
@@ -53,15 +60,52 @@ def _make_logger(cfg: DictConfig, run_dir: Path, config: dict):
     if wandb.run is not None:  # an earlier job of this sweep failed with its run open: close it, never log into it
         wandb.run.finish(exit_code=1)
     multirun, job_overrides = _hydra_job()
-    group = cfg.logger.group if cfg.logger.group is not None else (cfg.sweep_name if multirun else None)
+    group = wandb_group(cfg.logger.group, multirun, sweep_name=cfg.get("sweep_name"),
+                        sweep_name_given=_sweep_name_given(cfg), sweep_dir=_hydra_sweep_dir())
+    random = cfg.model.get("init") == "random" and not cfg.model.get("path")
     tags = [f"strategy={cfg.strategy.name}", f"model={cfg.model.name}", f"eval={cfg.eval.name}",
-            f"sparsity={cfg.sparsity}", *list(cfg.logger.tags or [])]
-    name = f"{cfg.model.name}-{cfg.strategy.name}-{cfg.sparsity}-{cfg.eval.name}"
-    return WandbLogger(
+            f"sparsity={cfg.sparsity}", *(["init=random"] if random else []), *list(cfg.logger.tags or [])]
+    name = f"{cfg.model.name}{'-random' if random else ''}-{cfg.strategy.name}-{cfg.sparsity}-{cfg.eval.name}"
+    logger = WandbLogger(
         project=cfg.logger.project, entity=cfg.logger.entity, group=str(group) if group else None,
         tags=tags, save_dir=str(run_dir), offline=cfg.logger.mode == "offline", job_type=str(cfg.eval.name),
         name=job_overrides if multirun and job_overrides else name, config=config,
     )
+    # Lightning always passes `anonymous` (None unless asked for) to wandb.init, and wandb >= 0.19 warns about the
+    # setting whatever its value: leave it out (dart never logs anonymously)
+    logger._wandb_init.pop("anonymous", None)
+    return logger
+
+
+def wandb_group(group, multirun: bool, sweep_name=None, sweep_name_given: bool = False, sweep_dir=None) -> str | None:
+    """The W&B group of a job: `logger.group` if set; in a multirun the sweep's name if one was given (experiments
+    give one), else the name of the sweep folder (`hydra.sweep.dir=/x/mysweep` -> "mysweep"), so that all jobs of
+    one sweep share a group; no group for a single run."""
+    if group is not None:
+        return str(group)
+    if not multirun:
+        return None
+    if sweep_name_given and sweep_name:
+        return str(sweep_name)
+    if sweep_dir:
+        return Path(str(sweep_dir)).name or str(sweep_dir)
+    return str(sweep_name) if sweep_name else None
+
+
+def _sweep_name_given(cfg: DictConfig) -> bool:
+    """Whether sweep_name was set (on the command line or by an experiment), not the timestamp default."""
+    if "sweep_name" not in cfg:
+        return False
+    raw = cfg._get_node("sweep_name")._value()
+    return not (isinstance(raw, str) and raw.startswith("${now:"))
+
+
+def _hydra_sweep_dir() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return str(HydraConfig.get().sweep.dir)
 
 
 def _hydra_job() -> tuple[bool, str | None]:
@@ -75,6 +119,28 @@ def _hydra_job() -> tuple[bool, str | None]:
     return hc.mode == RunMode.MULTIRUN, hc.job.override_dirname or None
 
 
+def _sparsity_overridden() -> bool:
+    """Whether `sparsity=...` is among this job's command-line overrides (a sweep over it, or set by hand)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return False
+    return any(o.lstrip("+~").split("=", 1)[0] == "sparsity" for o in HydraConfig.get().overrides.task)
+
+
+def dense_sparsity_note(cfg: DictConfig) -> str | None:
+    """strategy=dense with a sparsity asked for on the command line: dense ignores it (said once, stored per job)."""
+    if cfg.strategy.get("name") != "dense" or not _sparsity_overridden():
+        return None
+    try:
+        if float(cfg.sparsity) == 0.0:
+            return None
+    except (TypeError, ValueError):
+        return None
+    return ("strategy=dense ignores sparsity: every neuron runs, whatever sparsity the command asks for "
+            "(a sweep over sparsity runs the same dense model each time; +variant=dense runs it once at sparsity 0)")
+
+
 def versions() -> dict[str, str]:
     import lightning
     import lm_eval
@@ -86,6 +152,7 @@ def versions() -> dict[str, str]:
 
 
 def run(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str, Any] | None:
+    signals.check()  # a stop signal that arrived during the previous job of a sweep starts no new one
     t0 = time.perf_counter()
     config = result_config(cfg)
     chash = config_hash(config)
@@ -108,9 +175,14 @@ def run(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str, Any
     try:
         return _run(cfg, run_dir, base, t0)
     except BaseException as e:
+        if signals.received() is not None and not isinstance(e, signals.Terminated):
+            e = signals.Terminated(signals.received())  # e.g. Lightning's own SIGTERMException, which has no text
         failed = dict(base, status="failed", error=f"{type(e).__name__}: {e}",
-                      traceback=None if isinstance(e, DartError) else traceback.format_exc(limit=20))
+                      traceback=None if isinstance(e, (DartError, signals.Terminated)) else traceback.format_exc(limit=20))
         write_json_atomic(path, failed)
+        if isinstance(e, signals.Terminated):
+            print(f"[dart] {e}: {path} records the run as failed; the same command recomputes it", flush=True)
+            raise e from None
         if multirun and not isinstance(e, (KeyboardInterrupt, SystemExit)):
             print(f"[dart] job failed, the sweep goes on: {run_dir}: {failed['error']}", flush=True)
             return failed
@@ -143,26 +215,40 @@ def _run(cfg: DictConfig, run_dir: Path, results: dict, t0: float) -> dict[str, 
     import torch
 
     from dart.evals.base import EvalContext
-    from dart.lit import EvalModule, StrategyCallback
+    from dart.lit import EvalModule, PlainProgress, StrategyCallback
     from dart.models.loading import load_model, resolve_device
 
     device = resolve_device(cfg.device)
     pl.seed_everything(int(cfg.seed), verbose=False)
     torch.set_grad_enabled(False)
+    note = dense_sparsity_note(cfg)
+    if note:
+        from dart.report import say_once
+
+        say_once(note)
 
     loaded = load_model(cfg.model, device=device, dtype=cfg.dtype)
     t_loaded = time.perf_counter()
+    signals.check()
     ctx = EvalContext(model=loaded.model, tokenizer=loaded.tokenizer, strategy=strategy, run_dir=run_dir,
                       model_cfg=cfg.model, device=device)
     module = EvalModule(loaded.model, evaluator, ctx)
     logger = _make_logger(cfg, run_dir, results["config"])
     accelerator, devices = _trainer_device(device)
+    callbacks = [StrategyCallback(strategy, loaded.tokenizer)]
+    terminal = sys.stdout.isatty()
+    if not terminal:  # nohup, SLURM, a pipe: Lightning's bar would show nothing until the end
+        callbacks.append(PlainProgress(interval_s=float(cfg.get("progress_s", 30)), label=str(evaluator.name)))
     trainer = pl.Trainer(
         accelerator=accelerator, devices=devices, logger=logger if logger is not None else False,
-        callbacks=[StrategyCallback(strategy, loaded.tokenizer)], enable_checkpointing=False,
+        callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=terminal,
         enable_model_summary=False, inference_mode=True, default_root_dir=str(run_dir),
     )
-    trainer.test(module, verbose=False)
+    stop_hook = signals.hook(loaded.model)  # SIGTERM / SIGUSR1: raise Terminated at the next forward
+    try:
+        trainer.test(module, verbose=False)
+    finally:
+        stop_hook.remove()
     t_done = time.perf_counter()
 
     results.update(status="complete", model=loaded.info)
@@ -173,7 +259,7 @@ def _run(cfg: DictConfig, run_dir: Path, results: dict, t0: float) -> dict[str, 
         results["eval"] = evaluator.extra
     results["timing"] = {"load_s": round(t_loaded - t0, 3), "eval_s": round(t_done - t_loaded, 3),
                          "total_s": round(time.perf_counter() - t0, 3), **summary.get("timing", {})}
-    results["notes"] = list(evaluator.notes)
+    results["notes"] = ([note] if note else []) + list(evaluator.notes)
     results["versions"] = versions()
     write_json_atomic(run_dir / RESULTS, results)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -76,17 +76,40 @@ def test_tiny_run_writes_results_and_offline_wandb(tmp_path):
     assert len(runs) == 1, "W&B must log offline into the run folder"
 
 
-def test_multirun_writes_one_folder_per_job(tmp_path):
-    # a bad value in one job is recorded as that job's failure; the jobs after it still run
-    proc = run_cli("-m", "sparsity=0.5,1.5,0.7", "model=tiny_llama", "eval=smoke", "strategy=static_prompt",
+def test_multirun_writes_one_folder_per_job_and_exits_1_if_any_failed(tmp_path):
+    # a bad value in one job is recorded as that job's failure; the jobs after it still run; at the end the sweep
+    # exits 1 with one line per failed job. Dense ignores sparsity: said once for the whole sweep, never in a title.
+    proc = run_cli("-m", "strategy=static_prompt,dense", "sparsity=0.5,1.5,0.7", "model=tiny_llama", "eval=smoke",
                    "logger=none", f"hydra.sweep.dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]
     found = {}
     for path in tmp_path.rglob("results.json"):
         res = json.loads(path.read_text())
-        found[res["config"]["sparsity"]] = res
-    assert sorted(found) == [0.5, 0.7, 1.5]
-    bad = found.pop(1.5)
-    assert bad["status"] == "failed" and "sparsity=1.5" in bad["error"] and "[0, 1)" in bad["error"]
-    assert all(r["status"] == "complete" for r in found.values())
-    assert found[0.7]["sparsity"]["achieved"] == pytest.approx(0.7, abs=0.01)
+        found[(res["config"]["strategy"]["name"], res["config"]["sparsity"])] = dict(res, _dir=path.parent)
+    assert sorted(found) == sorted((s, x) for s in ("static_prompt", "dense") for x in (0.5, 0.7, 1.5))
+    bad = {k: found.pop(k) for k in list(found) if k[1] == 1.5}
+    assert all(r["status"] == "failed" and "sparsity=1.5" in r["error"] and "[0, 1)" in r["error"] for r in bad.values())
+    assert all(r["status"] == "complete" for r in found.values())  # the jobs after a failure ran
+    assert found[("static_prompt", 0.7)]["sparsity"]["achieved"] == pytest.approx(0.7, abs=0.01)
+
+    summary = [line for line in proc.stderr.splitlines() if line.startswith("[dart] failed: ")]
+    assert len(summary) == 2, proc.stderr[-3000:]  # one line per failed job: its folder and the error
+    for r in bad.values():
+        assert sum(f"[dart] failed: {r['_dir']}: ConfigError: sparsity=1.5 is outside [0, 1)" in line for line in summary) == 1
+    assert "[dart] 2 of 6 jobs of this sweep failed:" in proc.stderr
+    assert not list(tmp_path.glob(".dart-jobs-*"))  # the sweep's bookkeeping file is gone
+
+    note = "strategy=dense ignores sparsity"
+    assert proc.stdout.count(note) == 1, proc.stdout[-3000:]
+    assert all(any(note in n for n in found[("dense", x)]["notes"]) for x in (0.5, 0.7))
+    assert not any(note in n for n in found[("static_prompt", 0.5)]["notes"])
+    titles = [line for line in proc.stdout.splitlines() if line.startswith("tiny_llama (tiny, random) | strategy=")]
+    assert sorted(titles) == sorted(["tiny_llama (tiny, random) | strategy=dense | eval=smoke"] * 2 + [
+        f"tiny_llama (tiny, random) | strategy=static_prompt | sparsity={x} | eval=smoke" for x in (0.5, 0.7)])
+
+
+def test_multirun_keeps_hydras_own_errors(tmp_path):
+    proc = run_cli("-m", "model=nope,tiny_llama", "eval=smoke", "logger=none", f"hydra.sweep.dir={tmp_path}", timeout=120)
+    assert proc.returncode == 1
+    assert "Could not find 'model/nope'" in proc.stderr and "tiny_llama" in proc.stderr
+    assert "[dart] failed" not in proc.stderr and not list(tmp_path.rglob("results.json"))

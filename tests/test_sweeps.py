@@ -97,8 +97,8 @@ def test_rerun_skips_finished_jobs_and_recomputes_the_rest(tmp_path):
     from dart.tables.report import make_report
 
     md = make_report(collect_folders([sweep]), tmp_path / "tables", figures=False).markdown
-    assert "| tiny_llama | Static (prompt) 25% | 1.234e+04 |" in md
-    assert md.count("| tiny_llama | Static (prompt)") == 4
+    assert "| tiny_llama (tiny, random) | Static (prompt) 25% | 1.234e+04 |" in md
+    assert md.count("| tiny_llama (tiny, random) | Static (prompt)") == 4
 
 
 def test_killed_sweep_resumes_without_redoing_finished_jobs(tmp_path):
@@ -138,7 +138,8 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli("-m", "model=tiny_llama,llama3_8b,tiny_gpt2", "eval=smoke", "strategy=dart", "logger=wandb",
                    f"hydra.sweep.dir={sweep}", "sweep_name=failing_sweep", env={"HF_HUB_OFFLINE": "1"}, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]  # after every job ran, with one line per failed job
+    assert [line for line in proc.stderr.splitlines() if line.startswith("[dart] failed: ")][0].count("llama3_8b")
     res = {json.loads(p.read_text())["config"]["model"]["name"]: json.loads(p.read_text()) for p in sweep.rglob(RESULTS)}
     assert res["llama3_8b"]["status"] == "failed"
     assert "meta-llama/Llama-3.1-8B" in res["llama3_8b"]["error"]

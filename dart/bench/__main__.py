@@ -11,6 +11,8 @@ from dart.errors import DartError
 
 
 def bench(cfg: DictConfig) -> dict:
+    import os
+
     import torch
     from rich.progress import Progress
 
@@ -26,6 +28,12 @@ def bench(cfg: DictConfig) -> dict:
                 raise choice_error(key, v, allowed)
     for s in cfg.sparsities:
         check_sparsity(s)
+    from dart.bench.report import annotate, load_warning
+
+    load_at_start = os.getloadavg()[0]  # before the model loads (loading itself raises the load)
+    busy = load_warning(load_at_start, os.cpu_count())
+    if busy:
+        print(f"[dart] warning: {busy}", flush=True)
     _quiet_libraries()
     torch.manual_seed(int(cfg.seed))
     torch.set_grad_enabled(False)
@@ -35,6 +43,7 @@ def bench(cfg: DictConfig) -> dict:
     loaded = load_model(cfg.model, device=device, dtype=cfg.dtype)
     model = loaded.model
     info = machine()
+    info["loadavg_1m"] = load_at_start
     n_jobs = sum(1 if m == "dense" else len(cfg.sparsities) for m in cfg.modes) * len(cfg.loops)
     with Progress(transient=True) as bar:
         task = bar.add_task("decode bench", total=n_jobs * (int(cfg.warmup) + int(cfg.repeats)))
@@ -45,8 +54,8 @@ def bench(cfg: DictConfig) -> dict:
            "model": loaded.info}
     if cfg.remask_demo and cfg.model.get("model_type") in ("llama", "mistral", "qwen2", "qwen3"):
         res["remask_demo"] = remask_demo(model, loaded.tokenizer, cfg, float(cfg.sparsities[0]))
-    res["machine"]["loadavg_1m_end"] = __import__("os").getloadavg()[0]
-    return res
+    res["machine"]["loadavg_1m_end"] = os.getloadavg()[0]
+    return annotate(res)
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="bench")

@@ -7,8 +7,59 @@ from typing import Any
 from dart.results import write_json_atomic
 
 
+LOAD_PER_CORE_MAX = 0.5  # 1-minute load average per core above which timings on this machine are not trusted
+SHARE_FLAG = ("share of the bytes-bound limit above 100%: a measurement error (timing noise, or bytes the count "
+              "misses), not a speed-up beyond the limit")
+
+
 def _fmt(v, spec=".2f", missing="–"):
     return missing if v is None else format(v, spec)
+
+
+def load_warning(loadavg_1m: float | None, cpu_count: int | None, per_core_max: float = LOAD_PER_CORE_MAX) -> str | None:
+    """A one-line warning when the machine was busy as the bench started (load per core above `per_core_max`)."""
+    if loadavg_1m is None or not cpu_count:
+        return None
+    per_core = loadavg_1m / cpu_count
+    if per_core <= per_core_max:
+        return None
+    return (f"the machine was busy at the start: 1-minute load average {loadavg_1m:.2f} on {cpu_count} cores "
+            f"({per_core:.2f} per core, above {per_core_max}); other processes share the CPU and the timings are noisy")
+
+
+def flag_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark each row whose share of the bytes-bound limit is above 100% (`flag`): that is a measurement error, not
+    a result. Returns the flagged rows."""
+    flagged = []
+    for r in rows:
+        share = r.get("share_of_limit")
+        if share is not None and share > 1.0:
+            r["flag"] = SHARE_FLAG
+            flagged.append(r)
+        else:
+            r.pop("flag", None)
+    return flagged
+
+
+def annotate(res: dict[str, Any]) -> dict[str, Any]:
+    """Add the load warning and the share flags to a bench result (in place): `warnings` lists both."""
+    m = res.get("machine") or {}
+    warnings = []
+    lw = load_warning(m.get("loadavg_1m"), m.get("cpu_count"))
+    if lw:
+        m["load_warning"] = lw
+        warnings.append(lw)
+    flagged = flag_rows(res.get("rows") or [])
+    if flagged:
+        warnings.append(f"{len(flagged)} row(s) flagged (!): {SHARE_FLAG}")
+    res["warnings"] = warnings
+    return res
+
+
+def _share(r: dict[str, Any]) -> str:
+    share = r.get("share_of_limit")
+    text = f"{_fmt(share and 100 * share, '.0f')}%"
+    return text + " (!)" if r.get("flag") else text
 
 
 def markdown(res: dict[str, Any]) -> str:
@@ -25,8 +76,12 @@ def markdown(res: dict[str, Any]) -> str:
     for r in res["rows"]:
         lines.append(
             f"| {r['loop']} | {r['mode']} | {r['sparsity']:.2f} | {r['tokens_per_s']:.1f} | {_fmt(r['speedup'])}x | "
-            f"{r['bytes_bound_limit']:.2f}x | {_fmt(r['share_of_limit'] and 100 * r['share_of_limit'], '.0f')}% | "
+            f"{r['bytes_bound_limit']:.2f}x | {_share(r)} | "
             f"{r['prefill_ms']:.0f} | {r['remask_ms']:.1f} | {_fmt(r.get('token_agreement_with_dense'))} |")
+    if any(r.get("flag") for r in res["rows"]):
+        lines += ["", f"(!) {SHARE_FLAG}."]
+    if (res.get("machine") or {}).get("load_warning"):
+        lines += ["", f"Warning: {res['machine']['load_warning']}."]
     hf = [r for r in res["rows"] if r["loop"] == "hf" and r["mode"] == "dense"]
     if hf:
         lines += ["", f"transformers `generate` dense: {hf[0]['tokens_per_s']:.1f} tok/s; every row's "

@@ -36,14 +36,59 @@ def mark_triggers(tokenizer, tokens: list[int], trigger_steps: list[int]) -> str
     return "".join(pieces)
 
 
+PROMPTS_EXPECTED = ("expected a YAML file with `template` (a text with {a} and {b}) and `pairs` (a list of "
+                    "{a: ..., b: ...}), as dart/evals/prompts/drift.yaml")
+
+
+def load_prompts(prompts_file=None) -> list[str]:
+    """The two-topic prompts of a prompts file (default: the shipped one). A missing, empty or malformed file, or a
+    prompt that comes out empty, is one ConfigError naming the file and what is expected."""
+    from dart.errors import ConfigError
+
+    if prompts_file is None:
+        path, shown = PROMPTS, str(PROMPTS)
+    else:
+        path, shown = Path(str(prompts_file)).expanduser(), f"eval.prompts_file={str(prompts_file)!r}"
+    if not path.is_file():
+        raise ConfigError(f"{shown} {'is a folder' if path.is_dir() else 'does not exist'}; {PROMPTS_EXPECTED}")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{shown} cannot be read ({e}); {PROMPTS_EXPECTED}") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"{shown} is not valid YAML{at} ({getattr(e, 'problem', None) or type(e).__name__}); "
+                          f"{PROMPTS_EXPECTED}") from None
+    if spec is None:
+        raise ConfigError(f"{shown} is empty; {PROMPTS_EXPECTED}")
+    if not isinstance(spec, dict) or not isinstance(spec.get("template"), str) or not isinstance(spec.get("pairs"), list):
+        raise ConfigError(f"{shown} has no `template` text and `pairs` list; {PROMPTS_EXPECTED}")
+    if not spec["pairs"]:
+        raise ConfigError(f"{shown} has an empty `pairs` list; {PROMPTS_EXPECTED}")
+    prompts = []
+    for i, pair in enumerate(spec["pairs"]):
+        if not isinstance(pair, dict):
+            raise ConfigError(f"{shown}: pairs[{i}] is {pair!r}, not a mapping like {{a: ..., b: ...}}; {PROMPTS_EXPECTED}")
+        try:
+            text = spec["template"].format(**pair)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(f"{shown}: the template does not fill from pairs[{i}] ({type(e).__name__}: {e}); "
+                              f"{PROMPTS_EXPECTED}") from None
+        if not text.strip() or any(v is None or (isinstance(v, str) and not v.strip()) for v in pair.values()):
+            raise ConfigError(f"{shown}: pairs[{i}] gives an empty prompt text ({pair!r}); every prompt and topic must "
+                              "be non-empty")
+        prompts.append(text)
+    return prompts
+
+
 class Drift(Evaluator):
     name = "drift"
 
     def __init__(self, limit=4, max_new_tokens=500, prompts_file=None, chat="auto", reference=True,
                  print_text=False, name=None, **kwargs):
         super().__init__(name=name, limit=limit)
-        spec = yaml.safe_load(Path(prompts_file or PROMPTS).read_text())
-        self.prompts = [spec["template"].format(**p) for p in spec["pairs"]]
+        self.prompts = load_prompts(prompts_file)
         self.max_new_tokens, self.chat, self.reference, self.print_text = int(max_new_tokens), chat, bool(reference), bool(print_text)
 
     def setup(self, ctx) -> None:

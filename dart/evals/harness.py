@@ -111,19 +111,70 @@ class Harness(Evaluator):
     def batches(self):
         return self._plan
 
-    def step(self, item):
+    # lm-eval's loggers: their records during a benchmark go to the run's lm_eval.log, not the console
+    LM_EVAL_LOGGERS = ("lm_eval", "lm-eval", "datasets")
+
+    @staticmethod
+    def _captured(log_path):
+        """A context manager that sends lm-eval's log records and everything written to stderr meanwhile (lm-eval's
+        and datasets' progress bars, Python warnings) to `log_path` (appended), and yields a dict counting the log
+        lines and warnings. An exception still propagates."""
+        import contextlib
+        import io
         import logging
+
+        @contextlib.contextmanager
+        def capture():
+            buffer = io.StringIO()
+            handler = logging.StreamHandler(buffer)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
+            counts = {"lines": 0, "warnings": 0}
+
+            class Count(logging.Filter):
+                def filter(self, record):
+                    counts["lines"] += 1
+                    counts["warnings"] += int(record.levelno >= logging.WARNING)
+                    return True
+
+            handler.addFilter(Count())
+            saved = []
+            for name in Harness.LM_EVAL_LOGGERS:
+                lg = logging.getLogger(name)
+                saved.append((lg, list(lg.handlers), lg.propagate, lg.level))
+                lg.handlers, lg.propagate = [handler], False
+                lg.setLevel(logging.INFO)
+            try:
+                with contextlib.redirect_stderr(buffer):
+                    yield counts
+            finally:
+                for lg, handlers, propagate, level in saved:
+                    lg.handlers, lg.propagate = handlers, propagate  # also drops a handler lm-eval added meanwhile
+                    lg.setLevel(level)
+                if log_path is not None:
+                    with open(log_path, "a") as f:
+                        f.write(buffer.getvalue())
+
+        return capture()
+
+    def step(self, item):
+        import time
+        from pathlib import Path
 
         import lm_eval
 
         name, tasks, shots, manager, kind = item
-        logging.getLogger("lm-eval").setLevel(logging.WARNING)
-        logging.getLogger("lm_eval").setLevel(logging.WARNING)
-        lm = DartLM(self.ctx.model, self.ctx.tokenizer, self.ctx.strategy, batch_size=self.batch_size, forcing=self.forcing)
-        results = lm_eval.simple_evaluate(
-            model=lm, tasks=tasks, num_fewshot=shots, limit=self.limit, task_manager=manager,
-            bootstrap_iters=self.bootstrap_iters, log_samples=False, verbosity="WARNING",
-        )
+        run_dir = getattr(self.ctx, "run_dir", None)
+        log_path = Path(run_dir) / "lm_eval.log" if run_dir is not None else None
+        t0 = time.perf_counter()
+        with self._captured(log_path) as counts:  # lm-eval's ~80 lines per benchmark: one line here, all in the log
+            lm = DartLM(self.ctx.model, self.ctx.tokenizer, self.ctx.strategy, batch_size=self.batch_size, forcing=self.forcing)
+            results = lm_eval.simple_evaluate(
+                model=lm, tasks=tasks, num_fewshot=shots, limit=self.limit, task_manager=manager,
+                bootstrap_iters=self.bootstrap_iters, log_samples=False,
+            )
+        where = f" in {log_path}" if log_path is not None else ""
+        print(f"[dart] lm-eval {name} ({', '.join(tasks)}, {kind}, {shots}-shot): {time.perf_counter() - t0:.1f} s, "
+              f"{counts['lines']} log lines ({counts['warnings']} warnings){where}", flush=True)
         return {"benchmark": name, "kind": kind, "tasks": tasks,
                 "metrics": summarize_results(results, tasks), "scoring": dict(lm.stats)}
 

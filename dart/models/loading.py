@@ -11,6 +11,7 @@ Sources, in order of precedence:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import time
@@ -104,9 +105,78 @@ def check_hub(cfg) -> None:
         raise hub_unreachable_error(cfg, why)
 
 
+# model types that are encoder-decoder (seq2seq) families, for a config.json that does not say is_encoder_decoder
+ENCODER_DECODER_TYPES = ("t5", "mt5", "umt5", "longt5", "t5gemma", "switch_transformers", "bart", "mbart", "plbart",
+                         "pegasus", "pegasus_x", "bigbird_pegasus", "marian", "blenderbot", "blenderbot-small", "led",
+                         "m2m_100", "nllb-moe", "fsmt", "prophetnet", "whisper", "encoder-decoder")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "vocab.txt", "tekken.json")
+WEIGHT_HINT = "weights as save_pretrained writes them (model.safetensors, sharded *.safetensors with their index, or pytorch_model.bin)"
+
+
+def _supported_types() -> list[str]:
+    from dart.engine.adapters import SUPPORTED
+
+    return list(SUPPORTED)
+
+
+def check_model_folder(path) -> dict[str, Any]:
+    """The config.json of a `model.path` folder, after checking (cheaply, before any weights load) that it holds a
+    decoder-only causal LM with weights: each problem is one line naming the path and what is expected."""
+    folder = Path(str(path)).expanduser()
+    shown = f"model.path={str(path)!r}"
+    if not folder.is_dir():
+        raise UnavailableError(f"{shown} is not a folder; expected a transformers model folder (config.json, "
+                               f"weights, tokenizer files)")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{shown} has no config.json; expected a transformers model folder as save_pretrained "
+                          "writes it (config.json, model.safetensors, tokenizer files)")
+    try:
+        hf = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{shown}: config.json cannot be read as JSON ({str(e).splitlines()[0]}); expected the "
+                          "config.json that save_pretrained writes") from None
+    if not isinstance(hf, dict):
+        raise ConfigError(f"{shown}: config.json holds {type(hf).__name__}, not a JSON object; expected the "
+                          "config.json that save_pretrained writes")
+    kind = hf.get("model_type")
+    archs = [str(a) for a in (hf.get("architectures") or [])]
+    what = f"model_type {kind!r}" + (f" ({', '.join(archs)})" if archs else "")
+    supported = ", ".join(_supported_types())
+    if hf.get("is_encoder_decoder") or kind in ENCODER_DECODER_TYPES:
+        raise ConfigError(f"{shown} holds an encoder-decoder model, {what}; dart prunes decoder-only causal LMs, "
+                          f"supported model types: {supported}")
+    causal = kind in _supported_types() or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    if not causal:
+        raise ConfigError(f"{shown} holds {what}, not a decoder-only causal LM; supported model types: {supported}")
+    weights = [p for pattern in ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin",
+                                 "pytorch_model.bin.index.json") for p in folder.glob(pattern)]
+    if not weights:
+        raise ConfigError(f"{shown} has config.json but no weights; expected {WEIGHT_HINT}")
+    return hf
+
+
+def folder_label(path, hf: dict[str, Any]) -> str:
+    """A local folder's model as its own config.json names it: "<folder> (<architecture>)"."""
+    archs = hf.get("architectures") or []
+    return f"{Path(str(path)).expanduser().name} ({archs[0] if archs else hf.get('model_type', '?')})"
+
+
 def _tokenizer_for(cfg, source_dir: str | None):
     from transformers import AutoTokenizer
 
+    if cfg.get("path"):
+        # transformers 5 builds an EMPTY tokenizer (one token) from a folder without vocabulary files: check first
+        if not any((Path(source_dir) / f).is_file() for f in TOKENIZER_FILES):
+            raise ConfigError(f"model.path={str(cfg.path)!r} has no tokenizer; expected the tokenizer files "
+                              f"save_pretrained writes (one of {', '.join(TOKENIZER_FILES)})")
+        try:
+            return AutoTokenizer.from_pretrained(source_dir), str(source_dir)
+        except Exception as e:
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ConfigError(f"model.path={str(cfg.path)!r}: no tokenizer loads from it ({why}); expected the "
+                              "tokenizer files save_pretrained writes (tokenizer.json, tokenizer_config.json)") from None
     if cfg.source == "tiny":
         from dart.models.tokenizers import tiny_tokenizer
 
@@ -141,6 +211,8 @@ def validate_model_cfg(cfg) -> None:
         raise choice_error("model.source", cfg.get("source"), SOURCES)
     if cfg.get("source") == "hub" and cfg.get("init") == "pretrained" and not cfg.get("path") and not cfg.get("hub_id"):
         raise ConfigError(f"model={cfg.name} has source=hub but no hub_id")
+    if cfg.get("path"):
+        check_model_folder(cfg.path)
 
 
 def load_model(cfg, device: str = "cpu", dtype: str = "auto") -> LoadedModel:
@@ -154,10 +226,10 @@ def load_model(cfg, device: str = "cpu", dtype: str = "auto") -> LoadedModel:
     t0 = time.perf_counter()
     random_init = cfg.init == "random" or cfg.source == "tiny"
     source_dir = None
+    label = None
     if cfg.get("path"):
         source_dir = str(Path(cfg.path).expanduser())
-        if not Path(source_dir).is_dir():
-            raise UnavailableError(f"model.path={cfg.path!r} is not a folder")
+        label = folder_label(cfg.path, check_model_folder(cfg.path))
         origin = f"path:{source_dir}"
     elif random_init:
         origin = "random"
@@ -181,12 +253,16 @@ def load_model(cfg, device: str = "cpu", dtype: str = "auto") -> LoadedModel:
     else:
         try:
             model = AutoModelForCausalLM.from_pretrained(source_dir, dtype=torch_dtype, device_map=device)
-        except OSError as e:
-            if origin.startswith("hub:"):
+        except Exception as e:
+            if isinstance(e, OSError) and origin.startswith("hub:"):
                 raise UnavailableError(
                     f"model={cfg.name}: loading {cfg.hub_id} from the hub failed: {str(e).splitlines()[0]} "
                     "(gated models need an accepted licence and HF_TOKEN)"
                 ) from None
+            if origin.startswith("path:"):  # config.json was checked: what is left is the weights
+                why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                raise ConfigError(f"model.path={str(cfg.path)!r}: the weights do not load ({why}); "
+                                  f"expected {WEIGHT_HINT}") from None
             raise
     model.eval()
     tokenizer, tok_origin = _tokenizer_for(cfg, source_dir)
@@ -199,7 +275,12 @@ def load_model(cfg, device: str = "cpu", dtype: str = "auto") -> LoadedModel:
             f"{vocab}; raise model.vocab_size"
         )
     info = describe(model)
-    info.update(name=cfg.name, origin=origin, tokenizer=tok_origin, device=device,
+    if label is None:
+        from dart.tables.labels import model_label
+
+        label = model_label(cfg)
+    info.update(name=cfg.name, label=label, init="random" if random_init and not cfg.get("path") else "pretrained",
+                origin=origin, tokenizer=tok_origin, device=device,
                 dtype=str(torch_dtype).replace("torch.", ""), load_s=round(time.perf_counter() - t0, 3))
     return LoadedModel(model=model, tokenizer=tokenizer, info=info)
 

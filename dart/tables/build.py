@@ -89,7 +89,7 @@ def ten_table(records: list[Record], metric: str = "acc") -> tuple[Table, dict]:
         avg = sum(vals) / len(vals) if vals and all(v is not None for v in vals) else None
         partial |= avg is None and any(v is not None for v in vals)
         averages[r.source] = avg
-        rows.append([model_name(r.model), r.label] + vals + [avg])
+        rows.append([r.display_model, r.label] + vals + [avg])
     all_offline = all(k == {"offline"} for k in kinds.values() if k)
     mixed = [b for b, k in kinds.items() if "offline" in k] if not all_offline else []
     cols = ["Model", "Method"] + [b.name + ("†" if b.name in mixed else "") for b in benches] + ["Avg"]
@@ -178,7 +178,7 @@ def summarization_table(records: list[Record], metric: str = "rougeL") -> tuple[
     limits = {(r.config.get("eval") or {}).get("limit") for r in rows_in}
     notes.append(f"Samples per data set: {', '.join(str(x) for x in sorted(limits, key=str))} (the paper: 100).")
     for r in rows_in:
-        notes += [f"{model_name(r.model)} / {r.label}: {n}" for n in (r.results.get("notes") or [])]
+        notes += [f"{r.display_model} / {r.label}: {n}" for n in (r.results.get("notes") or [])]
     notes += problem_notes(rows_in)
     return Table(title=f"Summarization: {metric}", columns=cols, rows=rows, fmt=three, notes=notes,
                  name=f"summarization_{metric}"), bars
@@ -196,7 +196,7 @@ def metrics_table(records: list[Record], eval_name: str) -> Table:
     achieved = any(isinstance((r.results.get("sparsity") or {}).get("achieved"), (int, float)) for r in rows_in)
     rows = []
     for r in rows_in:
-        row = [model_name(r.model), r.label] + [r.metrics.get(prefix + k) for k in keys]
+        row = [r.display_model, r.label] + [r.metrics.get(prefix + k) for k in keys]
         if achieved:
             row.append((r.results.get("sparsity") or {}).get("achieved") if r.complete else None)
         rows.append(row)

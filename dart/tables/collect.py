@@ -38,6 +38,13 @@ class Record:
         return str((self.config.get("model") or {}).get("name", "?"))
 
     @property
+    def display_model(self) -> str:
+        """The model as tables show it: random weights and local folders say so (labels.model_label)."""
+        from dart.tables.labels import model_label
+
+        return model_label(self.config.get("model") or {}, (self.results or {}).get("model"))
+
+    @property
     def strategy(self) -> str:
         return str((self.config.get("strategy") or {}).get("name", "?"))
 

@@ -1,0 +1,91 @@
+"""`--model dart` in lm-eval's own command line: a tiny random Llama saved to a folder with a tokenizer, pruned by
+DART at 70%, scored on an offline task."""
+from __future__ import annotations
+
+import json
+import sys
+from importlib.metadata import entry_points
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    import torch
+    import transformers
+
+    from dart.models.tokenizers import tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("models") / "tiny-llama"
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _cli(monkeypatch, *argv: str) -> None:
+    from lm_eval.__main__ import cli_evaluate
+
+    monkeypatch.setattr(sys, "argv", ["lm_eval", *argv])
+    cli_evaluate()
+
+
+def test_lm_eval_cli_runs_the_pruned_model(tiny_folder, tmp_path, monkeypatch):
+    import dart.lm_eval_plugin as plugin
+    from dart.evals.tasks import offline_tasks_dir
+
+    made = []
+    original = plugin.DartPrunedLM.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(plugin.DartPrunedLM, "__init__", spy)
+    out = tmp_path / "out"
+    # no --device: lm-eval's default is cuda:0, which falls back to what this machine has
+    _cli(monkeypatch, "--model", "dart",
+         "--model_args", f"pretrained={tiny_folder},strategy=dart,sparsity=0.7,masking_step=2",
+         "--tasks", "offline_boolq", "--include_path", str(offline_tasks_dir()), "--limit", "2",
+         "--output_path", str(out))
+    (lm,) = made
+    assert lm.strategy.name == "dart" and lm.dart_info["knobs"] == {"masking_step": 2}
+    assert lm.dart_info["model"]["label"] == "tiny-llama (LlamaForCausalLM)"
+    summary = lm.strategy.summary()
+    assert summary["sparsity"]["achieved"] == pytest.approx(0.7, abs=0.02)  # the FFNs really ran pruned
+    assert summary["overhead"]["tokens_seen"] > 0
+    (path,) = out.rglob("results_*.json")
+    res = json.loads(path.read_text())
+    assert res["config"]["model"] == "dart"
+    assert 0.0 <= res["results"]["offline_boolq"]["acc,none"] <= 1.0
+    assert res["n-samples"]["offline_boolq"]["effective"] == 2
+
+
+def test_bad_model_args_fail_in_one_line(tiny_folder, capsys):
+    from dart.errors import ConfigError
+    from dart.lm_eval_plugin import DartPrunedLM, build_strategy, main
+
+    args = ["--model", "dart", "--tasks", "offline_boolq", "--include_path", "dart:offline", "--limit", "1"]
+    assert main([*args, "--model_args", f"pretrained={tiny_folder},strategy=dart,masking_stpe=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: model_args masking_stpe=2 is not a knob of strategy=dart") and "masking_step" in err
+    with pytest.raises(ConfigError, match="strategy='magic' is not supported; allowed: .*griffin"):
+        build_strategy("magic")
+    with pytest.raises(ConfigError, match=r"sparsity=1.5 is outside \[0, 1\)"):
+        build_strategy("dart", sparsity=1.5)
+    assert build_strategy("dart", sparsity=0.6, **{"drift.enabled": False}).summary()["strategy"]["name"] == "dart"
+    with pytest.raises(ConfigError, match=f"^pretrained='{tiny_folder.parent}' has no config.json"):
+        DartPrunedLM(pretrained=str(tiny_folder.parent))
+
+
+def test_console_script_is_installed():
+    """lm-eval 0.4.x has no plugin entry-point group; `dart-lm-eval` is lm-eval's CLI with the plugin imported."""
+    (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "dart-lm-eval"]
+    assert ep.value == "dart.lm_eval_plugin:main"
+    assert (REPO / ".venv" / "bin" / "dart-lm-eval").is_file() or not (REPO / ".venv").is_dir()
