@@ -201,17 +201,33 @@ def test_prefix_logits():
         assert torch.allclose(seen[0, j], dense[9 + j], atol=1e-5) and torch.allclose(seen[1, j], dense[9 + j], atol=1e-5)
 
 
-def test_forward_count():
-    """Without triggers: one prefill, one trace chunk (m >= 2) and one pruned chunk, whatever the lengths."""
+@pytest.mark.parametrize("allocation,expected", [
+    ("uniform", [(2, 12), (5, 41)]),  # the trace forward and the pruned chunk are one forward (masks built inside)
+    ("auto", [(2, 12), (5, 1), (5, 40)]),  # depth-aware allocation needs every layer's statistics first
+])
+def test_forward_count(allocation, expected):
+    """Without triggers: one prefill, then the trace (m - 1 = 1 token) and the pruned rest, whatever the lengths."""
     model = tiny_llama()
-    c = attach(model, masking_step=2, drift=dict(enabled=False))
+    attach(model, masking_step=2, allocation=allocation, drift=dict(enabled=False))
     calls = []
-    h = model.register_forward_pre_hook(lambda mod, args, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
+    h = model.register_forward_pre_hook(lambda mod, args, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
     force(model, *work(), lambda *a: None)
     h.remove()
-    assert calls == [(2, 12), (5, 1), (5, 40)]
+    assert calls == expected
 
 
+def test_retrace_rounds_batch_parked_rows_and_grow_chunks():
+    """After a trigger a row is parked with its cache up to the trigger; the parked rows re-trace together in one
+    forward per chunk, the first chunk 4 windows long after the re-trace token, then doubling."""
+    model = tiny_llama()
+    c = attach(model, masking_step=1)
+    c.detector.fire_steps = {5}
+    calls = []
+    h = model.register_forward_pre_hook(lambda mod, args, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
+    force(model, *work(forced_lens=(70, 30, 3), group=(0, 1, 0)), lambda *a: None)
+    h.remove()
+    # prefill; all rows at once; rows 0 and 1 fired at forward 5 -> re-trace token + 20, then 40, then the rest
+    assert calls == [(2, 12), (3, 70), (2, 21), (2, 40), (1, 4)]
 @pytest.mark.parametrize("spec", [
     dict(masking_step=1, drift=dict(sigma_scale=0.0, min_margin=0.0)),
     dict(masking_step=2, statistic="ema", ema_decay=0.9, drift=dict(sigma_scale=0.0, min_margin=0.0)),

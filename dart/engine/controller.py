@@ -170,6 +170,10 @@ class Controller(DecodeSchedule, OnePassScoring):
     # ------------------------------------------------------------------ request state
     def _new_request(self, batch: int) -> None:
         self.requests += 1
+        self._reset_rows(batch)
+
+    def _reset_rows(self, batch: int) -> None:
+        """Fresh per-row state for `batch` rows: no statistics, masks or baseline (fixed masks: the fixed ones)."""
         self.B = batch
         self.step = 0
         self.restart = [0] * batch
@@ -304,9 +308,8 @@ class Controller(DecodeSchedule, OnePassScoring):
     # ------------------------------------------------------------------ the FFN hot path
     def run_ffn(self, ffn: PrunableFFN, x: torch.Tensor) -> torch.Tensor:
         p, l = self.plan, ffn.index
-        if p.compact is not None:
-            k = p.compact[l]
-            return ffn.down(ffn.intermediate(x, k), k)
+        if p.compact is not None:  # a kept prefix; a batch's union also masks each row inside it (dart.engine.union)
+            return ffn.compacted(x, p.compact[l], self.M[l] if p.compact_rows else None)
         a = ffn.intermediate(x)
         if p.trace_w is not None:
             self.stats.update(l, a, p.trace_w, p.decay)
@@ -349,10 +352,17 @@ class Controller(DecodeSchedule, OnePassScoring):
 
     @torch.no_grad()
     def _maybe_compact(self) -> None:
-        """Move a single sequence's kept neurons to a contiguous prefix of every layer (in place)."""
-        if not getattr(self, "_pending_compact", False) or self.B != 1 or not self.has_mask[0]:
+        """Move a single sequence's kept neurons to a contiguous prefix of every layer (in place); a batch's:
+        the union of its rows' kept sets (dart.engine.union)."""
+        from dart.engine import union
+
+        if self.B > 1:
+            union.maybe_union(self)
+            return
+        if not getattr(self, "_pending_compact", False) or not self.has_mask[0]:
             return
         self._pending_compact = False
+        union.clear(self)
         t0 = time.perf_counter()
         keep = self.M[:, 0] > 0.5  # (L, I)
         order = (~keep).to(torch.int8).argsort(dim=-1, stable=True)  # kept first, each group in order

@@ -130,15 +130,14 @@ class DriftDetector:
         means = v[:, : n_windows * self.W].float().reshape(B, n_windows, self.W, -1).sum(dim=2) / self.W
         return torch.nn.functional.cosine_similarity(means, self.center[:, None, :], dim=-1, eps=1e-12)
 
-    def first_trigger(self, below: list[bool]) -> int | None:
-        """Index of the window that fires, given whether each consecutive window (from a fresh pressure of 0)
-        falls below the threshold; None if none does. Host-side: the pressure counter of `check`."""
-        pressure = 0
+    def scan_pressure(self, below: list[bool], pressure: int = 0) -> tuple[int | None, int]:
+        """The pressure counter of `check` over consecutive windows (host-side): (index of the window that fires
+        or None, the pressure after the last window looked at; 0 after a trigger)."""
         for i, b in enumerate(below):
             pressure = pressure + 1 if b else max(pressure - 1, 0)
             if pressure >= self.spec.triggers:
-                return i
-        return None
+                return i, 0
+        return None, pressure
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in

@@ -5,6 +5,8 @@ Three ways to run, chosen per forward by the controller's plan:
 - masked:    a = a * mask (any batch: one mask per row, optionally only at some positions);
 - compacted: a single sequence whose kept neurons were moved to a contiguous prefix of k rows runs only that
              prefix: down(act(gate[:k] x) * up[:k] x). Same result as masked, k/I of the FFN weight bytes.
+             A batch runs the union of its rows' kept sets as the prefix, each row masked inside it
+             (dart.engine.union): down((act(gate[:k] x) * up[:k] x) * M[:, :k]).
 Reordering is in place (permute_neurons), so compaction costs no extra weight memory; the model's own
 parameters share storage with these tensors and are put back in order when the strategy detaches.
 """
@@ -49,6 +51,14 @@ class PrunableFFN(nn.Module):
         wd = self.w.w_down_t if k is None else self.w.w_down_t[:k]
         out = torch.matmul(a, wd)
         return out if self.w.b_down is None else out + self.w.b_down
+
+    def compacted(self, x: torch.Tensor, k: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The FFN on its first k neurons only; rows (B, I): each row's mask in the physical order, applied inside
+        the prefix (a batch run on the union of its rows' kept sets, dart.engine.union)."""
+        a = self.intermediate(x, k)
+        if rows is not None:
+            a = a * rows[:, None, :k]
+        return self.down(a, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._controller.run_ffn(self, x)

@@ -16,7 +16,8 @@ class Plan:
     decay: torch.Tensor | None = None  # (B,) multiplier of the old statistic (None = 1)
     build_rows: torch.Tensor | None = None  # (B,) rows whose masks are built inside each layer (one pass)
     prune: Any = None  # None | ROWS | (B, T) bool positions
-    compact: list[int] | None = None  # kept prefix per layer (a single, compacted sequence)
+    compact: list[int] | None = None  # kept prefix per layer (a single sequence's, or a batch's union)
+    compact_rows: bool = False  # inside the prefix, mask each row with its own mask (a union of different masks)
     drift_trace_w: torch.Tensor | None = None  # (B, T) signal weights while tracing
     drift_decode_rows: torch.Tensor | None = None  # (B,) rows adding to their decode window
     align: bool = False

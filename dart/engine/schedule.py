@@ -67,8 +67,10 @@ class DecodeSchedule:
                 plan.prune = ROWS
             if self.detector is not None and any(masked):
                 plan.drift_decode_rows = self._rows(masked)
-            if self.B == 1 and masked[0] and self.compacted:
-                plan.compact = self.kept_prefix
+            if self.compacted and all(masked):  # one sequence's kept prefix, or a batch's union (dart.engine.union)
+                from dart.engine.union import rows_differ
+
+                plan.compact, plan.compact_rows = self.kept_prefix, rows_differ(self)
             self._cache_key, self._cached_plan = key, plan
         if plan.trace_w is not None:
             self.tokens_traced += (plan.trace_w > 0).sum()

@@ -73,7 +73,8 @@ class EngineSpec:
     release_step: int | None = None  # r
     protocol: str = "causal"
     drift: DriftSpec = dataclasses.field(default_factory=DriftSpec)
-    execution: str = "auto"  # auto: compact a single sequence's FFN, masked otherwise
+    execution: str = "auto"  # auto: compact a single sequence, a batch on its rows' union if small enough
+    union_max_keep: float = 0.9  # execution=auto: a batch runs masked when its union keeps more (mean over layers)
     prior_chunk: int = 8192  # vocabulary rows per chunk when computing the projection priors
 
     def __post_init__(self):
@@ -97,6 +98,13 @@ class EngineSpec:
         if self.statistic == "ema":
             if self.ema_decay is None or not 0.0 < float(self.ema_decay) < 1.0:
                 raise ConfigError(f"strategy.ema_decay={self.ema_decay!r}: the EMA statistic needs a decay in (0, 1)")
+        try:
+            union_max = float(self.union_max_keep)
+        except (TypeError, ValueError):
+            union_max = -1.0
+        if not 0.0 < union_max <= 1.0:
+            raise ConfigError(f"strategy.union_max_keep={self.union_max_keep!r} must be in (0, 1]: the largest mean "
+                              "keep fraction of a batch's union of masks that still runs compacted")
         if int(self.masking_step) < 0:
             raise ConfigError(f"strategy.masking_step={self.masking_step!r} must be >= 0")
         if self.protocol == "causal" and self.masking_step == 0:

@@ -1,0 +1,227 @@
+"""python -m dart.bench.scoring: how fast lm-eval scoring runs under each strategy, and how exact it is.
+
+For every task (an offline stand-in: one-token answers such as boolq and mmlu, multi-token answers such as
+arc_easy and hellaswag), batch size and strategy: one `lm_eval.simple_evaluate` through `DartLM` with the default
+chunked teacher forcing. Reported per run: the time inside the loglikelihood path (`score_s`: tokenised requests
+to log-likelihoods, what the strategy and the batch size change) and the whole call (`wall_s`), requests per
+second, the model forwards and input positions run (padding included), the re-trace rounds caused by drift
+triggers, accuracy, and the ratio of `score_s` to dense in the same run. Exactness: the first `reference_limit`
+documents of every task are scored again one request at a time, one forward per token (`forcing=reference`), and
+`max_loglik_diff` is the largest |difference| of any log-likelihood (fp32) between the two; `same_choices` says
+whether every document's chosen answer is the same.
+
+The machine may be shared: the 1-minute load average is recorded before and after every run.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from dart.errors import DartError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load_strategy(name: str, sparsity: float, ranking: str):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from dart.errors import choice_error
+
+    path = REPO / "conf" / "strategy" / f"{name}.yaml"
+    if not path.is_file():
+        raise choice_error("strategies entry", name, sorted(p.stem for p in path.parent.glob("*.yaml")))
+    return instantiate(OmegaConf.load(path), sparsity=float(sparsity), ranking=ranking, _convert_="all")
+
+
+def lm_eval_tasks(bench: str, cfg: DictConfig) -> list[str]:
+    """The lm-eval tasks of a benchmark's offline stand-in; mmlu: its first `mmlu_subjects` subjects."""
+    from dart.evals.tasks import OFFLINE_DIR, benchmark
+
+    twin = benchmark(bench).offline_twin
+    if bench != "mmlu":
+        return [twin]
+    return sorted(p.stem for p in (OFFLINE_DIR / "mmlu").glob("offline_mmlu_*.yaml"))[: int(cfg.mmlu_subjects)]
+
+
+class Counter:
+    """Forwards and input positions run by the model (a forward pre-hook)."""
+
+    def __init__(self, model):
+        self.forwards = self.positions = 0
+        self.handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.forwards += 1
+        self.positions += int(ids.numel())
+
+    def close(self):
+        self.handle.remove()
+
+
+def run_once(model, tokenizer, strategy, tasks: list[str], shots: int, limit, batch_size: int, forcing: str) -> dict[str, Any]:
+    import lm_eval
+    import torch
+
+    from dart.evals.lm import DartLM
+    from dart.evals.tasks import offline_task_manager
+
+    lm = DartLM(model, tokenizer, strategy, batch_size=batch_size, forcing=forcing)
+    inner, spent = lm._loglikelihood_tokens, [0.0]
+
+    def timed(*a, **kw):
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+        t = time.perf_counter()
+        out = inner(*a, **kw)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+        spent[0] += time.perf_counter() - t
+        return out
+
+    lm._loglikelihood_tokens = timed
+    c = getattr(strategy, "controller", None)
+    triggers0 = len(c.triggers) if c is not None else 0
+    counter = Counter(model)
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    try:
+        res = lm_eval.simple_evaluate(model=lm, tasks=tasks, num_fewshot=shots, limit=limit, log_samples=True,
+                                      task_manager=offline_task_manager(), bootstrap_iters=0, verbosity="ERROR")
+    finally:
+        counter.close()
+    wall = time.perf_counter() - t0
+    docs, lls, choice = {}, {}, {}
+    for task in tasks:
+        for s in res["samples"].get(task, []):
+            key = f"{task}/{s['doc_id']}"
+            lls[key] = [float(r[0][0]) for r in s["resps"]]
+            choice[key] = max(range(len(lls[key])), key=lambda i: lls[key][i]) if lls[key] else None
+            docs[key] = s.get("acc")
+    accs = [res["results"][t]["acc,none"] for t in tasks if "acc,none" in res["results"].get(t, {})]
+    requests = sum(len(v) for v in lls.values())
+    return {
+        "batch_size": batch_size, "forcing": forcing, "docs": len(docs), "requests": requests,
+        "score_s": round(spent[0], 3), "wall_s": round(wall, 3),
+        "requests_per_s": round(requests / spent[0], 2) if spent[0] > 0 else None,
+        "forwards": counter.forwards, "positions": counter.positions,
+        "triggers": (len(c.triggers) - triggers0) if c is not None else 0,
+        "acc": sum(accs) / len(accs) if accs else None, "scoring": dict(lm.stats),
+        "loadavg_1m_before": round(load0, 2), "loadavg_1m_after": round(os.getloadavg()[0], 2),
+        "_lls": lls, "_choice": choice,
+    }
+
+
+def bench(cfg: DictConfig) -> dict[str, Any]:
+    import torch
+    from rich.progress import Progress
+
+    from dart.bench.decode import machine
+    from dart.config_checks import check_sparsity
+    from dart.errors import ConfigError
+    from dart.evals.tasks import benchmark
+    from dart.models.loading import load_model, resolve_device
+    from dart.pipeline import _quiet_libraries
+
+    check_sparsity(cfg.sparsity)
+    for t in cfg.tasks:
+        benchmark(t)  # a clear error for an unknown name
+    if not cfg.batch_sizes or any(int(b) < 1 for b in cfg.batch_sizes):
+        raise ConfigError(f"batch_sizes={list(cfg.batch_sizes)} must be positive integers")
+    strategies = {name: load_strategy(name, cfg.sparsity, cfg.ranking) for name in cfg.strategies}
+    _quiet_libraries()
+    import logging
+
+    for name in ("lm_eval", "lm-eval", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    torch.manual_seed(int(cfg.seed))
+    torch.set_grad_enabled(False)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    device = resolve_device(cfg.device)
+    loaded = load_model(cfg.model, device=device, dtype=cfg.dtype)
+    model, tok = loaded.model, loaded.tokenizer
+    info = machine()
+    rows, checks = [], []
+    n_runs = len(cfg.tasks) * len(strategies) * (len(cfg.batch_sizes) + (1 if cfg.reference_limit else 0))
+    with Progress(transient=True) as bar:
+        task_bar = bar.add_task("scoring bench", total=n_runs)
+        if cfg.warmup:
+            run_once(model, tok, strategies["dense"] if "dense" in strategies else load_strategy("dense", 0.0, cfg.ranking),
+                     lm_eval_tasks(cfg.tasks[0], cfg), benchmark(cfg.tasks[0]).num_fewshot, 2, 1, "chunked")
+        for bench_name in cfg.tasks:
+            b = benchmark(bench_name)
+            tasks = lm_eval_tasks(bench_name, cfg)
+            kind = "one-token" if bench_name in cfg.one_token else "multi-token"
+            runs: dict[tuple, dict] = {}
+            for bs in cfg.batch_sizes:
+                for name, strategy in strategies.items():
+                    if name != "dense":
+                        strategy.attach(model, tok)
+                    try:
+                        r = run_once(model, tok, strategy, tasks, b.num_fewshot, cfg.limit, int(bs), "chunked")
+                    finally:
+                        if name != "dense":
+                            strategy.detach()
+                    runs[name, int(bs)] = r
+                    bar.advance(task_bar)
+            ref_limit = (cfg.reference_limits or {}).get(bench_name, cfg.reference_limit)
+            for name, strategy in strategies.items():
+                if not ref_limit:
+                    continue
+                if name != "dense":
+                    strategy.attach(model, tok)
+                try:
+                    ref = run_once(model, tok, strategy, tasks, b.num_fewshot, int(ref_limit), 1, "reference")
+                finally:
+                    if name != "dense":
+                        strategy.detach()
+                bar.advance(task_bar)
+                for bs in cfg.batch_sizes:
+                    fast = runs[name, int(bs)]
+                    keys = [k for k in ref["_lls"] if k in fast["_lls"]]
+                    diff = max((abs(a - x) for k in keys for a, x in zip(ref["_lls"][k], fast["_lls"][k])), default=None)
+                    checks.append({"task": bench_name, "strategy": name, "batch_size": int(bs), "docs": len(keys),
+                                   "max_loglik_diff": diff,
+                                   "same_choices": all(ref["_choice"][k] == fast["_choice"][k] for k in keys),
+                                   "reference_score_s": ref["score_s"], "reference_forwards": ref["forwards"]})
+            for (name, bs), r in runs.items():
+                dense = runs.get(("dense", bs))
+                mine = [ch for ch in checks if ch["task"] == bench_name and ch["strategy"] == name and ch["batch_size"] == bs]
+                rows.append({"task": bench_name, "kind": kind, "lm_eval_tasks": tasks, "strategy": name,
+                             "sparsity": 0.0 if name == "dense" else float(cfg.sparsity),
+                             **{k: v for k, v in r.items() if not k.startswith("_")},
+                             "ratio_to_dense": round(r["score_s"] / dense["score_s"], 3) if dense and dense["score_s"] else None,
+                             "max_loglik_diff": mine[0]["max_loglik_diff"] if mine else None,
+                             "same_choices_as_reference": mine[0]["same_choices"] if mine else None})
+    info["loadavg_1m_end"] = os.getloadavg()[0]
+    return {"config": {"model": cfg.model.name, "device": device, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+                       "sparsity": float(cfg.sparsity), "ranking": cfg.ranking, "limit": cfg.limit,
+                       "mmlu_subjects": int(cfg.mmlu_subjects), "reference_limit": cfg.reference_limit,
+                       "batch_sizes": [int(b) for b in cfg.batch_sizes]},
+            "machine": info, "model": loaded.info, "rows": rows, "exactness": checks}
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="bench_scoring")
+def main(cfg: DictConfig) -> None:
+    from dart.bench.scoring_report import markdown, write
+
+    try:
+        res = bench(cfg)
+    except DartError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    paths = write(res, Path(cfg.out))
+    print(markdown(res))
+    print(f"[dart] scoring bench results: {paths['json']}, {paths['markdown']}, {paths['plot']}")
+
+
+if __name__ == "__main__":
+    main()

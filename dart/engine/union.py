@@ -1,0 +1,120 @@
+"""Union compaction: one physical neuron order in which a whole batch runs compacted.
+
+A single sequence runs compacted because its kept neurons are moved, in place, to a contiguous prefix of every
+layer (dart.engine.ffn.permute_neurons). Rows of a batch hold different masks, but one physical order per layer
+can still put the UNION of the rows' kept sets first: the batch then runs only that prefix of k_l neurons, each
+row masked with its own mask inside it,
+
+    down((act(gate[:k] x) * up[:k] x) * M[l][:, :k], [:k])
+
+Neurons outside the union are zero in every row, so this equals masked execution (a * M over all I neurons) up
+to float summation order, and a memory-bound decode step reads k_l / I of the FFN weights.
+
+When (decided here, once per change of the masks, never per token):
+- every row of the forward holds a mask. A row that re-traces runs dense, and a dense row needs every neuron, so
+  a forward with any dense row runs masked (in whatever physical order the weights are in: masks are stored in
+  that order, so masked execution is exact in any order);
+- the union's keep fraction, mean over layers, is at most `strategy.union_max_keep` (default 0.9), unless
+  `strategy.execution=compact` (always). A nearly dense union saves few bytes and costs a re-permutation of the
+  weights at every mask change: masked execution instead.
+The union is recomputed only when some row's mask changes: a build (the engine's build counter moves), a row
+that re-traced holding a mask again, or a new request; if the new union already is the prefix (the same masks
+again), nothing moves.
+Rows whose masks are all identical (a fixed mask, a shared prompt) skip the per-row multiply: the prefix is
+their mask.
+
+Not offered: a `grouped` execution (rows with identical masks share one compaction, several groups per batch).
+With one physical order per layer only one set can be a prefix, so each further group would need its own copy
+of its kept weights (memory the in-place design avoids), and a memory-bound step that reads each group's kept
+weights reads sum_g |K_g| >= |union_g K_g| neurons: never fewer bytes than the union. The one case where
+grouping helps, every row alike, is the union without the per-row multiply.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from dart.engine.ffn import permute_neurons
+
+
+@dataclasses.dataclass
+class UnionState:
+    key: tuple  # (request, builds, B): the masks the current order was planned for
+    rows: bool  # rows differ: mask each row inside the prefix
+    keep: float  # the union's keep fraction, mean over layers
+    compacted: bool  # the union is the prefix (False: above the threshold, the batch runs masked)
+
+
+def prefix_order(keep: torch.Tensor) -> torch.Tensor:
+    """(L, I) long: per layer the kept neurons first, then the rest, each group in its current order."""
+    return (~keep).to(torch.int8).argsort(dim=-1, stable=True)
+
+
+def is_prefix(keep: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Device bool: every layer's kept set is exactly its first counts[l] neurons."""
+    I = keep.shape[-1]
+    return (keep == (torch.arange(I, device=keep.device)[None, :] < counts[:, None])).all()
+
+
+@torch.no_grad()
+def reorder(c, order: torch.Tensor) -> None:
+    """Apply the physical permutation `order` (L, I) to everything neuron-major the controller holds: the FFN
+    weights (in place), the neuron order, the priors, the masks of every row and the statistics."""
+    for l, ffn in enumerate(c.ffns):
+        o = order[l]
+        extra = [c.order[l]] + ([c.weight[l]] if c.weight is not None else [])
+        permute_neurons(ffn.w, o, extra)
+        c.M[l] = c.M[l].index_select(-1, o)
+        c.stats.A[l] = c.stats.A[l].index_select(-1, o)
+
+
+def state(c) -> UnionState | None:
+    return c.__dict__.get("_union")
+
+
+def clear(c) -> None:
+    c.__dict__["_union"] = None
+
+
+def rows_differ(c) -> bool:
+    """Whether a compacted forward must mask each row inside the prefix (a batch's union of different masks)."""
+    st = state(c)
+    return bool(st is not None and st.compacted and st.rows)
+
+
+@torch.no_grad()
+def maybe_union(c) -> None:
+    """A batch (B > 1) whose rows all hold masks: put the union of their kept sets first (if it is worth it).
+    Called by the controller's _maybe_compact before each decode forward's plan; cheap when nothing changed."""
+    spec = c.spec
+    if c.B == 1 or spec.execution == "masked" or c.fixed is not None or not all(c.has_mask):
+        return
+    key = (c.requests, c.builds, c.B)
+    st = state(c)
+    if st is not None and st.key == key:
+        return
+    t0 = time.perf_counter()
+    on = c.M > 0.5  # (L, B, I), physical order
+    keep = on.any(dim=1)  # (L, I)
+    counts = keep.sum(dim=-1)
+    same = (on == on[:, :1]).all()
+    in_place = is_prefix(keep, counts)
+    stats = torch.cat([counts.to(torch.float64), torch.stack([same, in_place]).to(torch.float64)]).tolist()  # one read
+    n, same, in_place = [int(v) for v in stats[:-2]], bool(stats[-2]), bool(stats[-1])
+    frac = sum(n) / (len(n) * c.I)
+    use = spec.execution == "compact" or frac <= float(spec.union_max_keep)
+    if use and not in_place:
+        reorder(c, prefix_order(keep))
+    c.__dict__["_union"] = UnionState(key=key, rows=not same, keep=frac, compacted=use)
+    c.compacted = use
+    c.kept_prefix = n if use else None
+    c._cache_key = None
+    c.build_seconds += time.perf_counter() - t0
+
+
+def union_keep(c) -> float | None:
+    """The current batch union's keep fraction (mean over layers), None before any union was planned."""
+    st = state(c)
+    return None if st is None else st.keep
