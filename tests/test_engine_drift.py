@@ -224,8 +224,10 @@ def test_controller_retraces_after_a_trigger(execution):
     model = tiny_llama(layers=LAYERS, inter=INTER)
     sig = Signal(1)
     model.model.layers[-1].self_attn.register_forward_hook(sig.hook)  # before the controller's hook
+    # the baseline phase before this project's defaults: up to forward m-1, one window enough (see the tests of
+    # the published phase and of min_windows below)
     c = Controller(model, EngineSpec(sparsity=0.5, masking_step=m, execution=execution,
-                                     drift=DriftSpec(window=W))).attach()
+                                     drift=DriftSpec(window=W, phase="before_mask", min_windows=1))).attach()
     assert c.monitored == [LAYERS - 1]
     inputs: dict[int, list[torch.Tensor]] = {l: [] for l in range(LAYERS)}
     for l, f in enumerate(c.ffns):
@@ -307,7 +309,8 @@ def test_controller_drift_is_per_row():
     model = tiny_llama(layers=LAYERS, inter=INTER)
     sig = Signal(2)
     model.model.layers[-1].self_attn.register_forward_hook(sig.hook)
-    c = Controller(model, EngineSpec(sparsity=0.5, masking_step=1, drift=DriftSpec(window=3))).attach()
+    c = Controller(model, EngineSpec(sparsity=0.5, masking_step=1,
+                                     drift=DriftSpec(window=3, phase="before_mask", min_windows=1))).attach()
     cache = DynamicCache()
     ids = torch.tensor([[5, 17, 99, 3], [6, 1, 2, 8]])
     model(input_ids=ids, past_key_values=cache, use_cache=True)  # forward 0: trace

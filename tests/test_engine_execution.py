@@ -135,7 +135,10 @@ def test_overhead_summary_is_measured():
     assert s["tokens_traced"] == 8.0  # the prompt and the input of decode step 1 (m = 2)
     assert s["mask_builds"] == 1
     L, I, D = 2, 64, 32
-    flops = 8 * L * I * 3 + 1 * L * (2 * I + I * math.log2(I)) + (8 + c.decode_signal_tokens) * 2 * D + c.checks * 6 * D
+    # the detector's baseline: the prompt and the inputs of forwards 1, 2 (published phase: through m) and 3 (two
+    # windows of 5 vectors)
+    assert c.baseline_vectors == 10
+    flops = 8 * L * I * 3 + 1 * L * (2 * I + I * math.log2(I)) + (10 + c.decode_signal_tokens) * 2 * D + c.checks * 6 * D
     assert s["engine_flops"] == pytest.approx(flops)
     params = sum(p.numel() for p in model.parameters())
     emb = model.get_input_embeddings().weight

@@ -71,7 +71,8 @@ def compare(model, c, prefixes, forced, group, **kw):
 
 def attach(model, **spec):
     drift = spec.pop("drift", {})
-    return Controller(model, EngineSpec(sparsity=spec.pop("sparsity", 0.5), drift=DriftSpec(**drift), **spec)).attach()
+    extra = {"global_scores": spec.pop("global_scores")} if "global_scores" in spec else {}
+    return Controller(model, EngineSpec(sparsity=spec.pop("sparsity", 0.5), drift=DriftSpec(**drift), **spec), **extra).attach()
 
 
 @pytest.mark.parametrize("arch", sorted(MODEL_BUILDERS))
@@ -86,13 +87,16 @@ def test_natural_triggers(arch, m):
     assert sum(f for *_, f in got) >= (4 if m < 20 else 1)
 
 
-# forward indices of the windows with m = 1, W = 5: a row's first window closes at forward 5 (pruned from
-# forward 1); after a trigger at f: forward f+1 re-traces, f+2 builds, windows close at f+6, f+11, ...
+# The windows' timeline with the defaults (m = 1, W = 5, drift.phase=published, min_windows=2): the baseline
+# collects the prompt's vectors and those of forward 1 (the first pruned one) and on until it holds 10; windows
+# then close every 5 pruned forwards. Row 1 (a 12-token prompt): baseline closed at forward 1, windows close at
+# 6, 11, 16, 21, 26. After a trigger at f: forward f+1 re-traces (one token), f+2 prunes, the baseline closes at
+# f+10 (10 vectors), windows close at f+15, f+20, ...
 SCRIPTS = {
-    "first": ({5}, [(1, 5)]),
-    "middle": ({15}, [(1, 15)]),
-    "last": ({30}, [(1, 30)]),  # the last window of the 30-token row: a trigger with nothing left to recompute
-    "several": ({5, 11, 21, 22}, [(1, 5), (1, 11), (1, 22)]),  # after the 2nd: windows close at 17, 22, 27
+    "first": ({6}, [(1, 6)]),
+    "middle": ({16}, [(1, 16)]),
+    "last": ({26}, [(1, 26)]),  # the last window of the 30-token row
+    "several": ({6, 21, 26, 29}, [(1, 6), (1, 21)]),  # after 21 the baseline would close at 31: past the row's end
 }
 
 
@@ -107,16 +111,20 @@ def test_scripted_triggers(arch, script):
     assert [(row, step) for row, step, fired in got if fired] == expected
 
 
-@pytest.mark.parametrize("m", [1, 20])
-def test_scripted_triggers_long_masking_step(m):
-    """m = 20: the first window closes at forward 24 and a re-trace runs 20 dense forwards before its masks."""
+@pytest.mark.parametrize("m,fire,expected", [
+    # row 0 (7-token prompt): windows close at 8, 13, ... (the baseline needs 3 decode vectors); after a trigger
+    # at 8 the baseline closes at 18, windows at 23; row 1 (12-token prompt): 6, 11, ...; after 6: 21
+    (1, {6, 8, 21, 23}, [(0, 8), (0, 23), (1, 6), (1, 21)]),
+    # m = 20: the baseline closes at forward 20 (published: the forward that builds the masks), windows at 25, 30;
+    # a re-trace runs 20 dense forwards, builds at f+21, windows at f+26
+    (20, {25, 51}, [(0, 25), (0, 51), (1, 25)]),
+])
+def test_scripted_triggers_long_masking_step(m, fire, expected):
     model = tiny_llama()
     c = attach(model, masking_step=m)
-    first, second = m + 4, m + 4 + 1 + m + 4
-    c.detector.fire_steps = {first, second}
+    c.detector.fire_steps = fire
     prefixes, forced, group = work(forced_lens=(70, 25), group=(0, 1))
     got = compare(model, c, prefixes, forced, group)
-    expected = [(0, first), (0, second), (1, first)] + ([(1, second)] if second <= 25 else [])
     assert [(row, step) for row, step, fired in got if fired] == expected
 
 
@@ -130,10 +138,22 @@ def test_scripted_triggers_long_masking_step(m):
     dict(masking_step=1, mask_rule="mean"),
     dict(masking_step=1, execution="masked"),
     dict(masking_step=1, execution="compact"),
+    dict(masking_step=1, retrace_tokens=8),  # a re-trace traces 8 tokens before its new masks
+    dict(masking_step=2, retrace_tokens=1, drift=dict(cooldown=12)),
+    dict(masking_step=1, drift=dict(phase="before_mask")),
+    dict(masking_step=1, drift=dict(min_windows=1)),  # the hair-trigger baseline of one re-trace token
+    dict(masking_step=1, drift=dict(min_windows=1, nan_tau_compat=True)),
+    dict(masking_step=3, drift=dict(min_windows=4)),
+    dict(masking_step=1, budget="effective", budget_horizon=16),
+    dict(masking_step=1, prior_mix=0.5),
 ])
 def test_every_knob_natural_triggers(spec):
     model = tiny_llama()
-    c = attach(model, drift=dict(sigma_scale=0.0, min_margin=0.0), **spec)
+    spec = dict(spec)
+    drift = dict(sigma_scale=0.0, min_margin=0.0, **spec.pop("drift", {}))
+    if spec.get("prior_mix"):
+        spec["global_scores"] = torch.rand(3, 64, generator=torch.Generator().manual_seed(3))
+    c = attach(model, drift=drift, **spec)
     prefixes, forced, group = work(forced_lens=(3, 30, 17, 0, 41))
     got = compare(model, c, prefixes, forced, group)
     if spec.get("release_step"):
@@ -218,16 +238,17 @@ def test_forward_count(allocation, expected):
 
 def test_retrace_rounds_batch_parked_rows_and_grow_chunks():
     """After a trigger a row is parked with its cache up to the trigger; the parked rows re-trace together in one
-    forward per chunk, the first chunk 4 windows long after the re-trace token, then doubling."""
+    forward per chunk, the first chunk 4 windows past the new baseline, then doubling."""
     model = tiny_llama()
     c = attach(model, masking_step=1)
-    c.detector.fire_steps = {5}
+    c.detector.fire_steps = {6, 8}
     calls = []
     h = model.register_forward_pre_hook(lambda mod, args, kw: calls.append(tuple(kw["input_ids"].shape)), with_kwargs=True)
     force(model, *work(forced_lens=(70, 30, 3), group=(0, 1, 0)), lambda *a: None)
     h.remove()
-    # prefill; all rows at once; rows 0 and 1 fired at forward 5 -> re-trace token + 20, then 40, then the rest
-    assert calls == [(2, 12), (3, 70), (2, 21), (2, 40), (1, 4)]
+    # prefill; all rows at once; row 0 fired at forward 8, row 1 at 6 -> together: the re-trace token, the 9
+    # forwards to the baseline's 10 vectors and 4 windows (30), then 40 more of the longer row's 32 left
+    assert calls == [(2, 12), (3, 70), (2, 30), (1, 32)]
 @pytest.mark.parametrize("spec", [
     dict(masking_step=1, drift=dict(sigma_scale=0.0, min_margin=0.0)),
     dict(masking_step=2, statistic="ema", ema_decay=0.9, drift=dict(sigma_scale=0.0, min_margin=0.0)),

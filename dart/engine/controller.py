@@ -33,6 +33,7 @@ from dart.engine.ffn import PrunableFFN, permute_neurons
 from dart.engine.masks import mean_mask, topk_mask
 from dart.engine.onepass import OnePassScoring
 from dart.engine.plan import IDLE, ROWS, Plan
+from dart.engine.rows import RowBook
 from dart.engine.schedule import DecodeSchedule
 from dart.engine.scoring import scores, static_weight, vocab_projection_priors
 from dart.engine.spec import EngineSpec
@@ -40,11 +41,14 @@ from dart.engine.stats import Statistics
 from dart.errors import ConfigError
 
 
-class Controller(DecodeSchedule, OnePassScoring):
-    def __init__(self, model, spec: EngineSpec, weight: torch.Tensor | None = None, fixed_masks: torch.Tensor | None = None):
+class Controller(DecodeSchedule, OnePassScoring, RowBook):
+    def __init__(self, model, spec: EngineSpec, weight: torch.Tensor | None = None, fixed_masks: torch.Tensor | None = None,
+                 global_scores: torch.Tensor | None = None):
         """fixed_masks: (L, I) bool in the original neuron order (strategy=static): every row of every request
         is masked with it from its first token; nothing is traced, built or re-traced, and unless
-        spec.execution=masked the weights are compacted once, here, for every later single-sequence forward."""
+        spec.execution=masked the weights are compacted once, here, for every later single-sequence forward.
+        global_scores: (L, I) a calibration-corpus ranking in the original neuron order, blended into every
+        request's scores with weight spec.prior_mix."""
         self.model = model
         self.adapter = adapter_for(model)
         self.layers = self.adapter.layers(model)
@@ -67,6 +71,12 @@ class Controller(DecodeSchedule, OnePassScoring):
             if tuple(fixed_masks.shape) != (self.L, self.I):
                 raise ConfigError(f"fixed masks must be (layers, neurons) = {(self.L, self.I)}, not {tuple(fixed_masks.shape)}")
             self.fixed = fixed_masks.to(self.device, torch.bool)
+            self._fixed_kept_mean = float(self.fixed.sum(dim=-1).float().mean())
+        self.global_scores = None
+        if float(spec.prior_mix) > 0:
+            if global_scores is None or tuple(global_scores.shape) != (self.L, self.I):
+                raise ConfigError(f"strategy.prior_mix={spec.prior_mix} needs a calibration ranking of shape {(self.L, self.I)}")
+            self.global_scores = global_scores.to(self.device, torch.float32)
         self.weight = weight if weight is not None else self._priors()  # (L, I) static score factor or None
         self.fixed_keep = None
         if spec.mask_rule == "topk" and spec.allocation == "uniform":
@@ -91,12 +101,15 @@ class Controller(DecodeSchedule, OnePassScoring):
         self.builds = 0  # row-builds (host)
         self.tokens_seen = torch.zeros((), dtype=torch.float64, device=self.device)
         self.tokens_traced = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.decode_signal_tokens = 0
+        self.decode_signal_tokens = 0  # monitored vectors added to decode windows
+        self.baseline_vectors = 0  # monitored vectors collected into baselines
         self.checks = 0
         self.build_seconds = 0.0
         self.triggers: list[dict] = []
         self.window_log: list[dict] = []  # every drift check: request, row, step, cosine, threshold
         self.peak_detector_bytes = 0
+        self._first_alloc = True
+        self._init_accounting()
         self._new_request(1)
         self.requests = 0
         if self.fixed is not None:  # the one mask build (the caller's) and the one compaction
@@ -174,12 +187,10 @@ class Controller(DecodeSchedule, OnePassScoring):
 
     def _reset_rows(self, batch: int) -> None:
         """Fresh per-row state for `batch` rows: no statistics, masks or baseline (fixed masks: the fixed ones)."""
+        self._fresh_row_lists(batch)
         self.B = batch
         self.step = 0
-        self.restart = [0] * batch
-        self.has_mask = [False] * batch
-        self.fresh = [True] * batch
-        self.n_window = [0] * batch
+        self._first_alloc = True
         self.compacted = False
         self.kept_prefix: list[int] | None = None
         if self.fixed is None:
@@ -187,7 +198,6 @@ class Controller(DecodeSchedule, OnePassScoring):
             self.M = torch.ones(self.L, batch, self.I, dtype=self.dtype, device=self.device)
         else:  # every row holds the fixed mask (in the physical order) from its first token
             self.M = self.fixed.gather(1, self.order.long()).to(self.dtype)[:, None, :].repeat(1, batch, 1)
-            self.has_mask = [True] * batch
             self._pending_compact = batch == 1 and self.spec.execution != "masked" and self._fixed_prefix is None
             self.compacted, self.kept_prefix = self._fixed_prefix is not None, self._fixed_prefix
         if self.detector is not None:
@@ -204,9 +214,7 @@ class Controller(DecodeSchedule, OnePassScoring):
             self.stats.A = self.stats.A.index_select(1, idx)
             self.stats.align = self.stats.align.index_select(1, idx)
         self.M = self.M.index_select(1, idx)
-        for name in ("restart", "has_mask", "fresh", "n_window"):
-            old = getattr(self, name)
-            setattr(self, name, [old[i] for i in host])
+        self._select_row_lists(host, idx)
         if self.detector is not None:
             self.detector.select_rows(idx)
         if self.B != 1:
@@ -216,9 +224,12 @@ class Controller(DecodeSchedule, OnePassScoring):
     def clear_all_rows(self) -> None:
         """Every row starts over (the state right after a drift trigger): no mask, no statistics, no baseline."""
         rows = torch.ones(self.B, dtype=torch.bool, device=self.device)
+        self._fold(range(self.B))
         self.has_mask = [False] * self.B
         self.fresh = [True] * self.B
         self.n_window = [0] * self.B
+        self.seg_m = [self.spec.retrace_len] * self.B
+        self.det_done, self.det_count = [False] * self.B, [0] * self.B
         self.M.fill_(1)
         self.stats.clear_rows(rows)
         if self.detector is not None:
@@ -325,28 +336,44 @@ class Controller(DecodeSchedule, OnePassScoring):
         return out
 
     # ------------------------------------------------------------------ masks
-    def _keep(self):
+    def _keep(self, rows: torch.Tensor | None = None):
+        if self.spec.budget == "effective":
+            return self._budget_keep(rows.tolist() if rows is not None else [True] * self.B)  # (B, L)
         if self.fixed_keep is not None:
             return self.fixed_keep
         p = auto_prune_fractions(self.stats.layer_alignment(), self.spec.sparsity, self.spec.auto)
-        return keep_from_prune(p, self.I)  # (B, L)
+        keep = keep_from_prune(p, self.I)  # (B, L)
+        if self.spec.protocol == "compat" and self._first_alloc:
+            # the published quirk: the first allocation of a request builds layer 0 with the LAST layer's count
+            keep = torch.cat([keep[:, -1:], keep[:, 1:]], dim=1)
+        return keep
 
     @torch.no_grad()
     def _build(self, rows: torch.Tensor, layer: int | None = None) -> None:
         """Masks for rows (B,) bool: of every layer (layer None) or of one layer (one-pass builds)."""
         t0 = time.perf_counter()
+        if layer is None:
+            self._fold([b for b, f in enumerate(rows.tolist()) if f])
         sl = slice(None) if layer is None else slice(layer, layer + 1)
         base = self.stats.base()[sl]
         weight = None if self.weight is None else self.weight[sl]
         sc = scores(self.spec.ranking, base, weight)
+        if self.global_scores is not None:  # GLASS-style blend with a calibration ranking (scales made comparable)
+            lam = float(self.spec.prior_mix)
+            g = self.global_scores.gather(1, self.order.long())[sl]  # the physical neuron order
+            own = sc / sc.mean(dim=-1, keepdim=True).clamp_min(1e-30)
+            sc = (1 - lam) * own + lam * (g / g.mean(dim=-1, keepdim=True).clamp_min(1e-30))[:, None, :]
         if self.spec.mask_rule == "mean":
             mask = mean_mask(sc)
         else:
-            keep = self._keep()
+            keep = self._keep(rows)
             keep = keep[sl] if isinstance(keep, list) else keep[:, sl]
             mask = topk_mask(sc, keep)
         self.M[sl] = torch.where(rows[None, :, None], mask.to(self.dtype), self.M[sl])
         self.kept_sum[sl] += (mask.sum(dim=-1).to(torch.float64) * rows[None, :]).sum(dim=1)
+        self._note_kept(rows, sl, mask)
+        if layer is None or layer == self.L - 1:
+            self._first_alloc = False
         self._pending_compact = self.B == 1 and self.spec.execution != "masked"
         self.build_seconds += time.perf_counter() - t0
 

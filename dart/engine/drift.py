@@ -110,6 +110,10 @@ class DriftDetector:
         """Add the last-token signal v (B, T, D) of rows (B,) bool to their current window."""
         self.current += v[:, -1].float() * rows.float()[:, None]
 
+    def discard(self, rows: torch.Tensor) -> None:
+        """Close the current window of rows (B,) bool unchecked (a cool-down after a trigger)."""
+        self.current = torch.where(rows[:, None], torch.zeros_like(self.current), self.current)
+
     def check(self, rows: torch.Tensor, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Close the current window of rows (B,) bool at forward `step`: returns (cosine (B,), fired (B,) bool)."""
         cos = torch.nn.functional.cosine_similarity(self.current / self.W, self.center, dim=-1, eps=1e-12)

@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 import torch
 
 from dart.engine.plan import ROWS, Plan
+from dart.engine.rounds import Rounds
 from dart.engine.stats import ema_weights, sequential_ema_weights
 from dart.errors import ConfigError, choice_error
 
@@ -107,7 +108,7 @@ def _reference(model, prefixes, forced, group, take, prefix_logits) -> None:
             take([b], j, out)
 
 
-class _Chunked:
+class _Chunked(Rounds):
     def __init__(self, model, c, prefixes, forced, group, names, take, prefix_logits, pad_id, compact_min, shared=0):
         self.model, self.c, self.take = model, c, take
         self.prefixes, self.forced, self.group, self.names = [list(p) for p in prefixes], [list(f) for f in forced], list(group), names
@@ -292,226 +293,30 @@ class _Chunked:
         return plan
 
     def _after_prefill(self, valid: torch.Tensor, finished: bool) -> None:
+        """Counting and the detector after the prompts' forward (or their common head's: not finished)."""
         c, G = self.c, valid.shape[0]
         c.tokens_seen += valid.sum()
         c.tokens_traced += valid.sum()
+        lens = valid.sum(dim=1).tolist()
+        for g in range(G):
+            c._count(g, "prefill", int(lens[g]), pruned=self.m == 0)
         if self.det is not None:
             self.det.collect_trace(c.captured, valid.to(torch.float32))
+            for g in range(G):
+                c.det_count[g] += int(lens[g])
+                c.baseline_vectors += int(lens[g])
         if not finished:
             return
         c.fresh = [False] * G
-        if self.det is not None and max(self.m, 1) == 1:
-            self.det.finalize(torch.ones(G, dtype=torch.bool, device=self.dev))
-            self.det.drop_windows()
+        if self.det is not None:
+            done = [c._baseline_ready(g, 0) for g in range(G)]
+            if any(done):
+                self.det.finalize(c._rows(done))
+                for g, flag in enumerate(done):
+                    if flag:
+                        c.det_done[g] = True
+            if all(done):
+                self.det.drop_windows()
         if self.m == 0:
             c.has_mask = [True] * G
             c.builds += G
-
-    # ------------------------------------------------------------------ rounds
-    def _rounds(self) -> None:
-        """The first round over every row (in phase after the prefill), then re-trace rounds of the parked rows."""
-        self.parked: list[dict] = []
-        self._process(list(range(self.B)), first=True)
-        while self.parked:
-            batch = [self.parked.pop(0)] if not self.holes else self.parked
-            if self.holes:
-                self.parked = []
-            self._restore(batch)
-            self._process([p["row"] for p in batch], first=False)
-
-    def _process(self, rows: list[int], first: bool) -> None:
-        """Trace, build and prune a cohort (rows in the same phase, their cache and engine state in place) until
-        every row is done or parked at a trigger. The trace forwards and the first pruned chunk are one forward
-        (each layer's masks built inside it from the traced positions, which run dense), unless the masks need
-        every layer's statistics (allocation=auto) or a single row gains more from compaction."""
-        c, m, det = self.c, self.m, self.det
-        t = self._t = max(m, 1) - 1 if first else max(m, 1)
-        T1 = max(0, min(t, max(self.N[b] - self.j_next[b] for b in rows)))
-        long_single = (len(rows) == 1 and c.spec.execution != "masked"
-                       and self.N[rows[0]] - self.j_next[rows[0]] - T1 >= self.compact_min)
-        merge = T1 > 0 and (m == 0 or not (c.spec.global_build or long_single))
-        if T1 > 0 and not merge:
-            self._trace_alone(rows, T1, first)
-            T1 = 0
-        if m >= 1 and not merge:
-            self._build(rows)
-        cap = None if first else self.retrace_chunk
-        while rows:
-            left = max(self.N[b] - self.j_next[b] for b in rows) - T1
-            if left <= 0 and T1 == 0:
-                return
-            Tm = max(left, 0)
-            if cap is not None and det is not None and Tm > cap:
-                Tm = cap
-            rows = self._chunk_forward(rows, T1, Tm, first, merge)
-            T1, merge = 0, False
-            if cap is not None:
-                cap *= 2
-
-    def _trace_alone(self, rows: list[int], T1: int, first: bool) -> None:
-        """The trace forwards of every row as one dense forward (the masks are built after it)."""
-        c = self.c
-        ids, valid, pos = self._chunk(rows, T1)
-        k = self._forward_index(rows, T1).to(self.dev)
-        live = valid & (k < self.r) if self.r is not None else valid
-        plan = self._trace_plan(live, T1, first)
-        logits = self._forward(ids, valid, pos, plan)
-        self._emit(rows, [self.j_next[b] for b in rows], logits)
-        c.tokens_seen += valid.sum()
-        self._after_trace(rows, live, T1, self._t)
-        for b in rows:
-            self.j_next[b] = min(self.j_next[b] + T1, self.N[b])
-
-    def _trace_plan(self, live: torch.Tensor, t: int, first: bool) -> Plan:
-        """Trace weights for the first `t` columns' live positions of a chunk (the rest: not traced)."""
-        c = self.c
-        mask = live.clone()
-        mask[:, t:] = False
-        w, decay = self._trace_weights(mask, prefill=False, fresh=not first)
-        return Plan(trace_w=w, decay=decay, align=c.stats.alignment, capture=self.det is not None,
-                    drift_trace_w=mask.to(torch.float32) if self.det is not None else None)
-
-    def _after_trace(self, rows: list[int], live: torch.Tensor, t_cols: int, t: int) -> None:
-        """Statistics bookkeeping and the detector's baseline after a forward whose first t_cols columns traced."""
-        c, det = self.c, self.det
-        traced = live[:, :t_cols]
-        n_live = traced.sum(dim=1).tolist()
-        c.tokens_traced += traced.sum()
-        for i in range(len(rows)):
-            if n_live[i]:
-                c.fresh[i] = False
-        if det is not None:
-            w = torch.zeros(live.shape, dtype=torch.float32, device=self.dev)
-            w[:, :t_cols] = traced.to(torch.float32)
-            det.collect_trace(c.captured, w)
-            done = [x == t for x in n_live]
-            if any(done):
-                det.finalize(c._rows(done))
-            det.drop_windows()
-
-    def _build(self, rows: list[int]) -> None:
-        """The masks of the rows with tokens left and not released (forward m after the (re)start), between forwards."""
-        c, r = self.c, self.r
-        build = [self.j_next[b] < self.N[b] and (r is None or self.j_next[b] + 1 < r) for b in rows]
-        if any(build):
-            c._build(c._rows(build))
-            c.builds += sum(build)
-            for i, flag in enumerate(build):
-                if flag:
-                    c.has_mask[i] = True
-        n = len(rows)
-        if (n == 1 and c.has_mask[0] and c.spec.execution != "masked"
-                and (c.spec.execution == "compact" or self.N[rows[0]] - self.j_next[rows[0]] >= self.compact_min)):
-            c._maybe_compact()
-        c._pending_compact = False
-
-    def _chunk_forward(self, rows: list[int], T1: int, Tm: int, first: bool, merge: bool) -> list[int]:
-        """One forward: T1 trace columns (merged rounds) then Tm pruned columns of every row. Checks the drift
-        windows, parks the rows that fired, drops the finished ones; returns the rows that go on."""
-        c, m, r, det = self.c, self.m, self.r, self.det
-        n, T = len(rows), T1 + Tm
-        ids, valid, pos = self._chunk(rows, T)
-        k_host = self._forward_index(rows, T)
-        col = torch.arange(T)[None, :]
-        valid_host = valid.cpu()
-        open_host = (k_host < r) if r is not None else torch.ones_like(valid_host)
-        if merge:
-            live = (valid_host & open_host & (col < T1)).to(self.dev)
-            plan = self._trace_plan(live, T1, first)
-            has_tokens = [bool(valid_host[i, T1:].any()) if m >= 1 else bool(live[i, 0]) for i in range(n)]
-            build = [has_tokens[i] and bool(open_host[i, T1 if m >= 1 else 0]) for i in range(n)]
-            plan.build_rows = c._rows(build)
-            c.builds += sum(build)
-            masked = torch.tensor(build)[:, None]
-            pruned_host = valid_host & open_host & masked & ((col >= T1) if m >= 1 else True)
-        else:
-            plan = Plan(capture=det is not None)
-            pruned_host = valid_host & open_host & torch.tensor(c.has_mask)[:, None] & (col >= T1)
-        plan.prune = pruned_host.to(self.dev)
-        if (not merge and n == 1 and c.compacted and c.has_mask[0] and T1 == 0
-                and bool((pruned_host | ~valid_host).all())):
-            plan.prune, plan.compact = ROWS, c.kept_prefix
-        j_start = [self.j_next[b] for b in rows]
-        logits = self._forward(ids, valid, pos, plan)
-        self._emit(rows, j_start, logits)
-        if merge:
-            for i, flag in enumerate(build):
-                if flag:
-                    c.has_mask[i] = True
-            self._after_trace(rows, live, T1, self._t)
-        # drift windows over each row's pruned columns after the trace columns
-        n_pruned = pruned_host[:, T1:].sum(dim=1).tolist() if T1 else pruned_host.sum(dim=1).tolist()
-        fired = self._scan(rows, j_start, T1, n_pruned) if det is not None else [None] * n
-        n_valid = valid_host.sum(dim=1).tolist()
-        c.tokens_seen += float(sum(nv if f is None else f + 1 for nv, f in zip(n_valid, fired)))
-        for i, b in enumerate(rows):
-            self.j_next[b] = min(self.j_next[b] + T, self.N[b]) if fired[i] is None else self.j_next[b] + fired[i] + 1
-        go_on = [i for i, b in enumerate(rows) if fired[i] is None and self.j_next[b] < self.N[b]]
-        for i, b in enumerate(rows):
-            if fired[i] is not None and self.j_next[b] < self.N[b]:
-                self._park(i, b, T - fired[i] - 1)
-        if len(go_on) < n:
-            if not go_on:
-                return []
-            self._select(torch.tensor(go_on, device=self.dev))
-        return [rows[i] for i in go_on]
-
-    def _scan(self, rows: list[int], j_start: list[int], T1: int, n_pruned: list[int]) -> list[int | None]:
-        """The drift checks of a chunk's pruned columns (from column T1): per row the chunk column of the token
-        whose window fired, or None. Windows continue the row's segment (chunks hold whole windows) and its
-        pressure counter."""
-        c, det, W = self.c, self.det, self.det.W
-        n_w = [x // W for x in n_pruned]
-        out: list[int | None] = [None] * len(rows)
-        if max(n_w) == 0:
-            return out
-        cos = det.window_cosines(c.captured[:, T1:], max(n_w))
-        values = torch.cat([cos, det.tau[:, None]], dim=1).tolist()  # one read per chunk
-        for i, b in enumerate(rows):
-            tau = values[i][-1]
-            steps = [j_start[i] + T1 + (w + 1) * W for w in range(n_w[i])]  # forward index closing each window
-            if det.fire_steps is not None:
-                below = [s in det.fire_steps for s in steps]
-            else:
-                below = [values[i][w] < tau for w in range(n_w[i])]  # NaN tau never fires
-            hit, self.pressure[b] = det.scan_pressure(below, self.pressure[b])
-            last = n_w[i] - 1 if hit is None else hit
-            request = self.request0 + 1 + self.names[b]
-            for w in range(last + 1):
-                entry = {"request": request, "row": 0, "step": steps[w], "cosine": values[i][w], "threshold": tau}
-                c.window_log.append(entry)
-                if w == hit:
-                    c.triggers.append(entry)
-            c.checks += last + 1
-            if hit is not None:
-                out[i] = T1 + (hit + 1) * W - 1
-        return out
-
-    # ------------------------------------------------------------------ parked rows (re-trace after a trigger)
-    def _park(self, i: int, b: int, drop: int) -> None:
-        """Keep row b's KV cache up to its trigger (the last `drop` columns are after it) for a later round."""
-        cols = self.amask.shape[1] - drop
-        kv = [(layer.keys[i : i + 1, :, :cols], layer.values[i : i + 1, :, :cols]) for layer in self.cache.layers]
-        self.parked.append({"row": b, "kv": kv, "amask": self.amask[i : i + 1, :cols]})
-        self.pressure[b] = 0
-
-    def _restore(self, batch: list[dict]) -> None:
-        """The cache, attention mask and fresh engine state of parked rows (shorter caches padded with hidden
-        columns on the right)."""
-        from transformers import DynamicCache
-
-        width = max(p["amask"].shape[1] for p in batch)
-
-        def pad(x, dim):
-            extra = width - x.shape[dim]
-            if not extra:
-                return x
-            shape = list(x.shape)
-            shape[dim] = extra
-            return torch.cat([x, x.new_zeros(shape)], dim=dim)
-
-        layers = len(batch[0]["kv"])
-        self.cache = DynamicCache([(torch.cat([pad(p["kv"][l][0], 2) for p in batch]),
-                                    torch.cat([pad(p["kv"][l][1], 2) for p in batch])) for l in range(layers)])
-        self.amask = torch.cat([pad(p["amask"], 1) for p in batch])
-        self.c._reset_rows(len(batch))

@@ -23,9 +23,12 @@ class OnePassScoring:
             self.tokens_seen += valid.sum()
             self._forced = Plan(prune=ROWS, compact=self.kept_prefix if B == 1 and self.compacted else None)
             try:
-                return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw).logits
+                logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kw).logits
             finally:
                 self._forced = None
+            pos = torch.arange(T, device=input_ids.device)[None, :]
+            self._count_pass(valid > 0, valid > 0, pos < prompt_len.to(input_ids.device)[:, None])
+            return logits
         pos = torch.arange(T, device=input_ids.device)[None, :]
         prompt_len = prompt_len.to(input_ids.device)[:, None]
         m = self.spec.masking_step
@@ -68,4 +71,16 @@ class OnePassScoring:
         finally:
             self._forced = None
         self.has_mask = [True] * B
+        self._count_pass(valid > 0, prune, pos < prompt_len)
         return out.logits
+
+    def _count_pass(self, valid: torch.Tensor, prune: torch.Tensor, pre: torch.Tensor) -> None:
+        """Effective-sparsity counts of one pass: per row, prompt and continuation positions, pruned or dense."""
+        pre = pre & valid
+        post = valid & ~pre
+        counts = torch.stack([(prune & pre).sum(1), pre.sum(1), (prune & post).sum(1), post.sum(1)], dim=1).tolist()
+        for b, (pp, pn, dp, dn) in enumerate(counts):
+            self._count(b, "prefill", int(pp), pruned=True)
+            self._count(b, "prefill", int(pn - pp), pruned=False)
+            self._count(b, "decode", int(dp), pruned=True)
+            self._count(b, "decode", int(dn - dp), pruned=False)

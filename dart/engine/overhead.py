@@ -32,7 +32,7 @@ def engine_flops(c) -> dict[str, float]:
     out["mask_build"] = c.builds * L * (2 * I + I * max(1.0, math.log2(I)))
     if c.detector is not None:
         Ds = c.detector.D
-        out["detector"] = (traced + c.decode_signal_tokens) * 2 * Ds + c.checks * 6 * Ds
+        out["detector"] = (c.baseline_vectors + c.decode_signal_tokens) * 2 * Ds + c.checks * 6 * Ds
     return out
 
 
@@ -79,9 +79,12 @@ def analytic(num_layers: int, intermediate: int, hidden: int, params: float, spe
     if alignment:
         flops["alignment"] = traced * L * 12 * D
     flops["mask_build"] = B * L * (2 * I + I * max(1.0, math.log2(I)))
-    if Ds:  # the first new token comes from the prefill: new_tokens - 1 decode forwards, all masked (m = 1)
+    if Ds:  # the first new token comes from the prefill: new_tokens - 1 decode forwards, all masked (m = 1); the
+        # baseline holds the prompt (and, drift.phase=published, forward 1), the later vectors fill windows
         decode = new_tokens - 1
-        flops["detector"] = (traced + B * decode) * 2 * Ds + B * (decode // spec.drift.window) * 6 * Ds
+        shift = 1 if spec.drift.phase == "published" else 0
+        windows = max(decode - shift, 0)
+        flops["detector"] = (traced + B * shift + B * windows) * 2 * Ds + B * (windows // spec.drift.window) * 6 * Ds
     model = 2.0 * (params + tied_vocab_params) * B * (prompt_tokens + new_tokens - 1)  # tokens the model ran
     return {"state_bytes": state["total"], "state_breakdown": state, "engine_flops": sum(flops.values()),
             "engine_flops_breakdown": flops, "model_flops": model, "flops_ratio": sum(flops.values()) / model}

@@ -1,11 +1,15 @@
 """The token-by-token decoding schedule of the controller (method.md section 2), as a mixin of `Controller`.
 
 One forward at a time, as `model.generate` (or dart.engine.lean) makes them: forward 0 is the prefill, every
-later forward one new token per row. Per row (local step s counted from the request's start or the last re-trace):
-    s < m      trace (dense): statistics and the detector's baseline accumulate
-    s == m     build the masks, prune from here on
-    s > m      prune; every W pruned tokens the detector compares the window with its baseline; a trigger drops
-               the row's mask and re-traces it for m forwards (s restarts at 0)
+later forward one new token per row. Per row (local step s counted from the request's start or the last re-trace;
+n = masking_step m for the request's first segment, strategy.retrace_tokens after a trigger):
+    s < n      trace (dense): statistics accumulate
+    s == n     build the masks, prune from here on (n = 0: build and prune inside the forward that traces)
+    detector   its baseline collects the monitored vectors from s = 0 through s = n (drift.phase=published: the
+               forward that builds the masks included, as published) or n - 1 (before_mask), and on until it holds
+               drift.min_windows windows of W vectors; after it, every W pruned tokens close a window that is
+               compared with the baseline (not within drift.cooldown forwards of the last trigger); a trigger drops
+               the row's mask and re-traces it (s restarts at 0)
     step >= r  (release step, optional) run dense again
 This is also the exact reference of dart.engine.forcing, which runs teacher-forced text in chunks.
 """
@@ -19,19 +23,29 @@ from dart.errors import ConfigError
 
 
 class DecodeSchedule:
-    def _phases(self) -> tuple[list[bool], list[bool], list[bool], bool]:
+    def _phases(self) -> tuple[list[bool], list[bool], list[bool], list[bool], bool]:
+        """Per row: tracing (statistics), building now, building inside this forward, the detector's baseline
+        collecting; and whether the run is released."""
+        B = self.B
         if self.fixed is not None:  # fixed masks: nothing is ever traced or built
-            return [False] * self.B, [False] * self.B, [False] * self.B, False
-        m, r = self.spec.masking_step, self.spec.release_step
+            return [False] * B, [False] * B, [False] * B, [False] * B, False
+        r = self.spec.release_step
         released = r is not None and self.step >= r
-        local = [self.step - s for s in self.restart]
-        tracing = [not released and (s < m or (m == 0 and s == 0)) for s in local]
-        build_now = [not released and m >= 1 and s == m for s in local]
-        inlayer = [not released and m == 0 and s == 0 for s in local]
-        return tracing, build_now, inlayer, released
+        tracing, build_now, inlayer = [], [], []
+        for b in range(B):
+            s, n = self.step - self.restart[b], self.seg_m[b]
+            tracing.append(not released and (s < n or (n == 0 and s == 0)))
+            build_now.append(not released and n >= 1 and s == n)
+            inlayer.append(not released and n == 0 and s == 0)
+        baseline = [self.detector is not None and not released and not self.det_done[b] for b in range(B)]
+        return tracing, build_now, inlayer, baseline, released
 
     def _decode_plan(self, T: int, valid: torch.Tensor | None) -> Plan:
-        tracing, build_now, inlayer, released = self._phases()
+        tracing, build_now, inlayer, baseline, released = self._phases()
+        if self.step == 0:  # the prefill: each row's token count, read once per request
+            self._row_tokens = valid.sum(dim=1).long().tolist() if valid is not None else [T] * self.B
+        else:
+            self._row_tokens = [T] * self.B
         if any(build_now):
             self.builds += sum(build_now)
             self._build(self._rows(build_now))
@@ -44,9 +58,11 @@ class DecodeSchedule:
                 "prefill it traces (masking_step=0) during generation; use masking_step >= 1"
             )
         masked = [self.has_mask[b] and not released and not tracing[b] for b in range(self.B)]
+        windows = [masked[b] and self.det_done[b] for b in range(self.B)]
         self._maybe_compact()
-        key = (T, tuple(tracing), tuple(masked), tuple(inlayer), released, self.compacted, valid is None)
-        if key == self._cache_key and not any(tracing) and not any(inlayer):
+        key = (T, tuple(tracing), tuple(masked), tuple(inlayer), tuple(baseline), tuple(windows), released,
+               self.compacted, valid is None)
+        if key == self._cache_key and not any(tracing) and not any(inlayer) and not any(baseline):
             plan = self._cached_plan  # steady decoding: nothing changed, no new tensors
         else:
             plan = Plan()
@@ -58,15 +74,16 @@ class DecodeSchedule:
                 if self.spec.statistic == "ema":
                     plan.trace_w, plan.decay = ema_weights(plan.trace_w, float(self.spec.ema_decay), self._rows(self.fresh))
                 plan.align = self.stats.alignment
-                if self.detector is not None:
-                    plan.drift_trace_w = (w > 0).to(torch.float32)
+            if any(baseline):
+                w = self._rows(baseline).to(torch.float32)[:, None].expand(self.B, T)
+                plan.drift_trace_w = (w * valid if valid is not None else w).contiguous()
             if any(inlayer):
                 plan.build_rows = self._rows(inlayer)
                 self.builds += sum(inlayer)
             if any(masked) or any(inlayer):
                 plan.prune = ROWS
-            if self.detector is not None and any(masked):
-                plan.drift_decode_rows = self._rows(masked)
+            if any(windows):
+                plan.drift_decode_rows = self._rows(windows)
             if self.compacted and all(masked):  # one sequence's kept prefix, or a batch's union (dart.engine.union)
                 from dart.engine.union import rows_differ
 
@@ -78,39 +95,73 @@ class DecodeSchedule:
                 if flag:
                     self.fresh[b] = False
         self.tokens_seen += float(self.B * T) if valid is None else valid.sum()
+        self._pruned_now = [masked[b] or inlayer[b] for b in range(self.B)]
+        self._window_rows = windows
+        if T == 1:  # FFN weight bytes one generated token reads (a compacted prefix reads only its neurons)
+            kept = sum(plan.compact) if plan.compact is not None else self.L * self.I
+            self.gen_ffn_bytes += kept * self.neuron_bytes
+            self.gen_tokens += self.B
         return plan
 
     def _after_decode_forward(self) -> None:
         p = self.plan
-        tracing, _, inlayer, _ = self._phases()
+        tracing, _, inlayer, baseline, _ = self._phases()
         for b, flag in enumerate(inlayer):
             if flag:
                 self.has_mask[b] = True
+        kind = "prefill" if self.step == 0 else "decode"
+        for b in range(self.B):
+            self._count(b, kind, self._row_tokens[b], self._pruned_now[b])
         det = self.detector
         if det is not None and self._attn:
             v = torch.cat([self._attn[l] for l in self.monitored], dim=-1)
             if p.drift_trace_w is not None:
                 det.collect_trace(v, p.drift_trace_w)
                 self.peak_detector_bytes = max(self.peak_detector_bytes, det.nbytes())
-            m = self.spec.masking_step
-            ending = [tracing[b] and (self.step - self.restart[b] == max(m, 1) - 1) for b in range(self.B)]
-            if any(ending):
-                det.finalize(self._rows(ending))
+                done = []
+                for b in range(self.B):
+                    if baseline[b]:
+                        self.det_count[b] += self._row_tokens[b]
+                        self.baseline_vectors += self._row_tokens[b]
+                    done.append(baseline[b] and self._baseline_ready(b, self.step - self.restart[b]))
+                if any(done):
+                    det.finalize(self._rows(done))
+                    for b, flag in enumerate(done):
+                        if flag:
+                            self.det_done[b], self.n_window[b] = True, 0
             if p.drift_decode_rows is not None:
                 det.collect_decode(v, p.drift_decode_rows)
-                self.decode_signal_tokens += self.B
+                self.decode_signal_tokens += sum(self._window_rows)
                 due = []
                 for b in range(self.B):
-                    decoding = self.has_mask[b] and not tracing[b]
-                    self.n_window[b] += int(decoding)
-                    due.append(decoding and self.n_window[b] == det.W)
+                    counting = self._window_rows[b]
+                    self.n_window[b] += int(counting)
+                    due.append(counting and self.n_window[b] == det.W)
                 if any(due):
                     self._check(self._rows(due), due)
-            if not any(self._phases()[0]) and det.windows.shape[1]:
+            if not any(baseline) and det.windows.shape[1]:
                 det.drop_windows()
         self.step += 1
 
+    def _baseline_ready(self, b: int, s: int) -> bool:
+        """Row b's baseline closes after its local forward s: the phase's last forward reached and enough vectors."""
+        n, d = self.seg_m[b], self.spec.drift
+        last = n if d.phase == "published" else max(n, 1) - 1
+        need = 1 if d.nan_tau_compat or int(d.min_windows) <= 1 else int(d.min_windows) * self.detector.W
+        return s >= last and self.det_count[b] >= need
+
     def _check(self, rows: torch.Tensor, due: list[bool]) -> None:
+        cooling = [due[b] and self.last_trigger[b] is not None
+                   and self.step - self.last_trigger[b] < self.spec.drift.cooldown for b in range(self.B)]
+        if any(cooling):  # windows inside the cool-down close unchecked
+            self.detector.discard(self._rows(cooling))
+            for b, flag in enumerate(cooling):
+                if flag:
+                    self.n_window[b] = 0
+            due = [d and not c for d, c in zip(due, cooling)]
+            if not any(due):
+                return
+            rows = self._rows(due)
         cos, fired = self.detector.check(rows, self.step)
         self.checks += sum(due)
         values = torch.stack([fired.float(), cos, self.detector.tau]).tolist()  # one read per window
@@ -126,10 +177,15 @@ class DecodeSchedule:
 
     def _retrace(self, b: int) -> None:
         """Drop row b's mask and statistics; it runs dense and re-traces from the next forward."""
+        self._fold([b])
         row = self._rows([i == b for i in range(self.B)])
+        self.seg_lengths[b].append(self.step + 1 - self.restart[b])
         self.restart[b] = self.step + 1
+        self.seg_m[b] = self.spec.retrace_len
+        self.last_trigger[b] = self.step
         self.has_mask[b] = False
         self.fresh[b] = True
+        self.det_done[b], self.det_count[b] = False, 0
         self.M[:, b] = 1
         self.stats.clear_rows(row)
         self.detector.clear_rows(row)

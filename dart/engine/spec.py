@@ -13,6 +13,8 @@ ALLOCATIONS = ("uniform", "list", "auto")
 PROTOCOLS = ("causal", "compat")
 EXECUTIONS = ("auto", "masked", "compact")
 ALIGN_REFERENCES = ("online", "residual")
+DRIFT_PHASES = ("published", "before_mask")
+BUDGETS = ("mask", "effective")
 
 
 @dataclasses.dataclass
@@ -27,6 +29,12 @@ class DriftSpec:
     triggers: int = 1  # pressure needed to trigger
     layers: Sequence[int] = (-1,)  # monitored decoder layers (their attention outputs are concatenated)
     nan_tau_compat: bool = False  # the published quirk: < 2 windows -> sigma NaN -> detector silently off
+    # the baseline's last forward: `published` includes the forward that builds the masks (forward m), as the
+    # published code does (windows close at m+W, m+2W, ...); `before_mask` stops at forward m-1
+    phase: str = "published"
+    min_windows: int = 2  # a baseline needs this many windows of traced vectors (it keeps collecting until then;
+    # 1: whatever was traced, one window of everything if fewer than W, as published)
+    cooldown: int = 0  # forwards after a trigger before a window may be checked again
 
     def validate(self) -> None:
         if int(self.window) < 1:
@@ -37,6 +45,12 @@ class DriftSpec:
             raise ConfigError("strategy.drift.sigma_scale and min_margin must be >= 0")
         if not list(self.layers):
             raise ConfigError("strategy.drift.layers must name at least one layer (e.g. [-1])")
+        if self.phase not in DRIFT_PHASES:
+            raise choice_error("strategy.drift.phase", self.phase, DRIFT_PHASES)
+        if int(self.min_windows) < 1:
+            raise ConfigError(f"strategy.drift.min_windows={self.min_windows!r} must be >= 1")
+        if int(self.cooldown) < 0:
+            raise ConfigError(f"strategy.drift.cooldown={self.cooldown!r} must be >= 0")
 
 
 @dataclasses.dataclass
@@ -73,6 +87,11 @@ class EngineSpec:
     release_step: int | None = None  # r
     protocol: str = "causal"
     drift: DriftSpec = dataclasses.field(default_factory=DriftSpec)
+    retrace_tokens: int | None = None  # forwards a re-trace traces before its new masks (None: masking_step)
+    budget: str = "mask"  # mask: every mask prunes `sparsity`; effective: masks prune harder to pay for dense tokens
+    budget_horizon: int = 64  # effective budget: tokens over which a mask repays the dense tokens before it
+    budget_max: float = 0.95  # effective budget: the most a mask may prune
+    prior_mix: float = 0.0  # weight of a calibration-corpus ranking blended into each request's scores (GLASS)
     execution: str = "auto"  # auto: compact a single sequence, a batch on its rows' union if small enough
     union_max_keep: float = 0.9  # execution=auto: a batch runs masked when its union keeps more (mean over layers)
     prior_chunk: int = 8192  # vocabulary rows per chunk when computing the projection priors
@@ -114,6 +133,23 @@ class EngineSpec:
             )
         if self.protocol == "compat" and self.masking_step != 0:
             raise ConfigError("strategy.protocol=compat is the published same-pass masking: it needs masking_step=0")
+        if self.retrace_tokens is not None:
+            if int(self.retrace_tokens) < 1 and self.protocol != "compat":
+                raise ConfigError(f"strategy.retrace_tokens={self.retrace_tokens!r} must be >= 1 (0, the same-pass "
+                                  "re-trace, only with protocol=compat)")
+            if int(self.retrace_tokens) < 0:
+                raise ConfigError(f"strategy.retrace_tokens={self.retrace_tokens!r} must be >= 0")
+        if self.budget not in BUDGETS:
+            raise choice_error("strategy.budget", self.budget, BUDGETS)
+        if self.budget == "effective" and (self.mask_rule != "topk" or self.allocation != "uniform"):
+            raise ConfigError("strategy.budget=effective sets each mask's count from the run's dense tokens: it needs "
+                              "strategy.mask_rule=topk and strategy.allocation=uniform")
+        if int(self.budget_horizon) < 1:
+            raise ConfigError(f"strategy.budget_horizon={self.budget_horizon!r} must be >= 1")
+        if self.budget == "effective" and not float(self.sparsity) <= float(self.budget_max) < 1.0:
+            raise ConfigError(f"strategy.budget_max={self.budget_max!r} must be in [sparsity, 1)")
+        if not 0.0 <= float(self.prior_mix) <= 1.0:
+            raise ConfigError(f"strategy.prior_mix={self.prior_mix!r} must be in [0, 1]")
         if self.release_step is not None and int(self.release_step) <= int(self.masking_step):
             raise ConfigError(f"strategy.release_step={self.release_step} must be after masking_step={self.masking_step}")
         if self.allocation == "list":
@@ -128,6 +164,11 @@ class EngineSpec:
         self.auto.validate()
         self.drift.validate()
         return self
+
+    @property
+    def retrace_len(self) -> int:
+        """Forwards a re-trace traces (0: the same-pass build of one token, as m = 0)."""
+        return int(self.masking_step if self.retrace_tokens is None else self.retrace_tokens)
 
     @property
     def needs_priors(self) -> bool:

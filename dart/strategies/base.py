@@ -39,5 +39,5 @@ class Dense(Strategy):
 
     def summary(self) -> dict[str, Any]:
         out = super().summary()
-        out["sparsity"] = {"target": 0.0, "achieved": 0.0, "per_layer": None}
+        out["sparsity"] = {"target": 0.0, "achieved": 0.0, "effective": 0.0, "per_layer": None}
         return out

@@ -20,7 +20,9 @@ class EngineStrategy(Strategy):
 
     def __init__(self, name=None, sparsity=0.5, ranking="magnitude", masking_step=1, release_step=None,
                  statistic="l2", ema_decay=None, mask_rule="topk", allocation="uniform", layer_keep=None,
-                 auto=None, drift=None, protocol="causal", execution="auto", prior_chunk=8192, **kwargs):
+                 auto=None, drift=None, protocol="causal", execution="auto", prior_chunk=8192, union_max_keep=0.9,
+                 retrace_tokens=None, budget="mask", budget_horizon=64, budget_max=0.95, prior_mix=0.0,
+                 calibration=None, **kwargs):
         super().__init__(name=name, sparsity=sparsity, ranking=ranking)
         drift = dict(drift or {})
         drift.setdefault("enabled", self.drift_default)
@@ -28,8 +30,14 @@ class EngineStrategy(Strategy):
             sparsity=float(sparsity), statistic=statistic, ema_decay=ema_decay, ranking=ranking or "magnitude",
             mask_rule=mask_rule, allocation=allocation, layer_keep=layer_keep, auto=AutoAllocSpec(**(auto or {})),
             masking_step=int(masking_step), release_step=release_step, protocol=protocol,
-            drift=DriftSpec(**drift), execution=execution, prior_chunk=int(prior_chunk),
+            drift=DriftSpec(**drift), execution=execution, prior_chunk=int(prior_chunk), union_max_keep=union_max_keep,
+            retrace_tokens=None if retrace_tokens is None else int(retrace_tokens), budget=budget,
+            budget_horizon=int(budget_horizon), budget_max=float(budget_max), prior_mix=float(prior_mix),
         ).validate()
+        from dart.engine.calibration import CalibrationSpec
+
+        if calibration is not None or not hasattr(self, "calibration"):  # strategy=static sets its own first
+            self.calibration = CalibrationSpec(**(calibration or {})).validate()  # prior_mix: the global ranking's text
         self.controller = None
         self._summary: dict[str, Any] = {}
 
@@ -37,7 +45,22 @@ class EngineStrategy(Strategy):
         from dart.engine.controller import Controller
 
         super().attach(model, tokenizer)
-        self.controller = Controller(model, self.spec).attach()
+        scores = self._global_ranking(model, tokenizer) if self.spec.prior_mix > 0 else None
+        self.controller = Controller(model, self.spec, global_scores=scores).attach()
+
+    def _global_ranking(self, model, tokenizer):
+        """A calibration-corpus ranking per layer (activation L2 norm over text disjoint from every evaluation),
+        for strategy.prior_mix (GLASS, 2025: blend the global ranking into the request's own)."""
+        from dart.engine.adapters import adapter_for
+        from dart.engine.calibration import calibrate, calibration_sequences, neuron_scores
+        from dart.errors import ConfigError
+
+        if tokenizer is None:
+            raise ConfigError("strategy.prior_mix needs the tokenizer (for its calibration text)")
+        adapter = adapter_for(model)
+        weights = [adapter.weights(adapter.ffn(layer)) for layer in adapter.layers(model)]
+        cal = calibrate(model, calibration_sequences(tokenizer, self.calibration), norms=True)
+        return neuron_scores("act_norm", weights, cal.act_sq)
 
     def detach(self) -> None:
         if self.controller is not None:
@@ -69,9 +92,15 @@ class EngineStrategy(Strategy):
         target = (sum(per_layer_target) / len(per_layer_target)) if per_layer_target else self.spec.sparsity
         if self.spec.mask_rule == "mean":
             target = None  # the mean threshold keeps a variable count: there is no target
+        eff = c.effective()
         return {
-            "sparsity": {"target": target, "achieved": achieved,
-                         "per_layer": {"target": per_layer_target, "achieved": per_layer_achieved}},
+            "sparsity": {"target": target, "achieved": achieved, "effective": eff["decode"],
+                         "effective_prefill": eff["prefill"], "effective_all": eff["all"],
+                         "per_layer": {"target": per_layer_target, "achieved": per_layer_achieved,
+                                       "effective": eff["per_layer"]},
+                         "tokens": eff["tokens"], "dense_tokens": eff["dense_tokens"],
+                         "ffn_bytes_per_generated_token": eff["ffn_bytes_per_generated_token"],
+                         "ffn_bytes_dense": eff["ffn_bytes_dense"]},
             "overhead": summarize(c, self.model),
             "drift": {"enabled": self.spec.drift.enabled, "requests": c.requests, "checks": c.checks,
                       "triggers": list(c.triggers), "windows": list(c.window_log)},
