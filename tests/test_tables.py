@@ -57,6 +57,11 @@ def ten_metrics(values: dict[str, float]) -> tuple[dict, dict]:
     return metrics, {"sources": sources}
 
 
+def point(cells: list[str]) -> list[str]:
+    """The values of cells without their "± ..." interval."""
+    return [c.split(" ± ")[0] for c in cells]
+
+
 def md_row(md: str, *first_cells: str) -> list[str]:
     for line in md.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -92,12 +97,19 @@ def test_ten_table_values_missing_cells_and_notes(ten_sweep, tmp_path):
     md = report.markdown
     assert "Ten benchmarks: acc (%), offline stand-ins (NOT the benchmarks)" in md
     header = md_row(md, "Model", "Method")
-    assert header == ["Model", "Method", *OFFLINE, "Avg"]
-    assert md_row(md, "SmolLM2-135M", "Dense") == ["SmolLM2-135M", "Dense", "100.0"] + ["50.0"] * 9 + ["55.0"]
-    assert md_row(md, "SmolLM2-135M", "Static (prompt) 50%")[3] == "0.0"  # rte: a real zero
-    assert md_row(md, "SmolLM2-135M", "DART 70%")[2:] == ["50.0", "50.0", "60.0", "50.0", "75.0"] + ["50.0"] * 5 + ["53.5"]
+    # every task scored n = 2 documents in every row: n in the header; the average over 10 benchmarks: n = 20
+    assert header == ["Model", "Method", "target %", "effective %", *[f"{b} (n=2)" for b in OFFLINE], "Avg (n=20)"]
+    # ± 1.96 se, se = sqrt(p (1 - p) / (n - 1)) of 0/1 items: p = 1 -> 0; p = 0.5, n = 2 -> 0.5 -> ± 98.0 points;
+    # Avg: sqrt(9 * 0.5^2) / 10 = 0.15 -> ± 29.4. Dense: target 0, effective 0 by definition
+    assert md_row(md, "SmolLM2-135M", "Dense") == (["SmolLM2-135M", "Dense", "0.0", "0.0", "100.0 ± 0.0"]
+                                                   + ["50.0 ± 98.0"] * 9 + ["55.0 ± 29.4"])
+    assert md_row(md, "SmolLM2-135M", "Static (prompt) 50%")[5] == "0.0 ± 0.0"  # rte: a real zero
+    dart70 = md_row(md, "SmolLM2-135M", "DART 70%")
+    assert dart70[2:4] == ["70.0", MISSING]  # no sparsity.effective in these results.json: "–"
+    assert point(dart70[4:]) == ["50.0", "50.0", "60.0", "50.0", "75.0"] + ["50.0"] * 5 + ["53.5"]
     failed = md_row(md, "SmolLM2-135M", "Static (prompt) 70%")
-    assert failed[2:] == [MISSING] * 11  # every cell missing, none 0
+    assert failed[2:] == ["70.0"] + [MISSING] * 12  # the target from its config; every other cell missing, none 0
+    assert "effective % –: results.json without sparsity.effective" in md
     assert "failed: smollm2_135m / Static (prompt) 70% / eval=ten" in md and "RuntimeError: boom in the middle of mmlu" in md
     assert "second line" not in md
     # rows in the paper's order: dense, static, GRIFFIN, DART; 50% before 70%
@@ -109,8 +121,8 @@ def test_ten_table_values_missing_cells_and_notes(ten_sweep, tmp_path):
 
 def test_gain_over_griffin_beside_the_paper(ten_sweep, tmp_path):
     md = make_report(collect_folders([ten_sweep]), tmp_path / "out").markdown
-    assert md_row(md, "SmolLM2-135M", "50%") == ["SmolLM2-135M", "50%", "+25.0", "mmlu", MISSING]
-    assert md_row(md, "SmolLM2-135M", "70%") == ["SmolLM2-135M", "70%", "+50.0", "arc_easy", MISSING]
+    assert md_row(md, "SmolLM2-135M", "50%") == ["SmolLM2-135M", "50%", MISSING, MISSING, "+25.0", "mmlu", MISSING]
+    assert md_row(md, "SmolLM2-135M", "70%") == ["SmolLM2-135M", "70%", MISSING, MISSING, "+50.0", "arc_easy", MISSING]
 
 
 def test_paper_gain_shows_for_llama3_8b_at_70(tmp_path):
@@ -122,8 +134,9 @@ def test_paper_gain_shows_for_llama3_8b_at_70(tmp_path):
     write_job(tmp_path, "d70", job_config(*exp, "+variant=dart_70"), dict(real, **{"ten/boolq/acc": 0.6}))
     report = make_report(collect_folders([tmp_path]), tmp_path / "out", figures=False)
     md = report.markdown
-    assert md_row(md, "Llama-3.1-8B", "70%") == ["Llama-3.1-8B", "70%", "+10.0", "boolq", "+14.5"]
+    assert md_row(md, "Llama-3.1-8B", "70%") == ["Llama-3.1-8B", "70%", MISSING, MISSING, "+10.0", "boolq", "+14.5"]
     assert "offline stand-ins" not in md
+    # no n in these metrics: no interval (gpqa averages three tasks, the others would need n)
     assert md_row(md, "Llama-3.1-8B", "DART 70%")[-1] == "51.0"
 
 
@@ -133,7 +146,7 @@ def test_acc_norm_table_leaves_benchmarks_without_it_missing(tmp_path):
     write_job(tmp_path, "d", job_config("+experiment=ten_offline", "+variant=dart_50"), metrics, eval=ev)
     md = make_report(collect_folders([tmp_path]), tmp_path / "out", metric="acc_norm", figures=False).markdown
     assert "Ten benchmarks: acc_norm (%)" in md
-    assert md_row(md, "SmolLM2-135M", "DART 50%")[2:] == [MISSING, "75.0", MISSING]
+    assert md_row(md, "SmolLM2-135M", "DART 50%")[4:] == [MISSING, "75.0", MISSING]
     assert "acc_norm exists only for" in md
 
 
@@ -157,12 +170,12 @@ def test_killed_job_and_never_started_jobs_are_reported(ten_sweep, tmp_path):
     hydra["overrides"]["task"] = ["+experiment=ten_offline"]
     (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra}))
     md = make_report(collect_folders([sweep]), tmp_path / "out", figures=False).markdown
-    assert md_row(md, "SmolLM2-135M", "DART 70%")[2:] == [MISSING] * 11
+    assert md_row(md, "SmolLM2-135M", "DART 70%")[2:] == ["70.0"] + [MISSING] * 12
     assert "no results.json (the job started but was killed before it finished, or is still running): smollm2_135m / DART 70%" in md
     assert "7 of the 14 jobs its last launch planned never started" in md
     assert "+variant=dart_70,model=tiny_llama" in md
     # the gain table lost its 70% row (DART 70% has no numbers) and keeps 50%
-    assert md_row(md, "SmolLM2-135M", "50%")[2] == "+25.0"
+    assert md_row(md, "SmolLM2-135M", "50%")[4] == "+25.0"
     assert "| SmolLM2-135M | 70% |" not in md
 
 
@@ -182,6 +195,9 @@ def test_summarization_table_puts_the_paper_beside_ours(tmp_path):
     assert md_row(md, "Llama-3.2-3B-Instruct", "cnn_dailymail")[2:] == ["0.150", "0.050", "0.125", "0.140", "0.046", "0.122"]
     assert md_row(md, "Llama-3.2-3B-Instruct", "gov_report")[2:] == ["0.170", "0.120", "0.150", "0.172", "0.123", "0.155"]
     assert md_row(md, "Llama-3.2-3B-Instruct", "xsum")[2:] == ["0.110", MISSING, "0.090", MISSING, MISSING, MISSING]
+    # each method's target and effective sparsity under its column (none of these results has sparsity.effective)
+    assert md_row(md, "Llama-3.2-3B-Instruct", "sparsity: target %")[2:5] == ["0.0", "50.0", "50.0"]
+    assert md_row(md, "Llama-3.2-3B-Instruct", "sparsity: effective %")[2:5] == ["0.0", MISSING, MISSING]
     assert (tmp_path / "out" / "rougeL_bars.png").stat().st_size > 10_000
 
 
@@ -215,8 +231,8 @@ def test_ablation_rows_are_labelled_by_the_knobs_that_vary(tmp_path):
     report = make_report(collect_folders([only]), tmp_path / "out2")
     assert report.figures == []  # one sparsity: no accuracy-vs-sparsity curve to draw
     md = report.markdown
-    assert md_row(md, "SmolLM2-135M", "DART 70% (ranking=magnitude)")[2] == "50.0"
-    assert md_row(md, "SmolLM2-135M", "DART 70% (ranking=max)")[2] == "25.0"
+    assert point(md_row(md, "SmolLM2-135M", "DART 70% (ranking=magnitude)"))[4] == "50.0"
+    assert point(md_row(md, "SmolLM2-135M", "DART 70% (ranking=max)"))[4] == "25.0"
 
 
 def test_drift_metrics_and_cosine_traces(tmp_path):
@@ -231,9 +247,10 @@ def test_drift_metrics_and_cosine_traces(tmp_path):
               {"drift/rougeL_vs_dense": 0.31, "drift/triggers_per_sample": 0.0}, drift={"windows": [], "triggers": []})
     report = make_report(collect_folders([tmp_path]), tmp_path / "out")
     md = report.markdown
-    assert md_row(md, "Model", "Method") == ["Model", "Method", "rougeL_vs_dense", "triggers_per_sample", "sparsity achieved"]
-    assert md_row(md, "SmolLM2-135M", "DART 50%")[2:] == ["0.42", "0.5", "0.5"]
-    assert md_row(md, "SmolLM2-135M", "Static (prompt) 50%")[2:] == ["0.31", "0", MISSING]
+    assert md_row(md, "Model", "Method") == ["Model", "Method", "target %", "effective %", "achieved %",
+                                             "rougeL_vs_dense", "triggers_per_sample"]
+    assert md_row(md, "SmolLM2-135M", "DART 50%")[2:] == ["50.0", MISSING, "50.0", "0.42", "0.5"]
+    assert md_row(md, "SmolLM2-135M", "Static (prompt) 50%")[2:] == ["50.0", MISSING, MISSING, "0.31", "0"]
     figs = [f.name for f in report.figures]
     assert figs == ["drift_cosine_smollm2_135m_DART_50.png"]  # static_prompt has no detector: no trace
     assert (tmp_path / "out" / figs[0]).stat().st_size > 10_000
@@ -243,7 +260,7 @@ def test_latex_escapes_and_marks_missing(ten_sweep, tmp_path):
     make_report(collect_folders([ten_sweep]), tmp_path / "out", figures=False)
     tex = (tmp_path / "out" / "tables.tex").read_text()
     assert r"\begin{tabular}" in tex and r"\toprule" in tex
-    assert r"Static (prompt) 70\% & -- & --" in tex
+    assert r"Static (prompt) 70\% & 70.0 & -- & --" in tex
     assert r"arc\_easy" in tex and "arc_easy" not in tex.replace(r"arc\_easy", "")
 
 
@@ -258,7 +275,7 @@ def test_cli_writes_into_the_sweep_folder(ten_sweep):
     proc = subprocess.run([sys.executable, "-m", "dart.tables", str(ten_sweep), "--no-plots"], capture_output=True,
                           text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "| SmolLM2-135M | Dense | 100.0 |" in proc.stdout
+    assert "| SmolLM2-135M | Dense | 0.0 | 0.0 | 100.0 ± 0.0 |" in proc.stdout
     assert (ten_sweep / "tables" / "tables.md").read_text() in proc.stdout
     assert (ten_sweep / "tables" / "tables.tex").is_file()
 
@@ -302,8 +319,8 @@ def test_wandb_runs_become_records(tmp_path):
     crashed = record_from_run(FakeRun(job_config("+experiment=ten_offline", "+variant=dart_70"), {}, "crashed", ["team", "dart", "def"]))
     assert crashed.status == "failed" and crashed.metrics == {}
     md = make_report(Collection([done, crashed], [], []), tmp_path, figures=False).markdown
-    assert md_row(md, "SmolLM2-135M", "DART 50%")[2:4] == ["75.0", "50.0"]
-    assert md_row(md, "SmolLM2-135M", "DART 70%")[2:] == [MISSING] * 3
+    assert md_row(md, "SmolLM2-135M", "DART 50%")[2:6] == ["50.0", MISSING, "75.0", "50.0"]
+    assert md_row(md, "SmolLM2-135M", "DART 70%")[2:] == ["70.0"] + [MISSING] * 4
     assert "failed: smollm2_135m / DART 70% / eval=ten (wandb:team/dart/def): W&B state crashed" in md
 
 
@@ -322,4 +339,254 @@ def test_unreadable_and_foreign_results_are_noted(tmp_path):
     (tmp_path / "broken" / "results.json").write_text('{"schema": 1, "status": "comp')
     md = make_report(collect_folders([tmp_path]), tmp_path / "out", figures=False).markdown
     assert "unreadable results.json" in md and "JSONDecodeError" in md
-    assert md_row(md, "SmolLM2-135M", "Dense")[2] == "50.0"
+    assert md_row(md, "SmolLM2-135M", "Dense")[4] == "50.0"
+
+
+# ============================================================================ fair comparisons (method.md 9)
+def switch_metrics(kl: float, top1: float, lo: float, hi: float) -> dict:
+    """eval=switch metrics: switch/control/all with bootstrap bounds (the control numbers are not under test)."""
+    m = {}
+    for kind, scale in (("switch", 1.0), ("control", 0.5), ("all", 0.75)):
+        m.update({f"switch/{kind}/kl": kl * scale, f"switch/{kind}/kl_lo": lo * scale, f"switch/{kind}/kl_hi": hi * scale,
+                  f"switch/{kind}/top1": top1, f"switch/{kind}/n": 60.0})
+    return m
+
+
+@pytest.fixture(scope="module")
+def switch_sweep(tmp_path_factory):
+    """DART re-traces (effective below target); GRIFFIN does not. Effective sparsities and KLs chosen so the
+    matched table's interpolations are easy to check by hand."""
+    root = tmp_path_factory.mktemp("switch")
+    runs = {  # variant: (effective sparsity, switch KL, top-1)
+        "dense": (0.0, 0.0, 1.0),
+        "dart_50": (0.40, 0.10, 0.80), "dart_70": (0.60, 0.30, 0.60),
+        "griffin_50": (0.485, 0.25, 0.70), "griffin_70": (0.70, 0.50, 0.50),
+    }
+    for variant, (eff, kl, top1) in runs.items():
+        cfg = job_config("eval=switch", "model=smollm2_135m", f"+variant={variant}")
+        target = 0.0 if variant == "dense" else cfg["sparsity"]
+        write_job(root, variant, cfg, switch_metrics(kl, top1, kl * 0.8, kl * 1.25),
+                  sparsity={"target": target, "achieved": target, "effective": eff, "effective_prefill": target},
+                  eval={"bootstrap": {"method": "percentile", "resamples": 2000, "seed": 0, "unit": "sample"}})
+    return root
+
+
+def test_effective_sparsity_columns_and_marks(switch_sweep, tmp_path):
+    report = make_report(collect_folders([switch_sweep]), tmp_path / "out")
+    md = report.markdown
+    assert md_row(md, "Model", "Method") == ["Model", "Method", "target %", "effective %", "achieved %", "subset",
+                                             "kl", "top1", "n"]
+    # DART 50%: 10 points below its target -> marked; GRIFFIN 50%: 1.5 points below -> within tolerance, unmarked
+    assert md_row(md, "SmolLM2-135M", "DART 50%", "50.0")[3:5] == ["40.0‡", "50.0"]
+    assert md_row(md, "SmolLM2-135M", "GRIFFIN 50%", "50.0")[3] == "48.5"
+    assert md_row(md, "SmolLM2-135M", "GRIFFIN 70%", "70.0")[3] == "70.0"
+    assert md_row(md, "SmolLM2-135M", "Dense", "0.0")[3] == "0.0"
+    assert "‡ effective sparsity more than 2 points below its target: dense re-trace tokens" in md
+    # one row per subset, each metric with its bootstrap interval folded into the cell
+    rows = [line for line in md.splitlines() if line.startswith("| SmolLM2-135M | DART 70% |")]
+    assert [r.split("|")[6].strip() for r in rows] == ["switch", "control", "all"]
+    assert md_row(md, "SmolLM2-135M", "DART 70%", "70.0", "60.0‡", "70.0", "switch")[6:] == ["0.3 [0.24, 0.375]", "0.6", "60"]
+    assert "[lo, hi]: 95% interval, percentile bootstrap over samples (2000 resamples, seed 0)" in md
+    tex = (tmp_path / "out" / "tables.tex").read_text()
+    assert r"40.0$^\ddagger$" in tex
+
+
+def test_matched_effective_sparsity_table_interpolates(switch_sweep, tmp_path):
+    md = make_report(collect_folders([switch_sweep]), tmp_path / "out", figures=False).markdown
+    section = md.split("### Matched effective sparsity: eval=switch")[1]
+    assert md_row(section, "Model", "quality") == ["Model", "quality", "effective %", "run of", "DART", "GRIFFIN", "Dense"]
+    kl = "KL(dense ‖ pruned) on B, switch pairs"
+    kl_rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+               if line.startswith(f"| SmolLM2-135M | {kl}")]
+    # DART: (40%, 0.10), (60%, 0.30); GRIFFIN: (48.5%, 0.25), (70%, 0.50); never extrapolated
+    assert [r[2:] for r in kl_rows] == [
+        ["40.0", "DART", "0.1", "no data in range", "0"],
+        ["48.5", "GRIFFIN", "0.185 (interp.)", "0.25", "0"],         # 0.10 + 0.20 * 8.5 / 20
+        ["60.0", "DART", "0.3", "0.3837 (interp.)", "0"],            # 0.25 + 0.25 * 11.5 / 21.5
+        ["70.0", "GRIFFIN", "no data in range", "0.5", "0"],
+    ]
+    top1 = md_row(section, "SmolLM2-135M", "top-1 agreement on B, switch pairs", "48.5")
+    assert top1[3:] == ["GRIFFIN", "0.715 (interp.)", "0.700", "1.000"]  # 0.8 - 0.2 * 8.5 / 20
+
+
+def test_matched_table_leaves_out_runs_without_effective_sparsity(tmp_path):
+    for variant, kl, target, eff in (("dart_50", 0.1, 0.5, 0.45), ("dart_70", 0.3, 0.7, 0.62), ("griffin_70", 0.4, 0.7, None)):
+        write_job(tmp_path, variant, job_config("eval=switch", f"+variant={variant}"), switch_metrics(kl, 0.5, kl, kl),
+                  sparsity={"target": target, "achieved": target, **({"effective": eff} if eff is not None else {})})
+    md = make_report(collect_folders([tmp_path]), tmp_path / "out", figures=False).markdown
+    assert "left out (results.json without sparsity.effective): SmolLM2-135M / GRIFFIN 70%" in md
+    assert md_row(md, "SmolLM2-135M", "GRIFFIN 70%", "70.0")[3] == MISSING
+    section = md.split("### Matched effective sparsity")[1]
+    assert md_row(section, "Model", "quality")[4:] == ["DART", "Dense"]  # no GRIFFIN column: it has no point
+
+
+def test_pareto_plot_is_written(switch_sweep, tmp_path):
+    report = make_report(collect_folders([switch_sweep]), tmp_path / "out")
+    assert [f.name for f in report.figures] == ["pareto_switch.png"]
+    assert report.figures[0].stat().st_size > 20_000
+    assert "![pareto_switch](pareto_switch.png)" in report.markdown
+
+
+def test_interpolate_by_hand():
+    from dart.tables.pareto import interpolate
+
+    pts = [(0.6, 0.3), (0.4, 0.1)]
+    assert interpolate(pts, 0.4) == (0.1, "point")
+    assert interpolate(pts, 0.5)[0] == pytest.approx(0.2) and interpolate(pts, 0.5)[1] == "interpolated"
+    assert interpolate(pts, 0.7) == (None, "out of range") and interpolate(pts, 0.3) == (None, "out of range")
+    assert interpolate([(0.5, 1.0)], 0.5) == (1.0, "point") and interpolate([(0.5, 1.0)], 0.6)[0] is None
+
+
+# ----------------------------------------------------------------------------- the decomposition sweep
+# 2 benchmarks: boolq (one-token answers) and arc_easy (multi-token), 4 documents each, per-document 0/1 stored
+DECOMP = {  # (strategy, allocation, protocol): (boolq bits, arc_easy bits)
+    ("static_prompt", "uniform", "causal"): ("1100", "1000"),
+    ("static_prompt", "uniform", "compat"): ("1110", "1100"),
+    ("static_prompt", "auto", "causal"): ("1100", "1100"),
+    ("static_prompt", "auto", "compat"): ("1110", "1110"),
+    ("griffin", "uniform", "causal"): ("1000", "1000"),
+    ("griffin", "uniform", "compat"): ("1000", "1100"),
+    ("griffin", "auto", "causal"): ("1100", "1000"),
+    ("griffin", "auto", "compat"): ("1100", "1100"),
+    ("dart", "uniform", "causal"): ("1100", "1110"),   # re-tracing helps on arc_easy; boolq == static by construction
+    ("dart", "uniform", "compat"): ("1110", "1100"),   # == static under compat: one merged row
+    ("dart", "auto", "causal"): ("1100", "1100"),      # could differ on arc_easy, but happens to be identical
+    ("dart", "auto", "compat"): ("1110", "1111"),      # differs although it cannot: flagged
+}
+
+
+def decomposition_job(root: Path, strategy: str, allocation: str, protocol: str) -> None:
+    overrides = ["+experiment=ten_offline", f"+variant={strategy}_70", f"strategy.allocation={allocation}",
+                 f"strategy.protocol={protocol}"] + (["strategy.masking_step=0"] if protocol == "compat" else [])
+    bits = DECOMP[strategy, allocation, protocol]
+    metrics, per_doc = {}, {}
+    for bench, b in zip(("boolq", "arc_easy"), bits):
+        metrics[f"ten/offline_{bench}/acc"] = b.count("1") / len(b)
+        metrics[f"ten/offline_{bench}/n"] = float(len(b))
+        per_doc[f"offline_{bench}"] = {"acc": b}
+    ev = {"sources": {b: {"kind": "offline", "tasks": [f"offline_{b}"]} for b in ("boolq", "arc_easy")}, "per_doc": per_doc}
+    write_job(root, f"{strategy}_{allocation}_{protocol}", job_config(*overrides), metrics, eval=ev,
+              sparsity={"target": 0.7, "achieved": 0.7, "effective": 0.7 if strategy != "dart" else 0.66})
+
+
+@pytest.fixture(scope="module")
+def decomposition_md(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablation_gain")
+    for key in DECOMP:
+        decomposition_job(root, *key)
+    return make_report(collect_folders([root]), root / "tables", figures=False).markdown
+
+
+def test_decomposition_rows_with_intervals(decomposition_md):
+    md = decomposition_md.split("### Decomposition: strategy × allocation × protocol (acc, %)")[1]
+    assert md_row(md, "Model", "Sparsity") == ["Model", "Sparsity", "Strategy", "allocation", "protocol", "target %",
+                                               "effective %", "Avg (n=8)", "boolq (n=4)", "arc_easy (n=4)"]
+    # (0.5 + 0.25) / 2; se: boolq 1100 -> sqrt(1/3)/2 = 0.2887, arc 1000 -> 0.25; Avg sqrt(.2887^2 + .25^2) / 2 = 0.1909
+    assert md_row(md, "SmolLM2-135M", "70%", "Static (prompt)", "uniform", "causal")[5:] == [
+        "70.0", "70.0", "37.5 ± 37.4", "50.0 ± 56.6", "25.0 ± 49.0"]
+    # DART, causal: boolq has one-token answers, so it equals static_prompt by construction: not a number
+    assert md_row(md, "SmolLM2-135M", "70%", "DART", "uniform", "causal")[5:] == [
+        "70.0", "66.0‡", "62.5 ± 37.4", "≡", "75.0 ± 49.0"]
+    # compat: nothing is decoded, DART == static_prompt everywhere: one row for both
+    assert md_row(md, "SmolLM2-135M", "70%", "Static (prompt) ≡ DART", "uniform", "compat")[7] == "62.5 ± 37.4"
+    assert "| DART | uniform | compat |" not in md.split("###")[0]
+    assert "on boolq the answer is one token, so nothing is decoded after the prompt's mask and the drift detector " \
+           "can never act" in md
+    assert "Static (prompt) ≡ DART (compat): under protocol=compat the mask is traced from context and answer" in md
+    # a compat DART run that differs from static_prompt cannot be right: flagged, not merged
+    assert md_row(md, "SmolLM2-135M", "70%", "DART ⚠", "auto", "compat")[7:] == ["87.5 ± 24.5", "75.0 ± 49.0", "100.0 ± 0.0"]
+    assert "DART differs from Static (prompt) although they cannot differ" in md
+
+
+def test_decomposition_what_each_factor_adds(decomposition_md):
+    md = decomposition_md.split("### What each factor adds (acc, points)")[1]
+    assert md_row(md, "Model", "Sparsity") == ["Model", "Sparsity", "what", "held fixed", "Avg Δ", "boolq (n=4)",
+                                               "arc_easy (n=4)"]
+    # paired over documents: arc 1110 - 1000 = [0, 1, 1, 0]: +0.5, se sqrt(1/3)/2 -> ± 56.6; Avg (0 + 0.5) / 2
+    assert md_row(md, "SmolLM2-135M", "70%", "re-tracing: DART − Static (prompt)", "allocation=uniform, protocol=causal")[4:] \
+        == ["+25.0 ± 28.3", "≡", "+50.0 ± 56.6"]
+    assert md_row(md, "SmolLM2-135M", "70%", "re-tracing: DART − Static (prompt)", "allocation=uniform, protocol=compat")[4:] \
+        == ["0 by construction (compat)", "≡", "≡"]
+    # identical by chance (it could differ on arc_easy): measured, and annotated as identical
+    assert md_row(md, "SmolLM2-135M", "70%", "re-tracing: DART − Static (prompt) (identical results)",
+                  "allocation=auto, protocol=causal")[4:] == ["+0.0 ± 0.0", "≡", "+0.0 ± 0.0"]
+    assert ("re-tracing: DART − Static (prompt) with allocation=auto, protocol=causal: the two runs gave identical "
+            "results (every metric equal)") in decomposition_md
+    # compat - causal, static_prompt uniform: [0, 0, 1, 0] on both -> +25.0 ± 49.0 each, Avg ± 1.96 sqrt(2 * .25^2) / 2
+    assert md_row(md, "SmolLM2-135M", "70%", "protocol: compat − causal", "Static (prompt), allocation=uniform")[4:] \
+        == ["+25.0 ± 34.6", "+25.0 ± 49.0", "+25.0 ± 49.0"]
+    # auto - uniform, GRIFFIN causal: boolq 1100 - 1000 = [0, 1, 0, 0]; arc equal
+    assert md_row(md, "SmolLM2-135M", "70%", "allocation: auto − uniform", "GRIFFIN, protocol=causal")[4:] \
+        == ["+12.5 ± 24.5", "+25.0 ± 49.0", "+0.0 ± 0.0"]
+
+
+def test_no_decomposition_without_allocation_or_protocol(ten_sweep, tmp_path):
+    md = make_report(collect_folders([ten_sweep]), tmp_path / "out", figures=False).markdown
+    assert "Decomposition" not in md and "What each factor adds" not in md
+
+
+# ----------------------------------------------------------------------------- accuracies with n and 95% intervals
+def test_accuracy_intervals_from_stderr_per_document_results_or_p_and_n(tmp_path):
+    from dart.evals.ci import Z95
+
+    cfg = job_config("+experiment=ten_offline", "+variant=dart_50")
+    metrics = {  # boolq: lm-eval's stderr wins; rte: from the per-document results; hellaswag: from p and n alone
+        "ten/offline_boolq/acc": 0.5, "ten/offline_boolq/n": 10.0, "ten/offline_boolq/acc_stderr": 0.1,
+        "ten/offline_rte/acc": 0.75, "ten/offline_rte/n": 4.0,
+        "ten/offline_hellaswag/acc": 0.2, "ten/offline_hellaswag/n": 26.0,
+        # mmlu: a group (macro average over 2 subjects), per-document results per subject
+        "ten/offline_mmlu/acc": 0.625, "ten/offline_mmlu/acc_micro": 0.6, "ten/offline_mmlu/n": 5.0,
+    }
+    per_doc = {"offline_boolq": {"acc": "1111100000"}, "offline_rte": {"acc": "1101"},
+               "offline_mmlu_anatomy": {"acc": "10"}, "offline_mmlu_virology": {"acc": "110"}}
+    sources = {b: {"kind": "offline", "tasks": [f"offline_{b}"]} for b in ("boolq", "rte", "hellaswag", "mmlu")}
+    write_job(tmp_path, "a", cfg, metrics, eval={"sources": sources, "per_doc": per_doc})
+    write_job(tmp_path, "b", job_config("+experiment=ten_offline", "+variant=dart_70"),
+              {"ten/offline_boolq/acc": 0.5, "ten/offline_boolq/n": 2.0}, eval={"sources": {"boolq": sources["boolq"]}})
+    md = make_report(collect_folders([tmp_path]), tmp_path / "out", figures=False).markdown
+    header = md_row(md, "Model", "Method")
+    # boolq scored 10 and 2 documents in the two rows: n goes into its cells; the others have one n each
+    assert header[4:] == ["boolq", "rte (n=4)", "hellaswag (n=26)", "mmlu (n=5)", "Avg (n=45)"]
+    se_rte = 0.25       # 1101: sample sd sqrt(0.25) = 0.5, / sqrt(4)
+    se_hs = 0.08        # sqrt(p (1 - p) / (n - 1)) = sqrt(0.16 / 25)
+    se_mmlu = (0.5 ** 2 + (1 / 3) ** 2) ** 0.5 / 2  # subjects 10 (0.7071 / sqrt 2 = 0.5) and 110 (0.5774 / sqrt 3)
+    row = md_row(md, "SmolLM2-135M", "DART 50%")
+    assert row[4:8] == ["50.0 ± 19.6 (n=10)", f"75.0 ± {100 * Z95 * se_rte:.1f}", f"20.0 ± {100 * Z95 * se_hs:.1f}",
+                        f"62.5 ± {100 * Z95 * se_mmlu:.1f}"]
+    assert row[4:8] == ["50.0 ± 19.6 (n=10)", "75.0 ± 49.0", "20.0 ± 15.7", "62.5 ± 58.9"]
+    avg_se = (0.1 ** 2 + se_rte ** 2 + se_hs ** 2 + se_mmlu ** 2) ** 0.5 / 4
+    assert row[8] == f"51.9 ± {100 * Z95 * avg_se:.1f}" == "51.9 ± 20.2"
+    assert md_row(md, "SmolLM2-135M", "DART 70%")[4:] == ["50.0 ± 98.0 (n=2)", MISSING, MISSING, MISSING, MISSING]
+    assert "±: 95% interval, 1.96 × standard error" in md
+
+
+def test_harness_stderr_from_per_document_results():
+    """dart.evals.harness: the per-document 0/1 results and the stderr lm-eval leaves out at bootstrap_iters=0."""
+    from dart.evals.harness import per_doc_correctness, stderr_metrics
+
+    samples = {"t1": [{"doc_id": 2, "acc": 0.0}, {"doc_id": 0, "acc": 1.0}, {"doc_id": 1, "acc": 1.0}],
+               "g_a": [{"doc_id": 0, "acc": 1.0, "acc_norm": 0.5}, {"doc_id": 1, "acc": 0.0, "acc_norm": 1.0}],
+               "g_b": [{"doc_id": 0, "acc": 1.0, "acc_norm": 1.0}, {"doc_id": 1, "acc": 1.0, "acc_norm": 1.0}]}
+    results = {"results": {"t1": {"acc,none": 2 / 3, "acc_stderr,none": "N/A"}, "g": {"acc,none": 0.75},
+                           "g_a": {"acc,none": 0.5, "acc_stderr,none": "N/A"}, "g_b": {"acc,none": 1.0}},
+               "group_subtasks": {"g": ["g_a", "g_b"]}, "samples": samples}
+    per_doc = per_doc_correctness(results)
+    # doc_id order; acc_norm of g_a is not 0/1 (0.5): left out
+    assert per_doc == {"t1": {"acc": "110"}, "g_a": {"acc": "10"}, "g_b": {"acc": "11", "acc_norm": "11"}}
+    se = stderr_metrics(results, ["t1", "g"], per_doc)
+    assert se["t1/acc_stderr"] == pytest.approx((1 / 3) ** 0.5 / 3 ** 0.5)      # sd of 1,1,0 = sqrt(1/3)
+    assert se["g/acc_stderr"] == pytest.approx(((0.5 ** 2 + 0.0) ** 0.5) / 2)  # macro: sqrt(0.5^2 + 0^2) / 2
+    assert se["g/acc_micro_stderr"] == pytest.approx(0.5 / 2)                  # pooled 1,0,1,1: sd 0.5, n 4
+    results["results"]["t1"]["acc_stderr,none"] = 0.123                       # lm-eval's own number wins
+    assert stderr_metrics(results, ["t1"], per_doc)["t1/acc_stderr"] == 0.123
+
+
+def test_decomposition_with_a_failed_run_flags_nothing(tmp_path):
+    for key in [("static_prompt", "uniform", "compat"), ("dart", "uniform", "causal")]:
+        decomposition_job(tmp_path, *key)
+    cfg = job_config("+experiment=ten_offline", "+variant=dart_70", "strategy.protocol=compat", "strategy.masking_step=0")
+    write_job(tmp_path, "dart_compat", cfg, status="failed", error="RuntimeError: out of memory")
+    md = make_report(collect_folders([tmp_path]), tmp_path / "out", figures=False).markdown
+    section = md.split("### Decomposition")[1]
+    assert md_row(section, "SmolLM2-135M", "70%", "DART", "uniform", "compat")[5:] == ["70.0"] + [MISSING] * 4  # target; effective, Avg, boolq, arc_easy
+    assert "⚠" not in md and "≡ DART" not in md

@@ -41,6 +41,51 @@ def summarize_results(results: dict, names: list[str], metrics=("acc", "acc_norm
     return out
 
 
+def per_doc_correctness(results: dict, metrics=("acc", "acc_norm")) -> dict[str, dict[str, str]]:
+    """{leaf task: {metric: "0110..."}} from lm_eval.simple_evaluate(log_samples=True)'s samples, in doc_id order;
+    a metric whose per-document values are not all 0/1 is left out."""
+    from dart.evals.ci import bits
+
+    out: dict[str, dict[str, str]] = {}
+    for task, samples in (results.get("samples") or {}).items():
+        rows = sorted(samples, key=lambda s: s.get("doc_id", 0))
+        for metric in metrics:
+            vals = [s.get(metric) for s in rows]
+            if rows and all(isinstance(v, (int, float)) and float(v) in (0.0, 1.0) for v in vals):
+                out.setdefault(task, {})[metric] = bits(vals)
+    return out
+
+
+def stderr_metrics(results: dict, names: list[str], per_doc: dict, metrics=("acc", "acc_norm")) -> dict[str, float | None]:
+    """`<name>/<metric>_stderr` for each task or group name: lm-eval's own stderr where it gives a number (it does not
+    with bootstrap_iters=0), else the sample standard deviation of the per-document values / sqrt(n) (what lm-eval
+    computes for a mean); a group's macro average combines its leaves' (sqrt(sum se^2) / k), its micro average pools
+    the documents."""
+    from dart.evals.ci import combined_stderr, from_bits, stderr
+
+    res = results.get("results", {})
+
+    def lm_eval_se(task: str, metric: str):
+        v = (res.get(task) or {}).get(f"{metric}_stderr,none")
+        return float(v) if isinstance(v, (int, float)) else None
+
+    out: dict[str, float | None] = {}
+    for name in names:
+        leaves = [t for t in _leaves(results, name) if t in res]
+        for metric in metrics:
+            if not any(f"{metric},none" in res[t] for t in leaves):
+                continue
+            docs = {t: from_bits(per_doc[t][metric]) for t in leaves if metric in per_doc.get(t, {})}
+            ses = [lm_eval_se(t, metric) if lm_eval_se(t, metric) is not None else stderr(docs.get(t, []))
+                   for t in leaves if f"{metric},none" in res[t]]
+            own = lm_eval_se(name, metric) if len(leaves) > 1 else None
+            out[f"{name}/{metric}_stderr"] = own if own is not None else (ses[0] if len(ses) == 1 else combined_stderr(ses))
+            if len(leaves) > 1:
+                out[f"{name}/{metric}_micro_stderr"] = stderr([v for t in leaves for v in docs.get(t, [])]) \
+                    if len(docs) == len(leaves) else None
+    return out
+
+
 class Harness(Evaluator):
     """The ten benchmarks through lm-evaluation-harness (one Lightning step per benchmark).
 
@@ -170,13 +215,17 @@ class Harness(Evaluator):
             lm = DartLM(self.ctx.model, self.ctx.tokenizer, self.ctx.strategy, batch_size=self.batch_size, forcing=self.forcing)
             results = lm_eval.simple_evaluate(
                 model=lm, tasks=tasks, num_fewshot=shots, limit=self.limit, task_manager=manager,
-                bootstrap_iters=self.bootstrap_iters, log_samples=False,
+                bootstrap_iters=self.bootstrap_iters, log_samples=True,  # per-document correctness, for the CIs
             )
         where = f" in {log_path}" if log_path is not None else ""
         print(f"[dart] lm-eval {name} ({', '.join(tasks)}, {kind}, {shots}-shot): {time.perf_counter() - t0:.1f} s, "
               f"{counts['lines']} log lines ({counts['warnings']} warnings){where}", flush=True)
-        return {"benchmark": name, "kind": kind, "tasks": tasks,
-                "metrics": summarize_results(results, tasks), "scoring": dict(lm.stats)}
+        per_doc = per_doc_correctness(results)
+        results.pop("samples", None)  # the logged requests themselves are not kept
+        metrics = summarize_results(results, tasks)
+        metrics.update(stderr_metrics(results, tasks, per_doc))
+        return {"benchmark": name, "kind": kind, "tasks": tasks, "metrics": metrics, "per_doc": per_doc,
+                "scoring": dict(lm.stats)}
 
     def finalize(self, outputs):
         metrics: dict[str, float | None] = {}
@@ -188,6 +237,14 @@ class Harness(Evaluator):
             if vals:
                 accs.append(sum(vals) / len(vals))
         metrics["average/acc"] = sum(accs) / len(accs) if accs else None
+        # the average's standard error (benchmarks independent; each benchmark the mean of its tasks) and its n
+        from dart.evals.ci import combined_stderr
+
+        ses = [combined_stderr([o["metrics"].get(f"{t}/acc_stderr") for t in o["tasks"]]) for o in outputs]
+        metrics["average/acc_stderr"] = combined_stderr(ses) if accs and len(accs) == len(outputs) else None
+        metrics["average/n"] = float(sum(o["metrics"].get(f"{t}/n") or 0.0 for o in outputs for t in o["tasks"]))
+        # per-document 0/1 correctness of every leaf task ("0110...", in doc_id order): CIs and paired comparisons
+        self.extra["per_doc"] = {t: v for o in outputs for t, v in (o.get("per_doc") or {}).items()}
         self.extra["sources"] = {o["benchmark"]: {"kind": o["kind"], "tasks": o["tasks"]} for o in outputs}
         # requests, the prompts they share (each run once), rows scored, requests scored in one pass (compat)
         self.extra["scoring"] = {k: sum(o["scoring"][k] for o in outputs) for k in (outputs[0]["scoring"] if outputs else {})}

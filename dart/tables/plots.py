@@ -1,5 +1,6 @@
-"""Figures from collected runs (matplotlib, Agg): accuracy vs sparsity per strategy, ROUGE-L bars beside the
-paper's, and the drift detector's window cosine over a generation (from results.json `drift.windows`)."""
+"""Figures from collected runs (matplotlib, Agg): accuracy vs sparsity per strategy, quality vs EFFECTIVE sparsity
+(the Pareto plot of matched compute), ROUGE-L bars beside the paper's, and the drift detector's window cosine over
+a generation (from results.json `drift.windows`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -110,4 +111,41 @@ def drift_traces(record: Record, path: Path, max_panels: int = 12) -> Path | Non
         ax.set_ylabel("cosine")
         ax.legend(fontsize=7, loc="best")
     axes[-1, 0].set_xlabel("forward (decode step)")
+    return _save(fig, path)
+
+
+def pareto(records: list[Record], kind: str, eval_name: str, path: Path, averages: dict | None = None) -> Path | None:
+    """Quality against EFFECTIVE sparsity (dart.tables.pareto): one panel per model and quality, one curve per
+    method (strategy + knobs), 95% error bars where the runs have intervals, dense as a point at 0 and a dashed
+    line. None when fewer than two runs have both a quality and an effective sparsity."""
+    from dart.tables import pareto as par
+
+    qs = par.qualities(kind, eval_name, records)
+    data = [(q, par.points(records, q, averages)[0]) for q in qs]
+    data = [(q, by_model) for q, by_model in data
+            if sum(len(pts) for by_series in by_model.values() for pts in by_series.values()) > 1]
+    if not data:
+        return None  # fewer than two runs with a quality and an effective sparsity: nothing to compare
+    models = sorted({m for _, by_model in data for m in by_model}, key=model_sort_key)
+    plt = _plt()
+    fig, axes = plt.subplots(len(models), len(data), figsize=(4.6 * len(data), 3.6 * len(models)), squeeze=False)
+    for i, m in enumerate(models):
+        for j, (q, by_model) in enumerate(data):
+            ax = axes[i, j]
+            for k, (series, pts) in enumerate(sorted(by_model.get(m, {}).items())):
+                xs, ys = [100 * p.x for p in pts], [q.scale * p.y for p in pts]
+                err = None
+                if any(p.lo is not None for p in pts):
+                    err = [[q.scale * (p.y - p.lo) if p.lo is not None else 0.0 for p in pts],
+                           [q.scale * (p.hi - p.y) if p.hi is not None else 0.0 for p in pts]]
+                if series == "Dense":
+                    ax.axhline(ys[0], color="black", ls="--", lw=1)
+                    ax.errorbar(xs, ys, yerr=err, color="black", marker="*", ms=10, ls="none", capsize=3, label="Dense")
+                    continue
+                ax.errorbar(xs, ys, yerr=err, marker="os^Dv<>p"[k % 8], ls=("-", "--", ":", "-.")[k % 4],
+                            ms=7 - k % 3, capsize=3, label=series)
+            ax.set_title(f"{model_name(m)}: {q.label}", fontsize=9)
+            ax.set_xlabel("effective FFN sparsity (%)")
+            ax.set_ylabel(q.label + (" (higher is better)" if q.higher_is_better else " (lower is better)"), fontsize=8)
+            ax.legend(fontsize=7)
     return _save(fig, path)

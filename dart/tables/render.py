@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any, Callable
 
 MISSING = "–"
@@ -41,13 +42,22 @@ def signed_points(v: float) -> str:
     return f"{v:+.1f}"
 
 
+_NUMBERLIKE = re.compile(r"^[+\-−]?\d")
+
+
+def numeric_column(t: Table, i: int) -> bool:
+    """A column of numbers (right-aligned): numbers, or cells that start as one ("50.0 ± 9.8", "41.2‡")."""
+    return any((isinstance(r[i], (int, float)) and not isinstance(r[i], bool))
+               or (isinstance(r[i], str) and _NUMBERLIKE.match(r[i])) for r in t.rows)
+
+
 def _md_escape(s: str) -> str:
     return s.replace("|", "\\|")
 
 
 def to_markdown(t: Table) -> str:
     lines = [f"### {t.title}", ""]
-    numeric = [any(isinstance(r[i], (int, float)) and not isinstance(r[i], bool) for r in t.rows) for i in range(len(t.columns))]
+    numeric = [numeric_column(t, i) for i in range(len(t.columns))]
     lines.append("| " + " | ".join(_md_escape(c) for c in t.columns) + " |")
     lines.append("|" + "|".join("---:" if n else "---" for n in numeric) + "|")
     for r in t.rows:
@@ -59,7 +69,9 @@ def to_markdown(t: Table) -> str:
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--", "−": "$-$", "†": r"$^\dagger$"}
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--", "−": "$-$", "†": r"$^\dagger$",
+        "‡": r"$^\ddagger$", "±": r"$\pm$", "≡": r"$\equiv$", "Δ": r"$\Delta$", "√": r"$\surd$", "≈": r"$\approx$",
+        "×": r"$\times$", "≠": r"$\neq$", "⚠": "(!)", "‖": r"$\|$"}
 
 
 def tex_escape(s: str) -> str:
@@ -67,7 +79,7 @@ def tex_escape(s: str) -> str:
 
 
 def to_latex(t: Table) -> str:
-    numeric = [any(isinstance(r[i], (int, float)) and not isinstance(r[i], bool) for r in t.rows) for i in range(len(t.columns))]
+    numeric = [numeric_column(t, i) for i in range(len(t.columns))]
     spec = "".join("r" if n else "l" for n in numeric)
     out = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{tex_escape(t.title)}}}",
            rf"\begin{{tabular}}{{{spec}}}", r"\toprule",

@@ -5,7 +5,7 @@ import dataclasses
 from pathlib import Path
 
 from dart.errors import ConfigError
-from dart.tables import build, plots
+from dart.tables import build, decomposition, pareto, plots
 from dart.tables.collect import Collection, dedupe
 from dart.tables.labels import assign_labels
 from dart.tables.render import Table, to_latex, to_markdown
@@ -44,14 +44,18 @@ def make_report(collection: Collection, out: Path, metric: str = "acc", figures:
         by_eval.setdefault((build.kind(r), r.eval_name), []).append(r)
     for (kind, eval_name), group in sorted(by_eval.items()):
         suffix = "" if len([k for k in by_eval if k[0] == kind]) == 1 else f"_{eval_name}"
+        averages = None
         if kind == "ten":
             t, averages = build.ten_table(group, metric)
             tables.append(t)
             gain = build.gain_table(group, metric)
             if gain is not None:
                 tables.append(gain)
+            if decomposition.applies(group):
+                tables += decomposition.tables(group, build.ten_columns(build.ordered(group)), metric)
             if figures:
-                figs.append(plots.accuracy_vs_sparsity(group, averages, out / f"accuracy_vs_sparsity{suffix}.png", metric))
+                figs.append(plots.accuracy_vs_sparsity(group, {k: e.value for k, e in averages.items()},
+                                                       out / f"accuracy_vs_sparsity{suffix}.png", metric))
         elif kind == "summarization":
             t, bars = build.summarization_table(group)
             tables.append(t)
@@ -63,6 +67,11 @@ def make_report(collection: Collection, out: Path, metric: str = "acc", figures:
                 for r in build.ordered(group):
                     slug = "".join(ch if ch.isalnum() else "_" for ch in f"{r.model}_{r.label}").strip("_")
                     figs.append(plots.drift_traces(r, out / f"drift_cosine_{slug}.png"))
+        matched = pareto.matched_table(group, kind, eval_name, averages)  # matched effective sparsity
+        if matched is not None:
+            tables.append(matched)
+        if figures:  # quality vs effective sparsity, wherever two runs have both
+            figs.append(plots.pareto(group, kind, eval_name, out / f"pareto_{eval_name}.png", averages))
     figs = [f for f in figs if f is not None]
     md = render_markdown(tables, figs, notes, out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,256 @@
+"""The drift benchmark at scale (`eval=switch`, method.md section 9): does a pruned model stay close to the dense
+one when the topic changes under it?
+
+Each sample is `prefix` tokens of text A (the prompt) followed by `length` tokens of text B, teacher-forced. The
+built-in pairs come from the offline real text (dart.data.texts), deterministically (`seed`):
+- switch pairs, half news -> wiki (A: the start of an ABC news article, B: the start of a Wikipedia article),
+  half wiki -> news;
+- same-topic controls: A and B from the same document, B the next `length` tokens after A (half news, half wiki
+  where enough news articles are long enough).
+Your own pairs: `eval.pairs=path.jsonl`, one {"a": "...", "b": "..."} per line (optional "kind", default
+"user"); A is the first `prefix` tokens of a, B the first `length` tokens of b.
+
+Per sample, on the B segment, as dart.evals.fidelity does: KL(dense || pruned) per token (mean), top-1 agreement
+with dense, the perplexity of the pruned and of the dense model, and the re-traces the drift detector fired
+during the sample (`strategy.drift_log()`). The dense reference is the same model with the strategy paused.
+Metrics per pair kind and over all pairs, each with a percentile-bootstrap 95% interval over samples
+(dart.evals.ci, fixed seed) and n; one row per sample in `switch_samples.jsonl` in the run folder.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import torch
+
+from dart.errors import ConfigError, choice_error
+from dart.evals.base import Evaluator
+
+SAMPLES_FILE = "switch_samples.jsonl"
+METRICS = ("kl", "top1", "ppl", "ppl_dense", "retraces")
+PAIRS_EXPECTED = 'expected a JSONL file with one {"a": "<text A>", "b": "<text B>"} object per line'
+
+
+# ----------------------------------------------------------------------------- pairs
+def read_pairs_file(pairs_file) -> list[dict]:
+    """The pairs of a user JSONL file: [{"a", "b", "kind", "line"}]. A missing or empty file, a line that is not a
+    JSON object with non-empty strings "a" and "b", is one ConfigError naming the file (and the line)."""
+    path = Path(str(pairs_file)).expanduser()
+    shown = f"eval.pairs={str(pairs_file)!r}"
+    if not path.is_file():
+        raise ConfigError(f"{shown} {'is a folder' if path.is_dir() else 'does not exist'}; {PAIRS_EXPECTED}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{shown} cannot be read ({type(e).__name__}); {PAIRS_EXPECTED}") from None
+    pairs = []
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{shown}: line {no} is not valid JSON ({e.msg} at column {e.colno}); "
+                              f"{PAIRS_EXPECTED}") from None
+        if not isinstance(obj, dict):
+            raise ConfigError(f"{shown}: line {no} is a JSON {type(obj).__name__}, not an object; {PAIRS_EXPECTED}")
+        for key in ("a", "b"):
+            if key not in obj:
+                raise ConfigError(f"{shown}: line {no} has no {key!r}; {PAIRS_EXPECTED}")
+            if not isinstance(obj[key], str) or not obj[key].strip():
+                raise ConfigError(f"{shown}: line {no}: {key!r} must be a non-empty text, not {obj[key]!r:.40}; "
+                                  f"{PAIRS_EXPECTED}")
+        kind = obj.get("kind", "user")
+        if not isinstance(kind, str) or not kind.strip() or "/" in kind:
+            raise ConfigError(f"{shown}: line {no}: 'kind' must be a short label without '/' (e.g. switch, control), "
+                              f"not {kind!r:.40}")
+        pairs.append({"a": obj["a"], "b": obj["b"], "kind": kind.strip(), "line": no})
+    if not pairs:
+        raise ConfigError(f"{shown} is empty; {PAIRS_EXPECTED}")
+    return pairs
+
+
+def interleave(groups: list[list]) -> list:
+    """The items of all groups in one list, each group spread evenly (so any prefix of the list, eval.limit, holds
+    every group in proportion); ties keep the groups' order."""
+    keyed = [((i + 0.5) / len(g), gi, i, x) for gi, g in enumerate(groups) for i, x in enumerate(g)]
+    return [x for *_, x in sorted(keyed, key=lambda k: k[:3])]
+
+
+def builtin_pairs(news: list[list[int]], wiki: list[list[int]], prefix: int, length: int, n_switch: int,
+                  n_control: int, seed: int = 0) -> list[dict]:
+    """Samples from tokenized news and wiki documents (file order): n_switch two-topic pairs (half news -> wiki,
+    half wiki -> news) and n_control same-document controls (half news, half wiki; wiki fills in when too few news
+    articles are long enough), interleaved. Each: {"kind", "order", "a": (source, doc), "b": (source, doc),
+    "tokens"}. Documents are drawn without repetition inside each order (cycling only when a source runs out)
+    from a fixed permutation (random.Random(seed))."""
+    rng = random.Random(seed)
+    src = {"news": news, "wiki": wiki}
+
+    def eligible(name: str, need: int) -> list[int]:
+        idx = [i for i, d in enumerate(src[name]) if len(d) >= need]
+        rng.shuffle(idx)
+        return idx
+
+    def short(name, need, what):
+        return ConfigError(f"eval.{what}={need} is too long for the built-in {name} documents (none has {need} "
+                           "tokens); use shorter segments")
+
+    groups = []
+    for a_src, b_src in (("news", "wiki"), ("wiki", "news")):
+        n = n_switch // 2 + (n_switch % 2 if a_src == "news" else 0)
+        if n <= 0:
+            continue
+        a_idx, b_idx = eligible(a_src, prefix), eligible(b_src, length)
+        if not a_idx:
+            raise short(a_src, prefix, "prefix")
+        if not b_idx:
+            raise short(b_src, length, "length")
+        group = []
+        for k in range(n):
+            a, b = a_idx[k % len(a_idx)], b_idx[k % len(b_idx)]
+            group.append({"kind": "switch", "order": f"{a_src}->{b_src}", "a": (a_src, a), "b": (b_src, b),
+                          "tokens": src[a_src][a][:prefix] + src[b_src][b][:length]})
+        groups.append(group)
+    if n_control > 0:
+        need = prefix + length
+        news_idx, wiki_idx = eligible("news", need), eligible("wiki", need)
+        if not news_idx and not wiki_idx:
+            raise ConfigError(f"eval.prefix + eval.length = {need} tokens is too long for a same-document control "
+                              "(no built-in document is that long); use shorter segments or eval.controls=0")
+        n_news = min(n_control // 2, len(news_idx)) if wiki_idx else n_control
+        chosen = interleave([[("news", news_idx[k % len(news_idx)]) for k in range(n_news)],
+                             [("wiki", wiki_idx[k % len(wiki_idx)]) for k in range(n_control - n_news)]])
+        groups.append([{"kind": "control", "order": f"{s}->{s}", "a": (s, i), "b": (s, i), "tokens": src[s][i][:need]}
+                       for s, i in chosen])
+    return interleave(groups)
+
+
+# ----------------------------------------------------------------------------- the evaluator
+class Switch(Evaluator):
+    name = "switch"
+
+    def __init__(self, prefix=200, length=200, pairs=None, switch_pairs=120, controls=40, limit=None, seed=0,
+                 resamples=2000, forcing="chunked", name=None, **kwargs):
+        super().__init__(name=name, limit=limit)
+        from dart.engine.forcing import MODES as FORCING
+
+        if forcing not in FORCING:
+            raise choice_error("eval.forcing", forcing, FORCING)
+        for key, v, low in (("prefix", prefix, 1), ("length", length, 2), ("switch_pairs", switch_pairs, 0),
+                            ("controls", controls, 0), ("resamples", resamples, 1)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"eval.{key}={v!r} must be an integer >= {low}")
+        if pairs is None and switch_pairs + controls == 0:
+            raise ConfigError("eval.switch_pairs=0 and eval.controls=0: no pairs to evaluate")
+        self.prefix, self.length, self.forcing = prefix, length, forcing
+        self.n_switch, self.n_control, self.seed, self.resamples = switch_pairs, controls, int(seed), resamples
+        self.pairs_file = pairs
+        self.user_pairs = read_pairs_file(pairs) if pairs is not None else None  # fails before any model loads
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        tok = ctx.tokenizer
+        encode = lambda text: tok(text, add_special_tokens=False, verbose=False)["input_ids"]  # noqa: E731
+        if self.user_pairs is not None:
+            samples = []
+            for p in self.user_pairs:
+                a, b = encode(p["a"]), encode(p["b"])
+                for key, ids, need, what in (("a", a, self.prefix, "eval.prefix"), ("b", b, self.length, "eval.length")):
+                    if len(ids) < need:
+                        raise ConfigError(f"eval.pairs={str(self.pairs_file)!r}: line {p['line']}: text {key!r} has "
+                                          f"{len(ids)} tokens, needs at least {what}={need}")
+                samples.append({"kind": p["kind"], "order": "user", "a": ("line", p["line"]), "b": ("line", p["line"]),
+                                "tokens": a[: self.prefix] + b[: self.length]})
+        else:
+            from dart.data.texts import news_articles, wiki_documents
+
+            news = [encode(d) for d in news_articles()]
+            wiki = [encode(d) for d in wiki_documents()]
+            samples = builtin_pairs(news, wiki, self.prefix, self.length, self.n_switch, self.n_control, self.seed)
+        n = min(int(self.limit or len(samples)), len(samples))
+        self._samples = [dict(s, index=i) for i, s in enumerate(samples[:n])]
+        counts: dict[str, int] = {}
+        for s in self._samples:
+            key = s["kind"] if s["order"] == "user" else s["order"]
+            counts[key] = counts.get(key, 0) + 1
+        self.extra["pairs"] = {"source": "builtin" if self.user_pairs is None else str(self.pairs_file),
+                               "prefix": self.prefix, "length": self.length, "seed": self.seed, "counts": counts}
+
+    def batches(self):
+        return self._samples
+
+    @torch.no_grad()
+    def step(self, sample):
+        from dart.evals.decoding import teacher_force
+
+        model, strategy = self.ctx.model, self.ctx.strategy
+        ids = torch.tensor([sample["tokens"]], device=self.ctx.device)
+        P = self.prefix
+        with strategy.paused():
+            dense = model(input_ids=ids[:, :-1], use_cache=False).logits[0, P - 1 :].float().log_softmax(-1)
+        targets = ids[0, P:]
+        n = targets.numel()
+        kl, agree, nll = (torch.zeros(n, device=ids.device) for _ in range(3))
+
+        def take(rows, start, logits):  # logits[0, t] predicts ids[0, start + t + 1]; keep B's (the last call wins)
+            lo, hi = max(start, P - 1), min(start + logits.shape[1], P - 1 + n)
+            if hi <= lo:
+                return
+            lp = logits[0, lo - start : hi - start].float().log_softmax(-1)
+            ref = dense[lo - (P - 1) : hi - (P - 1)]
+            kl[lo - (P - 1) : hi - (P - 1)] = (ref.exp() * (ref - lp)).sum(-1)
+            agree[lo - (P - 1) : hi - (P - 1)] = (ref.argmax(-1) == lp.argmax(-1)).float()
+            nll[lo - (P - 1) : hi - (P - 1)] = -lp.gather(-1, targets[lo - (P - 1) : hi - (P - 1), None]).squeeze(-1)
+
+        checks0, triggers0 = (len(x) for x in strategy.drift_log())
+        prefix = P if getattr(strategy, "dynamic", False) else None
+        teacher_force(model, ids, prefix, take, mode=self.forcing, prefix_logits=False)
+        checks, triggers = (list(x[k:]) for x, k in zip(strategy.drift_log(), (checks0, triggers0)))
+        dense_nll = -dense.gather(-1, targets[:, None]).squeeze(-1)
+        return {"index": sample["index"], "kind": sample["kind"], "order": sample["order"],
+                "a": list(sample["a"]), "b": list(sample["b"]), "tokens_scored": n,
+                "kl": float(kl.mean()), "top1": float(agree.mean()), "nll": float(nll.mean()),
+                "nll_dense": float(dense_nll.mean()), "retraces": len(triggers), "checks": len(checks),
+                "retrace_steps": [t.get("step") for t in triggers]}
+
+    def finalize(self, outputs):
+        from dart.evals.ci import bootstrap_ci
+
+        kinds = ["switch", "control"] if self.user_pairs is None else []  # built-in: both, even if one is empty
+        for o in outputs:
+            if o["kind"] not in kinds:
+                kinds.append(o["kind"])
+        metrics: dict[str, float | None] = {}
+        for kind in kinds + ["all"]:
+            rows = outputs if kind == "all" else [o for o in outputs if o["kind"] == kind]
+            metrics.update(self._aggregate(kind, rows, bootstrap_ci))
+        with open(self.ctx.run_dir / SAMPLES_FILE, "w") as f:
+            for o in outputs:
+                row = {k: v for k, v in o.items() if k not in ("nll", "nll_dense")}
+                row.update(ppl=math.exp(o["nll"]), ppl_dense=math.exp(o["nll_dense"]), nll=o["nll"],
+                           nll_dense=o["nll_dense"])
+                f.write(json.dumps(row) + "\n")
+        self.extra["per_sample"] = SAMPLES_FILE
+        self.extra["bootstrap"] = {"method": "percentile", "resamples": self.resamples, "seed": self.seed,
+                                   "level": 0.95, "unit": "sample"}
+        return metrics
+
+    def _aggregate(self, kind: str, rows: list[dict], bootstrap_ci) -> dict[str, float | None]:
+        """`<kind>/<metric>`, `<kind>/<metric>_lo`, `_hi` (95% bootstrap interval over samples) and `<kind>/n`.
+        Perplexities: exp of the mean per-token NLL (every sample scores `length` tokens), interval likewise."""
+        out: dict[str, float | None] = {f"{kind}/n": float(len(rows))}
+        for metric in METRICS:
+            key = {"ppl": "nll", "ppl_dense": "nll_dense"}.get(metric, metric)
+            vals = [float(r[key]) for r in rows]
+            if not vals:
+                out.update({f"{kind}/{metric}": None, f"{kind}/{metric}_lo": None, f"{kind}/{metric}_hi": None})
+                continue
+            m = sum(vals) / len(vals)
+            lo, hi = bootstrap_ci(vals, resamples=self.resamples, seed=self.seed)
+            if key != metric:
+                m, lo, hi = math.exp(m), math.exp(lo), math.exp(hi)
+            out.update({f"{kind}/{metric}": m, f"{kind}/{metric}_lo": lo, f"{kind}/{metric}_hi": hi})
+        return out
