@@ -277,7 +277,8 @@ def _finish_wandb(logger, results: dict) -> None:
         exp = logger.experiment
         flat = {k: v for k, v in results["metrics"].items() if v is not None}
         sp = results.get("sparsity") or {}
-        flat.update({f"sparsity/{k}": sp[k] for k in ("target", "achieved") if isinstance(sp.get(k), (int, float))})
+        flat.update({f"sparsity/{k}": sp[k] for k in ("target", "achieved", "effective", "effective_prefill", "effective_all")
+                     if isinstance(sp.get(k), (int, float))})
         ov = results.get("overhead") or {}
         flat.update({f"overhead/{k}": v for k, v in ov.items() if isinstance(v, (int, float))})
         exp.summary.update(flat)

@@ -48,8 +48,13 @@ def print_run(results: dict, run_dir: Path | None = None) -> None:
     for k, v in (results.get("metrics") or {}).items():
         table.add_row(k, _fmt(v))
     sp = results.get("sparsity") or {}
-    if sp.get("achieved") is not None:
-        table.add_row("sparsity (achieved)", _fmt(sp.get("achieved")))
+    for key, label in (("target", "sparsity (target)"), ("achieved", "sparsity (achieved: the masks)"),
+                       ("effective", "sparsity (effective: skipped, decode)"), ("effective_prefill", "sparsity (effective, prefill)")):
+        if sp.get(key) is not None and (key != "target" or sp.get("achieved") is not None):
+            table.add_row(label, _fmt(sp[key]))
+    drift = results.get("drift") or {}
+    if drift.get("enabled"):
+        table.add_row("re-traces", str(len(drift.get("triggers") or [])))
     ov = results.get("overhead") or {}
     for k in ("state_bytes", "flops_ratio"):
         if ov.get(k) is not None:

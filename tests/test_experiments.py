@@ -193,4 +193,5 @@ def test_the_app_finds_experiments_and_variants():
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     cfg = OmegaConf.create(proc.stdout)
-    assert (cfg.sweep_name, cfg.strategy.name, cfg.sparsity, cfg.eval.name, cfg.eval.limit) == ("ten_offline", "dart", 0.7, "ten", 1)
+    assert (cfg.sweep_name, cfg.strategy.name, cfg.sparsity, cfg.eval.name, cfg.eval.limit) == ("ten_offline", "dart", 0.7, "ten", None)
+    assert cfg.eval.benchmarks is None  # every item of all ten stand-ins
