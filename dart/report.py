@@ -38,10 +38,66 @@ def title(results: dict) -> str:
     return " | ".join(parts)
 
 
+def _with_ci(m: dict, key: str) -> str:
+    v = m.get(key)
+    if v is None:
+        return "-"
+    lo, hi = m.get(f"{key}_lo"), m.get(f"{key}_hi")
+    return f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None and hi is not None else _fmt(v)
+
+
+def comparison_table(results: dict):
+    """Dense beside the pruned model on the same text, for evaluations that score both (eval=switch and its
+    `overview` preset: the main job): perplexity, KL and top-1 agreement against dense per subset, sparsity, cost."""
+    from rich.table import Table
+
+    metrics = results.get("metrics") or {}
+    subsets = []
+    for k in metrics:
+        parts = k.split("/")
+        if len(parts) == 3 and parts[2] == "ppl_dense" and parts[1] not in subsets:
+            subsets.append(parts[1])
+    if not subsets:
+        return None
+    ev = k.split("/")[0]
+    cfg = results.get("config", {})
+    strategy = (cfg.get("strategy") or {}).get("name")
+    label = strategy if strategy == "dense" else f"{strategy} {round(100 * float(cfg.get('sparsity') or 0))}%"
+    table = Table(title="dense and the pruned model on the same text (95% bootstrap intervals over samples)")
+    table.add_column("")
+    table.add_column("dense", justify="right")
+    table.add_column(label, justify="right")
+    for sub in subsets:
+        m = {key.split("/", 2)[2]: v for key, v in metrics.items() if key.startswith(f"{ev}/{sub}/")}
+        n = m.get("n")
+        name = f"{sub} (n={int(n)})" if n else sub
+        table.add_row(f"{name}: perplexity", _with_ci(m, "ppl_dense"), _with_ci(m, "ppl"))
+        table.add_row(f"{name}: KL(dense || pruned)", "0", _with_ci(m, "kl"))
+        table.add_row(f"{name}: top-1 agreement", "1", _with_ci(m, "top1"))
+        if m.get("retraces") is not None:
+            table.add_row(f"{name}: re-traces per sample", "0", _with_ci(m, "retraces"))
+    sp = results.get("sparsity") or {}
+    for key, text in (("achieved", "sparsity achieved (the masks)"), ("effective", "sparsity effective (skipped)")):
+        if sp.get(key) is not None:
+            table.add_row(text, "0", _fmt(sp[key]))
+    return table
+
+
 def print_run(results: dict, run_dir: Path | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    side_by_side = comparison_table(results)
+    if side_by_side is not None:
+        print(title(results), flush=True)
+        Console(width=140).print(side_by_side)
+        t = results.get("timing") or {}
+        print(f"time (s): load {_fmt(t.get('load_s'))}, eval {_fmt(t.get('eval_s'))}", flush=True)
+        for note in results.get("notes") or []:
+            say_once(note)
+        if run_dir is not None:
+            print(f"results: {run_dir / 'results.json'}", flush=True)
+        return
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")

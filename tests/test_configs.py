@@ -34,7 +34,8 @@ def test_groups_have_the_documented_options():
 
 def test_default_config():
     cfg = compose_cfg()
-    assert (cfg.model.name, cfg.strategy.name, cfg.eval.name, cfg.ranking.name) == ("smollm2_135m", "dense", "perplexity", "magnitude")
+    assert (cfg.model.name, cfg.strategy.name, cfg.eval.name, cfg.ranking.name) == ("smollm2_135m", "dart", "overview", "magnitude")
+    assert (cfg.strategy.retrace_tokens, cfg.strategy.drift.min_margin, cfg.eval.limit) == (20, 0.3, 24)  # measured defaults
     check_config(cfg)
 
 

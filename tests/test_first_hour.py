@@ -203,7 +203,7 @@ def test_model_folder_checks_and_label_from_the_folder(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- quiet by default
 def test_a_run_off_a_terminal_is_quiet_plain_and_keeps_paths_whole(tmp_path):
     run_dir = tmp_path / ("a-rather-long-folder-name-for-this-run-" * 3) / "run"
-    proc = run_cli("model=tiny_llama", "eval=smoke", "logger=wandb", "progress_s=0", "sparsity=0.7",
+    proc = run_cli("model=tiny_llama", "eval=smoke", "strategy=dense", "logger=wandb", "progress_s=0", "sparsity=0.7",
                    f"hydra.run.dir={run_dir}", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr

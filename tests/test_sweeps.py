@@ -97,7 +97,7 @@ def test_rerun_skips_finished_jobs_and_recomputes_the_rest(tmp_path):
     from dart.tables.report import make_report
 
     md = make_report(collect_folders([sweep]), tmp_path / "tables", figures=False).markdown
-    assert "| tiny_llama (tiny, random) | Static (prompt) 25% | 1.234e+04 |" in md
+    assert "| tiny_llama (tiny, random) | Static (prompt) 25% | 25.0 | 25.0 | 25.0 | 1.234e+04 |" in md  # the sentinel
     assert md.count("| tiny_llama (tiny, random) | Static (prompt)") == 4
 
 
@@ -156,7 +156,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     from dart.tables.report import make_report
 
     md = make_report(collect_folders([sweep]), tmp_path / "tables", figures=False).markdown
-    assert "| Llama-3.1-8B | DART 50% | – |" in md
+    assert "| Llama-3.1-8B | DART 50% | 50.0 | – | – | – |" in md  # the failed job: its target, nothing measured
     assert "failed: llama3_8b / DART 50% / eval=smoke" in md
 
 

@@ -73,7 +73,7 @@ def md_row(md: str, *first_cells: str) -> list[str]:
 @pytest.fixture(scope="module")
 def ten_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("ten_offline")
-    exp = ("+experiment=ten_offline", "model=smollm2_135m")
+    exp = ("+experiment=ten_offline", "model=smollm2_135m", "eval.limit=1")
     base = {b: 0.5 for b in OFFLINE}
     rows = {
         "dense": dict(base, boolq=1.0),
@@ -159,7 +159,7 @@ def test_killed_job_and_never_started_jobs_are_reported(ten_sweep, tmp_path):
     killed = sweep / "+variant=dart_70,model=smollm2_135m"
     (killed / "results.json").unlink()
     (killed / ".hydra").mkdir()
-    (killed / ".hydra" / "config.yaml").write_text(yaml.safe_dump(dict(job_config("+experiment=ten_offline", "+variant=dart_70"),
+    (killed / ".hydra" / "config.yaml").write_text(yaml.safe_dump(dict(job_config("+experiment=ten_offline", "+variant=dart_70", "eval.limit=1"),
                                                                        sweep_name="${now:%H}", hydra={"x": 1})))
     # multirun.yaml of the sweep: two models planned, only smollm2 ever started
     GlobalHydra.instance().clear()
