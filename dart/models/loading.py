@@ -7,6 +7,10 @@ Sources, in order of precedence:
 - `model.source=tiny`: a tiny random model with the committed 1k-token tokenizer (tests);
 - `model.source=hub`: the Hugging Face hub. If the model is not cached and the hub cannot be reached, this
   fails within seconds with one message naming the ways out (never 25 s of download retries).
+
+`model.device_map` (null: the whole model on `device`) spreads a model over several devices: "auto" (or
+"balanced", "sequential", ...) or an explicit {module name: device} map, passed to `from_pretrained(...,
+device_map=...)`, and for random-weight builds to `accelerate.dispatch_model` after building on the CPU.
 """
 from __future__ import annotations
 
@@ -204,7 +208,55 @@ def _tokenizer_for(cfg, source_dir: str | None):
     return AutoTokenizer.from_pretrained(prepare("smollm2_135m")), "embedded:smollm2_135m"
 
 
+DEVICE_MAP_STRINGS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def device_map_of(cfg) -> str | dict[str, Any] | None:
+    """`model.device_map`: null (the whole model on `device`), one of accelerate's strategies ("auto", ...), or an
+    explicit {module name: device} map (devices as "cpu", "cuda:1", 1, "disk", ...). Checked before any load."""
+    dm = cfg.get("device_map") if hasattr(cfg, "get") else None
+    if dm is None:
+        return None
+    if isinstance(dm, str):
+        if dm not in DEVICE_MAP_STRINGS:
+            raise choice_error("model.device_map", dm, ("null", *DEVICE_MAP_STRINGS, "{module: device}"))
+        return dm
+    try:
+        from omegaconf import OmegaConf
+
+        dm = OmegaConf.to_container(dm, resolve=True) if OmegaConf.is_config(dm) else dict(dm)
+    except (TypeError, ValueError):
+        raise ConfigError(f"model.device_map={dm!r} must be null, one of {', '.join(DEVICE_MAP_STRINGS)}, or a "
+                          "{module name: device} map") from None
+    if not dm or not all(isinstance(k, str) and isinstance(v, (str, int)) and not isinstance(v, bool)
+                         for k, v in dm.items()):
+        raise ConfigError(f"model.device_map={dm!r} must map module names to devices, e.g. "
+                          "{model.embed_tokens: cuda:0, model.layers.0: cuda:0, ..., lm_head: cuda:1}")
+    return dm
+
+
+def _map_devices(dm) -> list[str]:
+    """The devices an explicit map names ("cuda:N" for an integer)."""
+    if not isinstance(dm, dict):
+        return []
+    return [f"cuda:{v}" if isinstance(v, int) else str(v) for v in dm.values()]
+
+
+def dispatch(model, device_map, dtype=None):
+    """Place a built model's modules by `device_map` (accelerate.dispatch_model): a map of module names, or a
+    strategy ("auto", ...) resolved by accelerate.infer_auto_device_map over the visible devices."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if isinstance(device_map, str):
+        no_split = getattr(model, "_no_split_modules", None) or []
+        device_map = infer_auto_device_map(model, no_split_module_classes=list(no_split), dtype=dtype)
+        if not device_map:  # an empty map: nothing to place (all on the CPU it was built on)
+            return model
+    return dispatch_model(model, device_map=device_map)
+
+
 def validate_model_cfg(cfg) -> None:
+    device_map_of(cfg)
     if cfg.get("init", "pretrained") not in INITS:
         raise choice_error("model.init", cfg.get("init"), INITS)
     if cfg.get("path") is None and cfg.get("source") not in SOURCES:
@@ -221,8 +273,15 @@ def load_model(cfg, device: str = "cpu", dtype: str = "auto") -> LoadedModel:
     from transformers import AutoModelForCausalLM
 
     validate_model_cfg(cfg)
+    device_map = device_map_of(cfg)
     device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
+    for d in _map_devices(device_map):  # an explicit map: its devices must exist
+        if d.startswith("cuda"):
+            resolve_device(d)
+    # dtype auto follows the accelerator the map uses (bfloat16 on CUDA)
+    placed = "cuda" if device_map is not None and (any(d.startswith("cuda") for d in _map_devices(device_map))
+                                                  or (isinstance(device_map, str) and torch.cuda.is_available())) else device
+    torch_dtype = resolve_dtype(dtype, placed)
     t0 = time.perf_counter()
     random_init = cfg.init == "random" or cfg.source == "tiny"
     source_dir = None
@@ -248,11 +307,14 @@ def load_model(cfg, device: str = "cpu", dtype: str = "auto") -> LoadedModel:
 
         hf_cfg = hf_config(_arch(cfg))
         torch.manual_seed(int(cfg.get("seed", 0)))
-        with torch.device(device):
+        with torch.device(device if device_map is None else "cpu"):
             model = AutoModelForCausalLM.from_config(hf_cfg, dtype=torch_dtype)
+        if device_map is not None:
+            model = dispatch(model, device_map, torch_dtype)
     else:
         try:
-            model = AutoModelForCausalLM.from_pretrained(source_dir, dtype=torch_dtype, device_map=device)
+            model = AutoModelForCausalLM.from_pretrained(source_dir, dtype=torch_dtype,
+                                                         device_map=device if device_map is None else device_map)
         except Exception as e:
             if isinstance(e, OSError) and origin.startswith("hub:"):
                 raise UnavailableError(
@@ -281,8 +343,18 @@ def load_model(cfg, device: str = "cpu", dtype: str = "auto") -> LoadedModel:
         label = model_label(cfg)
     info.update(name=cfg.name, label=label, init="random" if random_init and not cfg.get("path") else "pretrained",
                 origin=origin, tokenizer=tok_origin, device=device,
+                **({"device_map": _placement(model, device_map)} if device_map is not None else {}),
                 dtype=str(torch_dtype).replace("torch.", ""), load_s=round(time.perf_counter() - t0, 3))
     return LoadedModel(model=model, tokenizer=tokenizer, info=info)
+
+
+def _placement(model, asked) -> dict[str, str]:
+    """Where a dispatched model's modules went ({module: device}): as accelerate recorded it, else (a map onto
+    one device, which transformers does not record) the explicit map asked for, else the one device used."""
+    dm = getattr(model, "hf_device_map", None) or (asked if isinstance(asked, dict) else None)
+    if not dm:
+        dm = {"": next(model.parameters()).device}
+    return {k: (f"cuda:{v}" if isinstance(v, int) else str(v)) for k, v in dm.items()}
 
 
 def describe(model) -> dict[str, Any]:
