@@ -35,33 +35,45 @@ class PrunableFFN(nn.Module):
             return getattr(self.__dict__["original"], name)
 
     def intermediate(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
-        w = self.w
-        if w.gated:
-            (g, u), (bg, bu) = w.w_in, w.b_in
-            if k is not None:
-                g, u = g[:k], u[:k]
-                bg, bu = (bg[:k] if bg is not None else None), (bu[:k] if bu is not None else None)
-            return w.act(F.linear(x, g, bg)) * F.linear(x, u, bu)
-        fc, b = w.w_in[0], w.b_in[0]
-        if k is not None:
-            fc, b = fc[:k], (b[:k] if b is not None else None)
-        return w.act(F.linear(x, fc, b))
+        return intermediate(self.w, x, k)
 
     def down(self, a: torch.Tensor, k: int | None = None) -> torch.Tensor:
-        wd = self.w.w_down_t if k is None else self.w.w_down_t[:k]
-        out = torch.matmul(a, wd)
-        return out if self.w.b_down is None else out + self.w.b_down
+        return down(self.w, a, k)
 
     def compacted(self, x: torch.Tensor, k: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The FFN on its first k neurons only; rows (B, I): each row's mask in the physical order, applied inside
         the prefix (a batch run on the union of its rows' kept sets, dart.engine.union)."""
-        a = self.intermediate(x, k)
-        if rows is not None:
-            a = a * rows[:, None, :k]
-        return self.down(a, k)
+        return compacted(self.w, x, k, rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._controller.run_ffn(self, x)
+
+
+def intermediate(w: FFNWeights, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    """The activation a (..., I) entering the down projection; k: of the first k neurons only."""
+    if w.gated:
+        (g, u), (bg, bu) = w.w_in, w.b_in
+        if k is not None:
+            g, u = g[:k], u[:k]
+            bg, bu = (bg[:k] if bg is not None else None), (bu[:k] if bu is not None else None)
+        return w.act(F.linear(x, g, bg)) * F.linear(x, u, bu)
+    fc, b = w.w_in[0], w.b_in[0]
+    if k is not None:
+        fc, b = fc[:k], (b[:k] if b is not None else None)
+    return w.act(F.linear(x, fc, b))
+
+
+def down(w: FFNWeights, a: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    wd = w.w_down_t if k is None else w.w_down_t[:k]  # neuron-major (I, D): the prefix is one contiguous block
+    out = torch.matmul(a, wd)
+    return out if w.b_down is None else out + w.b_down
+
+
+def compacted(w: FFNWeights, x: torch.Tensor, k: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+    a = intermediate(w, x, k)
+    if rows is not None:
+        a = a * rows[:, None, :k]
+    return down(w, a, k)
 
 
 @torch.no_grad()

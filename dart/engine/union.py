@@ -36,8 +36,6 @@ import time
 
 import torch
 
-from dart.engine.ffn import permute_neurons
-
 
 @dataclasses.dataclass
 class UnionState:
@@ -47,27 +45,39 @@ class UnionState:
     compacted: bool  # the union is the prefix (False: above the threshold, the batch runs masked)
 
 
-def prefix_order(keep: torch.Tensor) -> torch.Tensor:
-    """(L, I) long: per layer the kept neurons first, then the rest, each group in its current order."""
-    return (~keep).to(torch.int8).argsort(dim=-1, stable=True)
-
-
 def is_prefix(keep: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Device bool: every layer's kept set is exactly its first counts[l] neurons."""
     I = keep.shape[-1]
     return (keep == (torch.arange(I, device=keep.device)[None, :] < counts[:, None])).all()
 
 
+def swaps(keep: torch.Tensor, counts: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the fewest moves that make keep[l] the first counts[l] positions: (dst, src) positions such that
+    new[dst] = old[src]. Every kept neuron outside the prefix swaps with a dropped one inside it; nothing else
+    moves, so a re-mask that changes few neurons of the union copies few weight rows."""
+    I = keep.shape[-1]
+    pos = torch.arange(I, device=keep.device)
+    out = []
+    for l, k in enumerate(counts):
+        inside = pos < k
+        holes = (inside & ~keep[l]).nonzero().flatten()  # dropped neurons inside the new prefix
+        comers = (~inside & keep[l]).nonzero().flatten()  # kept neurons outside it (as many)
+        out.append((torch.cat([holes, comers]), torch.cat([comers, holes])))
+    return out
+
+
 @torch.no_grad()
-def reorder(c, order: torch.Tensor) -> None:
-    """Apply the physical permutation `order` (L, I) to everything neuron-major the controller holds: the FFN
-    weights (in place), the neuron order, the priors, the masks of every row and the statistics."""
-    for l, ffn in enumerate(c.ffns):
-        o = order[l]
-        extra = [c.order[l]] + ([c.weight[l]] if c.weight is not None else [])
-        permute_neurons(ffn.w, o, extra)
-        c.M[l] = c.M[l].index_select(-1, o)
-        c.stats.A[l] = c.stats.A[l].index_select(-1, o)
+def move(c, moves: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Apply per-layer swaps (dst, src), in place, to everything neuron-major the controller holds: the FFN weights,
+    the neuron order, the priors, the masks of every row and the statistics."""
+    for l, (dst, src) in enumerate(moves):
+        if dst.numel() == 0:
+            continue
+        ffn = c.ffns[l]
+        for t in [*ffn.w.neuron_major, c.order[l]] + ([c.weight[l]] if c.weight is not None else []):
+            t.index_copy_(0, dst, t.index_select(0, src))
+        c.M[l].index_copy_(-1, dst, c.M[l].index_select(-1, src))
+        c.stats.A[l].index_copy_(-1, dst, c.stats.A[l].index_select(-1, src))
 
 
 def state(c) -> UnionState | None:
@@ -106,7 +116,7 @@ def maybe_union(c) -> None:
     frac = sum(n) / (len(n) * c.I)
     use = spec.execution == "compact" or frac <= float(spec.union_max_keep)
     if use and not in_place:
-        reorder(c, prefix_order(keep))
+        move(c, swaps(keep, n))
     c.__dict__["_union"] = UnionState(key=key, rows=not same, keep=frac, compacted=use)
     c.compacted = use
     c.kept_prefix = n if use else None
