@@ -51,7 +51,8 @@ def test_lean_forward_matches_the_model_in_prefill_and_chunks():
     lambda: StaticPrompt(sparsity=0.5, execution="compact"),
     lambda: StaticPrompt(sparsity=0.7, execution="masked"),
     lambda: Dart(sparsity=0.5, masking_step=2, drift=dict(window=3, sigma_scale=0.0, min_margin=0.0)),
-], ids=["dense", "static_compact", "static_masked", "dart_drift"])
+    lambda: StaticPrompt(sparsity=0.5, masking_step=2, allocation="auto", execution="compact"),  # hooks on a norm
+], ids=["dense", "static_compact", "static_masked", "dart_drift", "static_auto"])
 @pytest.mark.parametrize("batch", [1, 2])
 def test_lean_generate_equals_transformers_generate_with_the_engine(make, batch):
     ids = IDS[:batch]
@@ -69,8 +70,10 @@ def test_lean_generate_equals_transformers_generate_with_the_engine(make, batch)
         assert [(t["row"], t["step"]) for t in new] == [(t["row"], t["step"]) for t in hf_triggers]
         if strat.name == "dart":
             assert len(hf_triggers) > 0  # margin 0 and a 3-token window: the detector does fire here
-        if strat.spec.execution == "compact" and batch == 1:
+        if strat.spec.execution == "compact" and batch == 1 and strat.spec.allocation == "uniform":
             assert strat.controller.compacted and sum(strat.controller.kept_prefix) == 3 * 32
+        if strat.spec.allocation == "auto":  # per-layer counts from the norms' hooks: not uniform, same mean
+            assert len(set(strat.controller.masks()[:, 0].sum(-1).tolist())) > 1
         strat.detach()
 
 
@@ -96,20 +99,36 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(
         [sys.executable, "-m", "dart.bench", "model=tiny_llama", "repeats=2", "warmup=0", "new_tokens=6",
-         "prompt_tokens=16", "sparsities=[0.5]", "remask_demo=false", f"out={out}"],
+         "prompt_tokens=16", "sparsities=[0.5]", "batch_sizes=[1,3]", "loops=[lean,hf,compiled]", "batch_loops=[lean]",
+         "remask_demo=false", f"out={out}"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "bench.json").read_text())
-    rows = {(r["loop"], r["mode"], r["sparsity"]): r for r in res["rows"]}
-    assert set(rows) == {(loop, mode, s) for loop in ("lean", "hf") for mode, s in
-                         (("dense", 0.0), ("masked", 0.5), ("compacted", 0.5))}
+    rows = {(r["batch"], r["loop"], r["mode"], r["sparsity"]): r for r in res["rows"]}
+    assert set(rows) == {(1, loop, mode, s) for loop in ("lean", "hf", "compiled") for mode, s in
+                         (("dense", 0.0), ("masked", 0.5), ("compacted", 0.5))} | {
+                        (3, "lean", mode, s) for mode, s in (("dense", 0.0), ("masked", 0.5), ("union", 0.5))}
     for r in rows.values():
         assert len(r["tokens_per_s_all"]) == 2 and r["tokens_per_s"] > 0
+        for key in ("batch", "mode", "sparsity", "speedup", "union_keep", "bound"):
+            assert key in r
     # compacted and masked execution of the same mask write the same text
-    assert rows[("lean", "masked", 0.5)]["token_agreement_with_dense"] == rows[("lean", "compacted", 0.5)]["token_agreement_with_dense"]
-    assert rows[("lean", "compacted", 0.5)]["achieved_sparsity"] == 0.5
-    assert rows[("lean", "dense", 0.0)]["speedup"] == 1.0
-    assert (out / "bench.md").read_text().count("| lean |") == 3 and (out / "speedup.png").stat().st_size > 1000
+    assert rows[(1, "lean", "masked", 0.5)]["token_agreement_with_dense"] == rows[(1, "lean", "compacted", 0.5)]["token_agreement_with_dense"]
+    assert rows[(3, "lean", "masked", 0.5)]["token_agreement_with_dense"] == rows[(3, "lean", "union", 0.5)]["token_agreement_with_dense"]
+    for mode in ("masked", "compacted"):  # the compiled loop writes the eager loop's text
+        assert rows[(1, "compiled", mode, 0.5)]["token_agreement_with_dense"] == rows[(1, "lean", mode, 0.5)]["token_agreement_with_dense"]
+    one, union = rows[(1, "lean", "compacted", 0.5)], rows[(3, "lean", "union", 0.5)]
+    assert one["achieved_sparsity"] == 0.5 and one["union_keep"] == 0.5 and one["compacted_ran"]
+    assert rows[(1, "lean", "dense", 0.0)]["speedup"] == 1.0 and rows[(3, "lean", "dense", 0.0)]["speedup"] == 1.0
+    # three different prompts: a union larger than one row's mask, and its bound from the union's bytes
+    assert 0.5 < union["union_keep"] <= 1.0 and union["achieved_sparsity"] == 0.5 and union["compacted_ran"]
+    wb = res["weight_bytes"]
+    assert union["bound"] == pytest.approx(wb["dense"] / (wb["dense"] - wb["ffn"] * (1 - union["union_keep"])))
+    assert union["auto_execution"] == ("union" if union["union_keep"] <= 0.9 else "masked")
+    assert rows[(3, "lean", "masked", 0.5)]["bound"] == 1.0 and rows[(1, "lean", "dense", 0.0)]["bound"] == 1.0
+    md = (out / "bench.md").read_text()
+    assert md.count("| lean |") == 6 and md.count("| compiled |") == 3 and "| 3 | lean | union | 0.50 |" in md
+    assert (out / "speedup.png").stat().st_size > 1000
 
 
 def test_bench_rejects_bad_values(tmp_path):
@@ -118,3 +137,47 @@ def test_bench_rejects_bad_values(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dart.bench", "model=tiny_llama", "modes=[dense,fast]",
                            f"out={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "fast" in proc.stderr and "compacted" in proc.stderr
+
+
+def test_bench_rejects_bad_batch_sizes(tmp_path):
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "dart.bench", "model=tiny_llama", "batch_sizes=[1,0]",
+                           f"out={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "batch_sizes=[1, 0] must be a list of positive integers" in proc.stderr
+
+
+def _decode(m, ids, strat, compile, n=18):
+    if strat is not None:
+        strat.attach(m)
+    c = strat.controller if strat is not None else None
+    try:
+        dec = LeanDecoder(m, ids.shape[1] + n + 1, batch=ids.shape[0], controller=c, compile=compile)
+        tok, pos, out = dec.forward(ids, 0)[:, -1].argmax(-1, keepdim=True), ids.shape[1], []
+        for _ in range(n):
+            logits = dec.forward(tok, pos)[:, -1]
+            out.append(logits)
+            tok, pos = logits.argmax(-1, keepdim=True), pos + 1
+        return torch.stack(out, 1), ([(t["row"], t["step"]) for t in c.triggers] if c is not None else [])
+    finally:
+        if strat is not None:
+            strat.detach()
+
+
+def test_compiled_steps_equal_the_eager_loop(monkeypatch):
+    """torch.compile'd steady steps (compact, a batch's union, masked while a row re-traces) against the eager
+    loop: the same logits within float tolerance and the same drift triggers."""
+    m = model()
+    ran = []
+    compiled_step = LeanDecoder._run_compiled
+    monkeypatch.setattr(LeanDecoder, "_run_compiled", lambda self, ids, pos: (ran.append(pos), compiled_step(self, ids, pos))[1])
+    cases = [(IDS[:1], lambda: StaticPrompt(sparsity=0.5, execution="compact")),
+             (IDS, lambda: Dart(sparsity=0.5, masking_step=2, execution="compact",
+                                drift=dict(window=3, sigma_scale=0.0, min_margin=0.0)))]
+    for ids, make in cases:
+        eager, t_eager = _decode(m, ids, make(), compile=False)
+        ran.clear()
+        compiled, t_compiled = _decode(m, ids, make(), compile=True)
+        assert len(ran) >= 10  # most steps ran compiled (tracing and mask-building steps run eager)
+        assert (eager - compiled).abs().max() <= 1e-5 and t_eager == t_compiled
+        assert ids.shape[0] == 1 or len(t_eager) >= 2  # the batch re-traces: its masked and union steps both ran

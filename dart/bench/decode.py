@@ -1,15 +1,21 @@
-"""Decode-throughput measurement: dense, masked and compacted FFN execution on one model.
+"""Decode-throughput measurement: dense, masked and compacted FFN execution on one model, at several batch sizes.
 
-For each (loop, mode, sparsity): `warmup` + `repeats` greedy generations of `new_tokens` from the same prompt;
-the prefill and the decode steps are timed apart (device-synchronised only at those two boundaries), and the
-median decode rate over the repeats is reported. The masks come from the engine exactly as in a run of
+For each (batch size, loop, mode, sparsity): `warmup` + `repeats` greedy generations of `new_tokens` from the
+same prompts; the prefill and the decode steps are timed apart (device-synchronised only at those two boundaries),
+and the median decode rate over the repeats is reported. The masks come from the engine exactly as in a run of
 strategy=static_prompt: the prompt is traced, the mask is built at the first decode step (masking_step 1) and,
-for `compacted`, every layer's kept neurons are moved into a contiguous prefix that alone runs from then on.
-The time the engine spends building masks and compacting is reported as `remask_s` (it is inside the decode
-time, as in real use).
+for `compacted`, every layer's kept neurons are moved into a contiguous prefix that alone runs from then on. At
+batch > 1 (row b's prompt starts at news article b: every row a different story, so the masks differ) compacted
+execution runs the UNION of the rows' kept neurons, each row masked inside it (dart.engine.union): mode `union`,
+with the union's size (`union_keep`, mean over layers) and whether execution=auto would run it
+(`auto_execution`). The time the engine spends building masks and compacting is reported as `remask_ms` (it is
+inside the decode time, as in real use). Loops: `lean` (dart.engine.lean), `hf` (model.generate) and `compiled`
+(the lean loop with torch.compile'd steady steps; its warm-up generation compiles).
 
 Bytes-bound limit: decoding one token reads every weight once (the output head included, the input embedding
-only as one row), so dense/pruned weight bytes bounds the speed-up a memory-bound decoder can get.
+only as one row), so dense/pruned weight bytes bounds the speed-up a memory-bound decoder can get; for a batch the
+pruned bytes are the union's (`bound`: dense bytes over the bytes the row's execution reads, 1 for dense and
+masked).
 """
 from __future__ import annotations
 
@@ -24,8 +30,8 @@ import torch
 from dart.engine.lean import LeanDecoder
 from dart.strategies import Dart, StaticPrompt
 
-MODES = ("dense", "masked", "compacted")
-LOOPS = ("lean", "hf")
+MODES = ("dense", "masked", "compacted")  # compacted at batch > 1: the rows' union (reported as mode "union")
+LOOPS = ("lean", "hf", "compiled")  # compiled: the lean loop with its steady steps through torch.compile
 
 
 def sync(device: torch.device) -> None:
@@ -72,7 +78,14 @@ def prompt_ids(tokenizer, batch: int, tokens: int, device) -> torch.Tensor:
 def _strategy(mode: str, sparsity: float):
     if mode == "dense":
         return None
+    # compacted: a single sequence's kept prefix, or a batch's union (forced: the bench measures the union even
+    # where execution=auto would run the batch masked, and reports whether it would)
     return StaticPrompt(sparsity=sparsity, execution="masked" if mode == "masked" else "compact", masking_step=1)
+
+
+def row_mode(mode: str, batch: int) -> str:
+    """The mode a row reports: compacted execution of a batch is its rows' union."""
+    return "union" if mode == "compacted" and batch > 1 else mode
 
 
 def _generate_lean(dec: LeanDecoder, ids: torch.Tensor, new: int, device) -> tuple[float, float, torch.Tensor]:
@@ -109,27 +122,44 @@ def peak_memory(device: torch.device) -> dict[str, float]:
     return {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # process peak so far
 
 
+def batch_sizes(cfg) -> list[int]:
+    sizes = cfg.get("batch_sizes") or [cfg.get("batch_size", 1)]
+    return [int(b) for b in sizes]
+
+
 def measure(model, tokenizer, cfg, progress=None) -> list[dict[str, Any]]:
     device = next(model.parameters()).device
-    ids = prompt_ids(tokenizer, int(cfg.batch_size), int(cfg.prompt_tokens), device)
+    rows = []
+    for B in batch_sizes(cfg):
+        loops = list(cfg.loops) if B == 1 else list(cfg.get("batch_loops") or cfg.loops)
+        rows += measure_batch(model, tokenizer, cfg, B, loops, device, progress)
+    return rows
+
+
+def measure_batch(model, tokenizer, cfg, B: int, loops: list[str], device, progress=None) -> list[dict[str, Any]]:
+    ids = prompt_ids(tokenizer, B, int(cfg.prompt_tokens), device)
     new = int(cfg.new_tokens)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    max_keep = float(cfg.get("union_max_keep", 0.9))
     rows, reference = [], {}
-    for loop in cfg.loops:
+    for loop in loops:
         for mode in cfg.modes:
             for sp in ([0.0] if mode == "dense" else list(cfg.sparsities)):
+                load = os.getloadavg()[0]  # the machine may be shared: each row says how busy it was
                 strat = _strategy(mode, float(sp))
                 if strat is not None:
                     strat.attach(model, tokenizer)
                 ctrl = strat.controller if strat is not None else None
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
-                dec = LeanDecoder(model, ids.shape[1] + new, ids.shape[0], ctrl) if loop == "lean" else None
+                dec = None
+                if loop in ("lean", "compiled"):
+                    dec = LeanDecoder(model, ids.shape[1] + new, B, ctrl, compile=loop == "compiled")
                 prefill, decode, remask, tokens = [], [], [], None
                 try:
                     for rep in range(int(cfg.warmup) + int(cfg.repeats)):
                         b0 = ctrl.build_seconds if ctrl is not None else 0.0
-                        if loop == "lean":
+                        if dec is not None:
                             p, d, tokens = _generate_lean(dec, ids, new, device)
                         else:
                             p, d, tokens = _generate_hf(model, ids, new, pad, device)
@@ -139,29 +169,40 @@ def measure(model, tokenizer, cfg, progress=None) -> list[dict[str, Any]]:
                             remask.append((ctrl.build_seconds - b0) if ctrl is not None else 0.0)
                         if progress is not None:
                             progress()
-                    kept = 1.0
+                    kept, union_keep, ran_union = 1.0, 1.0, False
                     if ctrl is not None:
-                        kept = float(ctrl.masks()[:, 0].float().mean())
+                        masks = ctrl.masks()  # (L, B, I), original order
+                        kept = float(masks.float().mean())
+                        union_keep = float(masks.any(dim=1).float().mean())
+                        ran_union = bool(ctrl.compacted)
                     mem = peak_memory(device)
                     state = ctrl.state_bytes()["total"] if ctrl is not None else 0
                 finally:
                     if strat is not None:
                         strat.detach()
                 steps = new - 1
-                rate = statistics.median(steps * ids.shape[0] / d for d in decode)
-                row = {"loop": loop, "mode": mode, "sparsity": float(sp), "achieved_sparsity": 1.0 - kept,
-                       "tokens_per_s": rate, "tokens_per_s_all": [steps * ids.shape[0] / d for d in decode],
+                rate = statistics.median(steps * B / d for d in decode)
+                row = {"batch": B, "loop": loop, "mode": row_mode(mode, B), "sparsity": float(sp),
+                       "achieved_sparsity": 1.0 - kept, "union_keep": union_keep,
+                       "tokens_per_s": rate, "tokens_per_s_all": [steps * B / d for d in decode],
                        "prefill_ms": 1e3 * statistics.median(prefill), "remask_ms": 1e3 * statistics.median(remask),
-                       "decode_ms_per_token": 1e3 * statistics.median(decode) / steps, "engine_state_bytes": state,
-                       **mem}
-                wb = weight_bytes_per_token(model, kept)
-                row["bytes_per_token"] = wb["pruned"] if mode == "compacted" else wb["dense"]
-                row["bytes_bound_limit"] = wb["limit"]
+                       "decode_ms_per_step": 1e3 * statistics.median(decode) / steps,
+                       "decode_ms_per_token": 1e3 * statistics.median(decode) / (steps * B), "engine_state_bytes": state,
+                       "loadavg_1m": load, **mem}
+                wb = weight_bytes_per_token(model, union_keep)
+                compact = mode == "compacted"
+                row["bytes_per_token"] = wb["pruned"] if compact else wb["dense"]  # weight bytes read per step
+                row["bytes_bound_limit"] = wb["limit"]  # what the masks allow if run compacted (a batch: its union)
+                row["bound"] = wb["limit"] if compact else 1.0  # dense bytes / the bytes this execution reads
+                if compact:
+                    row["compacted_ran"] = ran_union  # the engine really ran the prefix (forced: execution=compact)
+                    if B > 1:  # what execution=auto would do with this union
+                        row["auto_execution"] = "union" if union_keep <= max_keep else "masked"
                 if mode == "dense":
                     reference[loop] = (rate, tokens)
                 dense_rate, dense_tokens = reference.get(loop, (None, None))
                 row["speedup"] = rate / dense_rate if dense_rate else None
-                row["share_of_limit"] = row["speedup"] / wb["limit"] if row["speedup"] and mode == "compacted" else None
+                row["share_of_limit"] = row["speedup"] / wb["limit"] if row["speedup"] and compact else None
                 if dense_tokens is not None and mode != "dense":  # how much the pruned text differs from dense
                     row["token_agreement_with_dense"] = float((tokens == dense_tokens).float().mean())
                 rows.append(row)

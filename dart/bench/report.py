@@ -1,4 +1,5 @@
-"""Bench outputs: results JSON, a markdown table and a plot of speed-up against sparsity with the bytes limit."""
+"""Bench outputs: results JSON, a markdown table and a plot of speed-up against sparsity (batch 1) and against batch
+size (the union of the rows' masks), each with its bytes-bound limit."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,12 +29,13 @@ def load_warning(loadavg_1m: float | None, cpu_count: int | None, per_core_max: 
 
 
 def flag_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mark each row whose share of the bytes-bound limit is above 100% (`flag`): that is a measurement error, not
-    a result. Returns the flagged rows."""
+    """Mark each batch-1 row whose share of the bytes-bound limit is above 100% (`flag`): that is a measurement
+    error, not a result. Returns the flagged rows. (A batch's step also spends compute that grows with the batch,
+    and the union removes FFN compute as well as bytes, so above 100% there is possible: not flagged.)"""
     flagged = []
     for r in rows:
         share = r.get("share_of_limit")
-        if share is not None and share > 1.0:
+        if share is not None and share > 1.0 and r.get("batch", 1) == 1:
             r["flag"] = SHARE_FLAG
             flagged.append(r)
         else:
@@ -62,27 +64,46 @@ def _share(r: dict[str, Any]) -> str:
     return text + " (!)" if r.get("flag") else text
 
 
+def _batches(res: dict[str, Any]) -> list[int]:
+    c = res["config"]
+    return [int(b) for b in (c.get("batch_sizes") or [c.get("batch_size", 1)])]
+
+
 def markdown(res: dict[str, Any]) -> str:
     m, c = res["machine"], res["config"]
+    sizes = _batches(res)
+    batch = f"batch {sizes[0]}" if len(sizes) == 1 else f"batch sizes {', '.join(map(str, sizes))}"
     lines = [
-        f"Model `{c['model']}` ({c['dtype']}, {c['device']}), batch {c['batch_size']}, {c['prompt_tokens']}-token "
-        f"prompt, {c['new_tokens']} new tokens, median of {c['repeats']} after {c['warmup']} warm-up. "
+        f"Model `{c['model']}` ({c['dtype']}, {c['device']}), {batch}, {c['prompt_tokens']}-token "
+        f"prompt{'s (row b starts at news article b)' if len(sizes) > 1 else ''}, {c['new_tokens']} new tokens, "
+        f"median of {c['repeats']} after {c['warmup']} warm-up. "
         f"Machine: {m['processor']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
-        + (f", {m['gpu']}" if m.get("gpu") else "") + f", load {m['loadavg_1m']:.2f} at start.",
+        + (f", {m['gpu']}" if m.get("gpu") else "") + f", load {m['loadavg_1m']:.2f} at start"
+        + (f", {m['loadavg_1m_end']:.2f} at the end" if m.get("loadavg_1m_end") is not None else "") + ".",
         "",
-        "| loop | mode | sparsity | tok/s | speed-up | bytes-bound limit | share of limit | prefill ms | re-mask ms | agreement with dense |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| batch | loop | mode | sparsity | union keep | tok/s | speed-up | bytes-bound limit | share of limit | prefill ms | re-mask ms | agreement with dense |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    default_batch = sizes[0] if len(sizes) == 1 else 1
     for r in res["rows"]:
+        keep = r.get("union_keep") if r["mode"] != "dense" else None
         lines.append(
-            f"| {r['loop']} | {r['mode']} | {r['sparsity']:.2f} | {r['tokens_per_s']:.1f} | {_fmt(r['speedup'])}x | "
+            f"| {r.get('batch', default_batch)} | {r['loop']} | {r['mode']} | {r['sparsity']:.2f} | {_fmt(keep)} | "
+            f"{r['tokens_per_s']:.1f} | {_fmt(r['speedup'])}x | "
             f"{r['bytes_bound_limit']:.2f}x | {_share(r)} | "
             f"{r['prefill_ms']:.0f} | {r['remask_ms']:.1f} | {_fmt(r.get('token_agreement_with_dense'))} |")
     if any(r.get("flag") for r in res["rows"]):
         lines += ["", f"(!) {SHARE_FLAG}."]
     if (res.get("machine") or {}).get("load_warning"):
         lines += ["", f"Warning: {res['machine']['load_warning']}."]
-    hf = [r for r in res["rows"] if r["loop"] == "hf" and r["mode"] == "dense"]
+    if len(sizes) > 1:
+        lines += ["", "Union keep: the fraction of FFN neurons kept by at least one row of the batch (mean over layers); "
+                      "a batch reads that fraction of the FFN weights per step, so the bytes-bound limit of `union` is "
+                      "dense bytes / union-compacted bytes (a share above 100% there means the step is partly "
+                      "compute-bound: the union removes FFN compute too). `auto_execution` in the JSON says whether "
+                      f"execution=auto would run the union (union keep <= union_max_keep = {c.get('union_max_keep', 0.9)}) "
+                      "or masked."]
+    hf = [r for r in res["rows"] if r["loop"] == "hf" and r["mode"] == "dense" and r.get("batch", 1) == 1]
     if hf:
         lines += ["", f"transformers `generate` dense: {hf[0]['tokens_per_s']:.1f} tok/s; every row's "
                       "`speedup_vs_hf_dense` is in the JSON."]
@@ -92,32 +113,63 @@ def markdown(res: dict[str, Any]) -> str:
                       f"m={d['masking_step']}): {d['triggers']} re-traces in {d['new_tokens']} tokens, "
                       f"{1e3 * d['remask_s']:.1f} ms of mask building and compaction in {d['decode_s']:.2f} s of "
                       f"decoding = {100 * d['remask_share']:.2f}% of decode time ({d['tokens_per_s']:.1f} tok/s)."]
+    for note in res.get("notes") or []:
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
 def plot(res: dict[str, Any], path: Path) -> None:
+    """Left: speed-up against sparsity at batch 1, with the bytes-bound limit. Right (several batch sizes):
+    speed-up against batch size per sparsity, compacted/union and masked, with each batch's union bound."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for loop in dict.fromkeys(r["loop"] for r in res["rows"]):
-        for mode in ("masked", "compacted"):
-            pts = sorted((r["sparsity"], r["speedup"]) for r in res["rows"]
+    sizes = _batches(res)
+    rows = [r for r in res["rows"] if r.get("batch", sizes[0] if len(sizes) == 1 else 1) == sizes[0]]
+    multi = len(sizes) > 1
+    fig, axes = plt.subplots(1, 2 if multi else 1, figsize=(11 if multi else 6, 4))
+    ax = axes[0] if multi else axes
+    for loop in dict.fromkeys(r["loop"] for r in rows):
+        for mode in ("masked", "compacted", "union"):
+            pts = sorted((r["sparsity"], r["speedup"]) for r in rows
                          if r["loop"] == loop and r["mode"] == mode and r["speedup"])
             if pts:
                 ax.plot([0.0] + [p[0] for p in pts], [1.0] + [p[1] for p in pts], marker="o",
-                        linestyle="-" if mode == "compacted" else ":", label=f"{mode} ({loop} loop)")
+                        linestyle=":" if mode == "masked" else "-", label=f"{mode} ({loop} loop)")
     s = np.linspace(0, 0.9, 50)
     dense, ffn = res["weight_bytes"]["dense"], res["weight_bytes"]["ffn"]
     ax.plot(s, dense / (dense - ffn * s), "k--", label="bytes-bound limit")
     ax.axhline(1.0, color="grey", linewidth=0.5)
     ax.set_xlabel("FFN sparsity")
     ax.set_ylabel("decode speed-up over dense")
-    ax.set_title(f"{res['config']['model']} ({res['config']['device']}, {res['config']['dtype']}, batch {res['config']['batch_size']})")
+    ax.set_title(f"{res['config']['model']} ({res['config']['device']}, {res['config']['dtype']}, batch {sizes[0]})")
     ax.legend(fontsize=8)
+    if multi:
+        ax = axes[1]
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        sparsities = sorted({r["sparsity"] for r in res["rows"] if r["mode"] != "dense"})
+        for i, sp in enumerate(sparsities):
+            col = colours[i % len(colours)]
+            fast = sorted((r["batch"], r["speedup"], r["bytes_bound_limit"]) for r in res["rows"]
+                          if r["loop"] == "lean" and r["mode"] in ("compacted", "union") and r["sparsity"] == sp)
+            slow = sorted((r["batch"], r["speedup"]) for r in res["rows"]
+                          if r["loop"] == "lean" and r["mode"] == "masked" and r["sparsity"] == sp)
+            if fast:
+                ax.plot([p[0] for p in fast], [p[1] for p in fast], "o-", color=col, label=f"compacted / union, {sp:.0%}")
+                ax.plot([p[0] for p in fast], [p[2] for p in fast], "--", color=col, label=f"bytes bound of the union, {sp:.0%}")
+            if slow:
+                ax.plot([p[0] for p in slow], [p[1] for p in slow], ":", marker="x", color=col, label=f"masked, {sp:.0%}")
+        ax.axhline(1.0, color="grey", linewidth=0.5)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes)
+        ax.set_xticklabels([str(b) for b in sizes])
+        ax.set_xlabel("batch size (rows on different news stories)")
+        ax.set_ylabel("decode speed-up over dense at the same batch")
+        ax.set_title("lean loop: speed-up against batch size")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

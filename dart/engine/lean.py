@@ -8,20 +8,45 @@ it caps the speed-up that compacted FFNs can show. This loop runs the same modul
 
 It drives the engine directly: `Controller.begin_forward` before each forward, `record_attention` for the drift
 detector's monitored layers and `end_forward` after, so tracing, masking, compaction and re-tracing behave as in
-`model.generate` (tested: same tokens and logits within float tolerance).
+`model.generate` (tested: same tokens and logits within float tolerance). Float32 norms run as one fused op, the
+projections as plain F.linear calls and the FFN through the engine directly (fewer dispatches; modules with hooks
+are still called as modules).
+
+`compile=True` (opt-in): steady decode steps run as one torch.compile'd graph per FFN shape, which removes most
+of the per-op overhead that a small model's step pays on a CPU (see README "Performance").
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from dart.engine.ffn import compacted as ffn_compacted
+from dart.engine.ffn import down as ffn_down
+from dart.engine.ffn import intermediate as ffn_intermediate
+from dart.engine.plan import ROWS
 from dart.errors import ConfigError
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 
 
+def _plain_rms_norm(mod) -> bool:
+    """weight * x / sqrt(mean(x^2) + eps): the RMSNorm of Llama, Mistral, Qwen2/3 (not Gemma's 1 + weight)."""
+    name = type(mod).__name__
+    return (name in ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
+            and isinstance(getattr(mod, "variance_epsilon", None), float) and getattr(mod, "weight", None) is not None)
+
+
+def _hooked(mod) -> bool:
+    return bool(mod._forward_pre_hooks or mod._forward_hooks)
+
+
 class LeanDecoder:
-    def __init__(self, model, max_len: int, batch: int = 1, controller=None):
+    def __init__(self, model, max_len: int, batch: int = 1, controller=None, compile: bool = False,
+                 compile_mode: str | None = None):
+        """compile: run steady single-token steps (no tracing or mask build inside that forward) through one
+        torch.compile'd function over the whole preallocated cache (dynamic=False: one compilation per FFN shape,
+        i.e. per kept prefix, about a minute each on a 2-core CPU; cached on disk by inductor); other forwards run
+        eager. Tested to give the eager loop's tokens and triggers. README "Performance" has what it gained."""
         cfg = model.config
         if cfg.model_type not in SUPPORTED:
             raise ConfigError(f"the lean decode loop supports model types {', '.join(SUPPORTED)}, not "
@@ -32,31 +57,50 @@ class LeanDecoder:
         self.hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.H
         w = model.model.embed_tokens.weight
         L, B = len(self.layers), batch
-        self.k = torch.zeros(L, B, self.Hkv, max_len, self.hd, dtype=w.dtype, device=w.device)
-        self.v = torch.zeros_like(self.k)
+        # one tensor per layer: a compiled step writes them in place without copying the others
+        self.k = [torch.zeros(B, self.Hkv, max_len, self.hd, dtype=w.dtype, device=w.device) for _ in range(L)]
+        self.v = [torch.zeros_like(t) for t in self.k]
         pos = torch.arange(max_len, device=w.device)[None]
         cos, sin = model.model.rotary_emb(w[:1], pos)  # (1, max_len, hd): the model's own rope (scaling included)
         self.cos, self.sin = cos[0].to(w.dtype), sin[0].to(w.dtype)
         self.max_len = max_len
         self.monitored = set(controller.monitored) if controller is not None else set()
+        norms = [m for layer in self.layers for m in (layer.input_layernorm, layer.post_attention_layernorm)]
+        self._rms = {id(m): _plain_rms_norm(m) for m in norms + [model.model.norm]}
+        self._step = None
+        if compile:
+            self._pos = torch.zeros(1, dtype=torch.long, device=w.device)
+            self._arange = torch.arange(max_len, device=w.device)
+            self._weights = [f.w for f in controller.ffns] if controller is not None else None
+            import torch._dynamo.config as dynamo_config
+
+            # one compilation per FFN shape (dense, masked, each kept prefix): more than dynamo's default 8 in a bench
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
+            self._step = torch.compile(self._compiled_step, dynamic=False, mode=compile_mode)
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
+    def _norm(self, mod, x: torch.Tensor) -> torch.Tensor:
+        """The model's RMSNorm; in float32 as one fused op (the same numbers as the module, fewer dispatches)."""
+        if x.dtype == torch.float32 and self._rms.get(id(mod)) and not _hooked(mod):
+            return F.rms_norm(x, (x.shape[-1],), mod.weight, mod.variance_epsilon)
+        return mod(x)  # (hooks, such as depth-aware allocation's on the FFN's input norm, run as usual)
+
     def _attention(self, l: int, attn, h: torch.Tensor, pos: int) -> torch.Tensor:
         B, T, _ = h.shape
-        q = attn.q_proj(h).view(B, T, self.H, self.hd)
-        k = attn.k_proj(h).view(B, T, self.Hkv, self.hd)
-        v = attn.v_proj(h).view(B, T, self.Hkv, self.hd)
+        q = F.linear(h, attn.q_proj.weight, attn.q_proj.bias).view(B, T, self.H, self.hd)
+        k = F.linear(h, attn.k_proj.weight, attn.k_proj.bias).view(B, T, self.Hkv, self.hd)
+        v = F.linear(h, attn.v_proj.weight, attn.v_proj.bias).view(B, T, self.Hkv, self.hd)
         if hasattr(attn, "q_norm"):  # qwen3
             q, k = attn.q_norm(q), attn.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         cos, sin = self.cos[pos:pos + T], self.sin[pos:pos + T]
         q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
-        self.k[l, :, :, pos:pos + T] = k
-        self.v[l, :, :, pos:pos + T] = v
-        keys, values = self.k[l, :, :, :pos + T], self.v[l, :, :, :pos + T]
+        self.k[l][:, :, pos:pos + T] = k
+        self.v[l][:, :, pos:pos + T] = v
+        keys, values = self.k[l][:, :, :pos + T], self.v[l][:, :, :pos + T]
         if T == 1:  # one query per head: two small matmuls per KV group (the fused CPU kernel is far slower here)
             G = self.H // self.Hkv
             qg = q.view(B, self.Hkv, G, self.hd)
@@ -67,7 +111,7 @@ class LeanDecoder:
         else:  # a chunk after cached tokens: causal with an offset
             mask = torch.ones(T, pos + T, dtype=torch.bool, device=h.device).tril(pos)
             o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
-        return attn.o_proj(o.transpose(1, 2).reshape(B, T, self.H * self.hd))
+        return F.linear(o.transpose(1, 2).reshape(B, T, self.H * self.hd), attn.o_proj.weight, attn.o_proj.bias)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, pos: int, last_only: bool = True) -> torch.Tensor:
@@ -78,17 +122,92 @@ class LeanDecoder:
         c = self.controller
         if c is not None:
             c.begin_forward(B, T, pos)
+        if self._step is not None and T == 1 and last_only and self._steady():
+            return self._run_compiled(ids, pos)
         x = self.model.model.embed_tokens(ids)
         for l, layer in enumerate(self.layers):
-            a = self._attention(l, layer.self_attn, layer.input_layernorm(x), pos)
+            a = self._attention(l, layer.self_attn, self._norm(layer.input_layernorm, x), pos)
             if l in self.monitored:
                 c.record_attention(l, a)
             x = x + a
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            h = self._norm(layer.post_attention_layernorm, x)
+            # the engine's FFN directly (what layer.mlp, its PrunableFFN, calls), else the model's own
+            x = x + (c.run_ffn(c.ffns[l], h) if c is not None and not _hooked(layer.mlp) else layer.mlp(h))
         if c is not None:
             c.end_forward()
-        x = self.model.model.norm(x[:, -1:] if last_only else x)
+        x = self._norm(self.model.model.norm, x[:, -1:] if last_only else x)
         return self.model.lm_head(x)
+
+    # ------------------------------------------------------------------ the compiled step (opt-in)
+    def _steady(self) -> bool:
+        """This forward's plan needs nothing but weights and masks: no tracing, builds or captured signals."""
+        c = self.controller
+        if c is None:
+            return True
+        p = c.plan
+        return (p.trace_w is None and p.build_rows is None and not p.align and not p.capture
+                and (p.prune is None or p.prune is ROWS))
+
+    def _run_compiled(self, ids: torch.Tensor, pos: int) -> torch.Tensor:
+        c = self.controller
+        p = c.plan if c is not None else None
+        ffn = "dense" if p is None or p.prune is None else ("compact" if p.compact is not None else "masked")
+        ks = tuple(p.compact) if ffn == "compact" else None
+        rows = bool(p.compact_rows) if ffn == "compact" else False
+        monitored = tuple(sorted(self.monitored))  # record_attention keeps them when the plan needs them
+        self._pos.fill_(pos)
+        M = c.M if c is not None and ffn != "dense" else None
+        logits, attn = self._step(ids, self._pos, self.k, self.v, M, ffn, ks, rows, monitored)
+        for l, a in zip(monitored, attn):
+            c.record_attention(l, a)
+        if c is not None:
+            c.end_forward()
+        return logits
+
+    def _compiled_step(self, ids, pos, kc, vc, M, ffn: str, ks, rows: bool, monitored: tuple):
+        """One decode token over the whole preallocated cache (positions after `pos` masked out), every shape
+        static; the FFN as the plan says (dense, masked, or the kept prefix ks[l], rows: each row's mask inside).
+        Module hooks do not run here: in a steady step the engine's own (alignment, drift capture) have nothing
+        to do, and the monitored attention outputs are returned for record_attention."""
+        c = self.controller
+        B = ids.shape[0]
+        x = self.model.model.embed_tokens(ids)
+        cos, sin = self.cos.index_select(0, pos), self.sin.index_select(0, pos)
+        visible = self._arange <= pos
+        G = self.H // self.Hkv
+        attn_out = []
+        for l, layer in enumerate(self.layers):
+            at = layer.self_attn
+            h = layer.input_layernorm.forward(x)  # .forward: module hooks do not run in a compiled step
+            q = F.linear(h, at.q_proj.weight, at.q_proj.bias).view(B, 1, self.H, self.hd)
+            k = F.linear(h, at.k_proj.weight, at.k_proj.bias).view(B, 1, self.Hkv, self.hd)
+            v = F.linear(h, at.v_proj.weight, at.v_proj.bias).view(B, 1, self.Hkv, self.hd)
+            if hasattr(at, "q_norm"):
+                q, k = at.q_norm(q), at.k_norm(k)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+            kc[l][:, :, pos] = k
+            vc[l][:, :, pos] = v
+            qg = q.reshape(B, self.Hkv, G, self.hd)
+            sc = (qg @ kc[l].transpose(-1, -2)) * self.hd ** -0.5
+            att = torch.softmax(sc.float().masked_fill(~visible, float("-inf")), dim=-1)
+            o = (att.to(vc[l].dtype) @ vc[l]).view(B, 1, self.H * self.hd)
+            a = F.linear(o, at.o_proj.weight, at.o_proj.bias)
+            if l in monitored:
+                attn_out.append(a)
+            x = x + a
+            h = layer.post_attention_layernorm.forward(x)
+            if c is None:
+                x = x + layer.mlp.forward(h)
+                continue
+            w = self._weights[l]
+            if ffn == "compact":
+                x = x + ffn_compacted(w, h, ks[l], M[l] if rows else None)
+            elif ffn == "masked":
+                x = x + ffn_down(w, ffn_intermediate(w, h) * M[l][:, None, :])
+            else:
+                x = x + ffn_down(w, ffn_intermediate(w, h))
+        return self.model.lm_head.forward(self.model.model.norm.forward(x)), attn_out
 
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
