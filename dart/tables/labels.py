@@ -8,8 +8,8 @@ from pathlib import PurePath
 from typing import Any, Iterable
 
 STRATEGY_NAMES = {"dense": "Dense", "static": "Static (calib.)", "static_prompt": "Static (prompt)", "cats": "CATS",
-                  "griffin": "GRIFFIN", "dart": "DART"}
-STRATEGY_ORDER = ("dense", "static", "cats", "static_prompt", "griffin", "dart")
+                  "griffin": "GRIFFIN", "dart": "DART", "dart_published": "DART (published)", "dart_plus": "DART+prior"}
+STRATEGY_ORDER = ("dense", "static", "cats", "static_prompt", "griffin", "dart", "dart_published", "dart_plus")
 MODEL_ORDER = ("llama3_8b", "llama32_3b", "llama2_7b", "mistral_7b", "qwen3_4b", "llama32_3b_instruct")
 MODEL_NAMES = {"llama3_8b": "Llama-3.1-8B", "llama32_3b": "Llama-3.2-3B", "llama2_7b": "Llama-2-7B",
                "mistral_7b": "Mistral-7B", "qwen3_4b": "Qwen3-4B", "llama32_3b_instruct": "Llama-3.2-3B-Instruct",
