@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import tiny_llama  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from dart.engine.forcing import force  # noqa: E402
+from dart.engine.placement import Layered  # noqa: E402
 from dart.engine.spec import DriftSpec, EngineSpec  # noqa: E402
 
 I, L = 64, 3  # tiny_llama: 3 layers of 64 neurons; 50% keeps 32
@@ -150,7 +151,7 @@ def test_allocator_quirk_only_under_compat():
                                          drift=DriftSpec(enabled=False)))
         c._reset_rows(1)
         # constructed layer scores S_l = (1 - mean c) * mean r with mean r = 1: layer 0 the most important
-        c.stats.align = torch.tensor([[[0.0, 1.0, 1.0]], [[0.5, 1.0, 1.0]], [[0.8, 1.0, 1.0]], [[0.9, 1.0, 1.0]]])
+        c.stats.align = Layered.split(c.spans, torch.tensor([[[0.0, 1.0, 1.0]], [[0.5, 1.0, 1.0]], [[0.8, 1.0, 1.0]], [[0.9, 1.0, 1.0]]]))
         first = c._keep()[0].tolist()
         c._first_alloc = False
         later = c._keep()[0].tolist()

@@ -136,7 +136,9 @@ def disjoint(c, rows):
     orig = torch.zeros(c.L, B, I, dtype=c.dtype)
     for b in range(B):
         orig[:, b, b * I // (2 * B): (b + 1) * I // (2 * B)] = 1
-    c.M.copy_(torch.where(rows[None, :, None], physical(c, orig), c.M))
+    new = torch.where(rows[None, :, None], physical(c, orig), c.M.gather())
+    for l in range(c.L):
+        c.M[l] = new[l]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -277,7 +279,7 @@ def _lean(model, ids, new, fire_steps=None, masks=None, **spec):
         def hooked(rows, layer=None):
             build_masks(rows, layer)
             if replay:  # the same masks as the reference run (its statistics differ in the last bits: near-ties)
-                c.M.copy_(torch.where(rows[None, :, None], physical(c, masks[n[0]].to(c.dtype)), c.M))
+                c.M[:] = torch.where(rows[None, :, None], physical(c, masks[n[0]].to(c.dtype)), c.M.gather())
             else:
                 masks.append(c.masks().clone())
             n[0] += 1

@@ -120,10 +120,10 @@ def calibrate(model, sequences: Sequence[torch.Tensor], norms: bool = False, gat
         def fn(module, args, kwargs):
             x = args[0] if args else next(iter(kwargs.values()))
             g, a = ffn_activations(weights[l], x)
-            if act_sq is not None:
-                act_sq[l] += a.float().square().reshape(-1, I).sum(dim=0)
+            if act_sq is not None:  # (a layer on another device than the first: its sums moved, once per pass)
+                act_sq[l] += a.float().square().reshape(-1, I).sum(dim=0).to(device)
             if counts is not None:
-                values = g.reshape(-1).abs().float()
+                values = g.reshape(-1).abs().float().to(device)
                 n = counts[current["seq"]]
                 if n < values.numel():
                     values = values[torch.randint(values.numel(), (n,), generator=gen, device=device)]

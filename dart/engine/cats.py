@@ -62,10 +62,12 @@ class ThresholdEngine:
         self.I = self.ffns[0].w.w_in[0].shape[0]
         ref = self.ffns[0].w.w_down_t
         self.device, self.dtype = ref.device, ref.dtype
+        self.devices = [f.w.w_down_t.device for f in self.ffns]  # a model spread over GPUs: each layer's own
         # each threshold is one of the calibration |g| values, computed in this dtype: the cast is exact
-        self.t = [v for v in thresholds.to(self.device, self.dtype)]
+        self.t = [v.to(d, self.dtype) for v, d in zip(thresholds, self.devices)]
         self.thresholds = thresholds.float().to(self.device)
-        self.zeros = torch.zeros(self.L, dtype=torch.float64, device=self.device)  # zeroed entries per layer
+        self.zeros = [torch.zeros((), dtype=torch.float64, device=d) for d in self.devices]  # zeroed entries per layer
+        self._valid_on: dict = {}
         self.tokens = torch.zeros((), dtype=torch.float64, device=self.device)  # evaluated (non-padding) tokens
         self.forwards = 0
         self.is_paused = False
@@ -101,19 +103,28 @@ class ThresholdEngine:
         B, T = forward_input(args, kwargs).shape[:2]
         mask = kwargs.get("attention_mask")
         self._valid = mask[:, -T:].to(torch.float32) if torch.is_tensor(mask) and mask.dim() == 2 else None
+        self._valid_on = {}
         self.tokens += float(B * T) if self._valid is None else self._valid.sum()
         self.forwards += 1
         return None
 
     def count(self, layer: int, g: torch.Tensor) -> None:
         zeros = (g == 0).sum(dim=-1)  # (B, T)
-        self.zeros[layer] += zeros.sum() if self._valid is None else (zeros * self._valid).sum(dtype=torch.float64)
+        if self._valid is None:
+            self.zeros[layer] += zeros.sum()
+            return
+        valid = self._valid
+        if valid.device != g.device:  # a layer on another device: the forward's padding mask, moved once
+            valid = self._valid_on.get(g.device)
+            if valid is None:
+                valid = self._valid_on[g.device] = self._valid.to(g.device)
+        self.zeros[layer] += (zeros * valid).sum(dtype=torch.float64)
 
     def measure(self, model) -> dict:
         """results.json "sparsity" and "overhead" (one device read)."""
         from dart.engine.overhead import model_flops_per_token
 
-        values = torch.cat([self.tokens[None], self.zeros]).tolist()
+        values = torch.stack([self.tokens] + [z.to(self.device) for z in self.zeros]).tolist()
         n, zeros = values[0], values[1:]
         per_layer = [z / (n * self.I) for z in zeros] if n else None
         state = {"thresholds": self.L * 4, "counters": (self.L + 1) * 8}

@@ -32,6 +32,7 @@ from dart.engine.drift import DriftDetector
 from dart.engine.ffn import PrunableFFN, permute_neurons
 from dart.engine.masks import mean_mask, topk_mask
 from dart.engine.onepass import OnePassScoring
+from dart.engine.placement import Layered, Spans, layer_devices
 from dart.engine.plan import IDLE, ROWS, Plan
 from dart.engine.rows import RowBook
 from dart.engine.schedule import DecodeSchedule
@@ -62,22 +63,30 @@ class Controller(DecodeSchedule, OnePassScoring, RowBook):
         if any(f.width != self.I for f in self.ffns):
             raise ConfigError("layers of different FFN widths are not supported")
         ref = self.ffns[0].w.w_down_t
-        self.device, self.dtype = ref.device, ref.dtype
-        self.stats = Statistics(self.L, self.I, spec.statistic, self.device, alignment=spec.allocation == "auto")
+        # every layer's state lives on its FFN's device (a model spread over GPUs); scalars and the detector on
+        # the first layer's (dart.engine.placement)
+        self.spans = Spans(layer_devices(self.ffns))
+        self.devices = self.spans.devices
+        self.device, self.dtype = self.spans.home, ref.dtype
+        self.stats = Statistics(self.spans, self.I, spec.statistic, alignment=spec.allocation == "auto")
         # physical -> original neuron index per layer (compaction reorders neurons in place)
-        self.order = torch.arange(self.I, dtype=torch.int32, device=self.device).repeat(self.L, 1)
+        self.order = self._identity_order()
+        self.moved: set[int] = set()  # layers whose neurons compaction reordered (host-side)
         self.fixed, self._fixed_prefix = None, None
         if fixed_masks is not None:
             if tuple(fixed_masks.shape) != (self.L, self.I):
                 raise ConfigError(f"fixed masks must be (layers, neurons) = {(self.L, self.I)}, not {tuple(fixed_masks.shape)}")
-            self.fixed = fixed_masks.to(self.device, torch.bool)
-            self._fixed_kept_mean = float(self.fixed.sum(dim=-1).float().mean())
+            self.fixed = Layered.split(self.spans, fixed_masks.to(torch.bool))
+            self._fixed_kept_mean = float(fixed_masks.sum(dim=-1).float().mean())
         self.global_scores = None
         if float(spec.prior_mix) > 0:
             if global_scores is None or tuple(global_scores.shape) != (self.L, self.I):
                 raise ConfigError(f"strategy.prior_mix={spec.prior_mix} needs a calibration ranking of shape {(self.L, self.I)}")
-            self.global_scores = global_scores.to(self.device, torch.float32)
-        self.weight = weight if weight is not None else self._priors()  # (L, I) static score factor or None
+            self.global_scores = Layered.split(self.spans, global_scores.to(torch.float32))
+        if weight is not None:  # (L, I) static score factor, or the vocabulary priors, or None
+            self.weight = Layered.split(self.spans, weight)
+        else:
+            self.weight = self._priors()
         self.fixed_keep = None
         if spec.mask_rule == "topk" and spec.allocation == "uniform":
             self.fixed_keep = uniform_keep(self.L, self.I, spec.sparsity)
@@ -97,7 +106,7 @@ class Controller(DecodeSchedule, OnePassScoring, RowBook):
         self._hooks: list = []
         # run-level accounting (device scalars; read once in summary())
         self.requests = 0
-        self.kept_sum = torch.zeros(self.L, dtype=torch.float64, device=self.device)
+        self.kept_sum = self._layered_zeros(dtype=torch.float64)
         self.builds = 0  # row-builds (host)
         self.tokens_seen = torch.zeros((), dtype=torch.float64, device=self.device)
         self.tokens_traced = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -114,7 +123,7 @@ class Controller(DecodeSchedule, OnePassScoring, RowBook):
         self.requests = 0
         if self.fixed is not None:  # the one mask build (the caller's) and the one compaction
             self.builds = 1
-            self.kept_sum = self.fixed.sum(dim=-1).to(torch.float64)
+            self.kept_sum = self.fixed.map(lambda p: p.sum(dim=-1).to(torch.float64))
             self._maybe_compact()
             self._fixed_prefix = self.kept_prefix
 
@@ -143,10 +152,17 @@ class Controller(DecodeSchedule, OnePassScoring, RowBook):
         if getattr(self.model, "_dart_controller", None) is self:
             del self.model._dart_controller
         for l, (layer, ffn) in enumerate(zip(self.layers, self.ffns)):
-            if not torch.equal(self.order[l], torch.arange(self.I, dtype=torch.int32, device=self.device)):
-                permute_neurons(ffn.w, self.order[l].argsort().long())  # back to the original order
+            if l in self.moved:  # compaction reordered this layer's neurons: back to the original order
+                permute_neurons(ffn.w, self.order[l].argsort().long())
             restore_ffn(self.adapter, layer, ffn.original)
-        self.order = torch.arange(self.I, dtype=torch.int32, device=self.device).repeat(self.L, 1)
+        self.moved.clear()
+        self.order = self._identity_order()
+
+    def _identity_order(self) -> Layered:
+        return Layered.build(self.spans, lambda n, d: torch.arange(self.I, dtype=torch.int32, device=d).repeat(n, 1))
+
+    def _layered_zeros(self, *shape, dtype) -> Layered:
+        return Layered.build(self.spans, lambda n, d: torch.zeros(n, *shape, dtype=dtype, device=d))
 
     def _attn_width(self, layer) -> int:
         attn = self.adapter.attention(layer)
@@ -165,20 +181,20 @@ class Controller(DecodeSchedule, OnePassScoring, RowBook):
         from dart.paths import cache_root
 
         E = self.adapter.embedding(self.model)
-        probe = torch.stack([f.w.w_down_t[:2].float().sum() for f in self.ffns] + [E[:4].float().sum()])
+        probe = [float(t[:k].float().sum()) for t, k in [(f.w.w_down_t, 2) for f in self.ffns] + [(E, 4)]]  # once
         key = hashlib.sha1(repr((type(self.model).__name__, self.L, self.I, tuple(E.shape),
-                                 [round(v, 6) for v in probe.tolist()])).encode()).hexdigest()[:20]
+                                 [round(v, 6) for v in probe])).encode()).hexdigest()[:20]
         path = cache_root() / "priors" / f"{key}.pt"
         if path.is_file():
-            pmax, pmean = torch.load(path, map_location=self.device)
-        else:
+            pmax, pmean = torch.load(path, map_location="cpu")
+        else:  # each layer's priors on its own device (the embedding moves there in chunks)
             rows = [vocab_projection_priors(f.w.w_down_t, E, self.spec.prior_chunk) for f in self.ffns]
-            pmax, pmean = torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+            pmax, pmean = torch.stack([r[0].cpu() for r in rows]), torch.stack([r[1].cpu() for r in rows])
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            torch.save((pmax.cpu(), pmean.cpu()), tmp)
+            torch.save((pmax, pmean), tmp)
             tmp.replace(path)
-        return static_weight(self.spec.ranking, pmax.to(self.device), pmean.to(self.device)).contiguous()
+        return Layered.split(self.spans, static_weight(self.spec.ranking, pmax, pmean).contiguous())
 
     # ------------------------------------------------------------------ request state
     def _new_request(self, batch: int) -> None:
@@ -195,9 +211,10 @@ class Controller(DecodeSchedule, OnePassScoring, RowBook):
         self.kept_prefix: list[int] | None = None
         if self.fixed is None:
             self.stats.reset(batch)
-            self.M = torch.ones(self.L, batch, self.I, dtype=self.dtype, device=self.device)
+            self.M = Layered.build(self.spans, lambda n, d: torch.ones(n, batch, self.I, dtype=self.dtype, device=d))
         else:  # every row holds the fixed mask (in the physical order) from its first token
-            self.M = self.fixed.gather(1, self.order.long()).to(self.dtype)[:, None, :].repeat(1, batch, 1)
+            self.M = Layered(self.spans, [f.gather(1, o.long()).to(self.dtype)[:, None, :].repeat(1, batch, 1)
+                                          for f, o in zip(self.fixed.parts, self.order.parts)])
             self._pending_compact = batch == 1 and self.spec.execution != "masked" and self._fixed_prefix is None
             self.compacted, self.kept_prefix = self._fixed_prefix is not None, self._fixed_prefix
         if self.detector is not None:
@@ -211,9 +228,8 @@ class Controller(DecodeSchedule, OnePassScoring, RowBook):
         host = index.tolist()
         self.B = len(host)
         if self.fixed is None:
-            self.stats.A = self.stats.A.index_select(1, idx)
-            self.stats.align = self.stats.align.index_select(1, idx)
-        self.M = self.M.index_select(1, idx)
+            self.stats.select_rows(idx)
+        self.M = self.M.map(lambda p: p.index_select(1, idx.to(p.device)))
         self._select_row_lists(host, idx)
         if self.detector is not None:
             self.detector.select_rows(idx)
@@ -239,6 +255,10 @@ class Controller(DecodeSchedule, OnePassScoring, RowBook):
 
     def _rows(self, flags: list[bool]) -> torch.Tensor:
         return torch.tensor(flags, dtype=torch.bool, device=self.device)
+
+    def _plan_at(self, l: int):
+        """The running plan with its tensors on layer l's device."""
+        return self.plan.on(self.devices[l]) if self.spans.remote[l] else self.plan
 
     # ------------------------------------------------------------------ hooks
     @contextlib.contextmanager
@@ -288,10 +308,15 @@ class Controller(DecodeSchedule, OnePassScoring, RowBook):
         if self._forced is None:
             self._after_decode_forward()
         elif self._forced.capture:
-            self.captured = torch.cat([self._attn[l] for l in self.monitored], dim=-1) if self._attn else None
+            self.captured = self._signal() if self._attn else None
         self._attn.clear()
         self._h.clear()
         self.plan = IDLE
+
+    def _signal(self) -> torch.Tensor:
+        """The drift signal of this forward: the monitored layers' attention outputs, on the detector's device
+        (moved once per forward where a monitored layer sits on another device)."""
+        return torch.cat([self._attn[l].to(self.device) for l in self.monitored], dim=-1)
 
     def record_attention(self, layer: int, output: torch.Tensor) -> None:
         """The self-attention output of a monitored layer (the drift detector's signal) for this forward."""
@@ -313,12 +338,14 @@ class Controller(DecodeSchedule, OnePassScoring, RowBook):
     def _o_hook(self, layer: int):
         def hook(module, args, output):
             if self.plan.align and layer in self._h:
-                self.stats.update_alignment(layer, self._h.pop(layer), output, self.plan.trace_w, self.spec.auto.reference)
+                self.stats.update_alignment(layer, self._h.pop(layer), output, self._plan_at(layer).trace_w,
+                                            self.spec.auto.reference)
         return hook
 
     # ------------------------------------------------------------------ the FFN hot path
     def run_ffn(self, ffn: PrunableFFN, x: torch.Tensor) -> torch.Tensor:
-        p, l = self.plan, ffn.index
+        l = ffn.index
+        p = self.plan.on(self.devices[l]) if self.spans.remote[l] else self.plan
         if p.compact is not None:  # a kept prefix; a batch's union also masks each row inside it (dart.engine.union)
             return ffn.compacted(x, p.compact[l], self.M[l] if p.compact_rows else None)
         a = ffn.intermediate(x)
@@ -354,24 +381,24 @@ class Controller(DecodeSchedule, OnePassScoring, RowBook):
         t0 = time.perf_counter()
         if layer is None:
             self._fold([b for b, f in enumerate(rows.tolist()) if f])
-        sl = slice(None) if layer is None else slice(layer, layer + 1)
-        base = self.stats.base()[sl]
-        weight = None if self.weight is None else self.weight[sl]
-        sc = scores(self.spec.ranking, base, weight)
-        if self.global_scores is not None:  # GLASS-style blend with a calibration ranking (scales made comparable)
-            lam = float(self.spec.prior_mix)
-            g = self.global_scores.gather(1, self.order.long())[sl]  # the physical neuron order
-            own = sc / sc.mean(dim=-1, keepdim=True).clamp_min(1e-30)
-            sc = (1 - lam) * own + lam * (g / g.mean(dim=-1, keepdim=True).clamp_min(1e-30))[:, None, :]
-        if self.spec.mask_rule == "mean":
-            mask = mean_mask(sc)
-        else:
-            keep = self._keep(rows)
-            keep = keep[sl] if isinstance(keep, list) else keep[:, sl]
-            mask = topk_mask(sc, keep)
-        self.M[sl] = torch.where(rows[None, :, None], mask.to(self.dtype), self.M[sl])
-        self.kept_sum[sl] += (mask.sum(dim=-1).to(torch.float64) * rows[None, :]).sum(dim=1)
-        self._note_kept(rows, sl, mask)
+        keep_all = None if self.spec.mask_rule == "mean" else self._keep(rows)
+        for sl, dev in self.spans.within(layer):  # once per device group (one group on a single device)
+            r = rows.to(dev)
+            sc = scores(self.spec.ranking, self.stats.base(sl), None if self.weight is None else self.weight.view(sl))
+            if self.global_scores is not None:  # GLASS-style blend with a calibration ranking (scales made comparable)
+                lam = float(self.spec.prior_mix)
+                g = self.global_scores.view(sl).gather(1, self.order.view(sl).long())  # the physical neuron order
+                own = sc / sc.mean(dim=-1, keepdim=True).clamp_min(1e-30)
+                sc = (1 - lam) * own + lam * (g / g.mean(dim=-1, keepdim=True).clamp_min(1e-30))[:, None, :]
+            if keep_all is None:
+                mask = mean_mask(sc)
+            else:
+                keep = keep_all[sl] if isinstance(keep_all, list) else keep_all[:, sl].to(dev)
+                mask = topk_mask(sc, keep)
+            M = self.M.view(sl)
+            M.copy_(torch.where(r[None, :, None], mask.to(self.dtype), M))
+            self.kept_sum.view(sl).add_((mask.sum(dim=-1).to(torch.float64) * r[None, :]).sum(dim=1))
+            self._note_kept(r, sl, mask)
         if layer is None or layer == self.L - 1:
             self._first_alloc = False
         self._pending_compact = self.B == 1 and self.spec.execution != "masked"
@@ -391,15 +418,19 @@ class Controller(DecodeSchedule, OnePassScoring, RowBook):
         self._pending_compact = False
         union.clear(self)
         t0 = time.perf_counter()
-        keep = self.M[:, 0] > 0.5  # (L, I)
-        order = (~keep).to(torch.int8).argsort(dim=-1, stable=True)  # kept first, each group in order
-        for l, ffn in enumerate(self.ffns):
-            o = order[l]
-            extra = [self.order[l]] + ([self.weight[l]] if self.weight is not None else [])
-            permute_neurons(ffn.w, o, extra)
-            self.M[l, 0] = self.M[l, 0].index_select(0, o)
-            self.stats.A[l] = self.stats.A[l].index_select(-1, o)
-        self.kept_prefix = keep.sum(dim=-1).tolist()
+        counts = []
+        for sl, _, M in self.M.groups():  # per device group: its layers' kept neurons first, each part in order
+            keep = M[:, 0] > 0.5  # (n, I)
+            order = (~keep).to(torch.int8).argsort(dim=-1, stable=True)
+            for i, l in enumerate(range(sl.start, sl.stop)):
+                o = order[i]
+                extra = [self.order[l]] + ([self.weight[l]] if self.weight is not None else [])
+                permute_neurons(self.ffns[l].w, o, extra)
+                self.moved.add(l)
+                self.M[l, 0] = self.M[l, 0].index_select(0, o)
+                self.stats.A[l] = self.stats.A[l].index_select(-1, o)
+            counts.append(keep.sum(dim=-1))
+        self.kept_prefix = [int(k) for c in counts for k in c.tolist()]
         self.compacted = True
         self._cache_key = None
         self.build_seconds += time.perf_counter() - t0
@@ -407,16 +438,18 @@ class Controller(DecodeSchedule, OnePassScoring, RowBook):
     # ------------------------------------------------------------------ reporting
     def masks(self) -> torch.Tensor:
         """Current masks in the ORIGINAL neuron order, (L, B, I) bool."""
-        out = torch.zeros(self.L, self.B, self.I, dtype=torch.bool, device=self.device)
-        idx = self.order.long()[:, None, :].expand(self.L, self.B, self.I)
-        return out.scatter_(-1, idx, self.M > 0.5)
+        parts = []
+        for (sl, _, M), o in zip(self.M.groups(), self.order.parts):
+            idx = o.long()[:, None, :].expand(M.shape)
+            parts.append(torch.zeros(M.shape, dtype=torch.bool, device=M.device).scatter_(-1, idx, M > 0.5))
+        return Layered(self.spans, parts).gather()
 
     def state_bytes(self) -> dict[str, int]:
         parts = {
             "statistics": self.stats.nbytes(),
-            "priors": 0 if self.weight is None else self.weight.numel() * self.weight.element_size(),
-            "masks": self.M.numel() * self.M.element_size(),
-            "neuron_order": self.order.numel() * self.order.element_size(),
+            "priors": 0 if self.weight is None else self.weight.nbytes(),
+            "masks": self.M.nbytes(),
+            "neuron_order": self.order.nbytes(),
             "detector": 0 if self.detector is None else self.detector.nbytes(),
         }
         parts["total"] = sum(parts.values())

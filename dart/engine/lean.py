@@ -156,7 +156,7 @@ class LeanDecoder:
         rows = bool(p.compact_rows) if ffn == "compact" else False
         monitored = tuple(sorted(self.monitored))  # record_attention keeps them when the plan needs them
         self._pos.fill_(pos)
-        M = c.M if c is not None and ffn != "dense" else None
+        M = c.M.layers if c is not None and ffn != "dense" else None
         logits, attn = self._step(ids, self._pos, self.k, self.v, M, ffn, ks, rows, monitored)
         for l, a in zip(monitored, attn):
             c.record_attention(l, a)

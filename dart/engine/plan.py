@@ -22,6 +22,20 @@ class Plan:
     drift_decode_rows: torch.Tensor | None = None  # (B,) rows adding to their decode window
     align: bool = False
     capture: bool = False  # keep the monitored attention outputs of this forward (chunked teacher forcing)
+    _on: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+    def on(self, device: torch.device) -> "Plan":
+        """This plan with its tensors on `device` (a layer on another GPU than the first): moved once per plan
+        and device, so a cached steady-state plan moves nothing (dart.engine.placement)."""
+        got = self._on.get(device)
+        if got is None:
+            moved = {}
+            for f in dataclasses.fields(self):
+                if f.name != "_on":
+                    v = getattr(self, f.name)
+                    moved[f.name] = v.to(device) if torch.is_tensor(v) else v
+            got = self._on[device] = Plan(**moved)
+        return got
 
 
 IDLE = Plan()

@@ -22,6 +22,8 @@ import math
 
 import torch
 
+from dart.engine.placement import Layered
+
 KINDS = ("prefill", "decode")
 
 
@@ -32,12 +34,12 @@ class RowBook:
     def _init_accounting(self) -> None:
         self.eff_tokens = {k: 0 for k in KINDS}
         self.eff_dense = {k: 0 for k in KINDS}
-        self.eff_skipped = {k: torch.zeros(self.L, dtype=torch.float64, device=self.device) for k in KINDS}
+        self.eff_skipped = {k: self._layered_zeros(dtype=torch.float64) for k in KINDS}  # per layer, its device
         w = self.ffns[0].w
         self.neuron_bytes = sum(t.shape[1] * t.element_size() for t in w.neuron_major if t.dim() == 2)
         self.gen_ffn_bytes = 0
         self.gen_tokens = 0
-        self.kept_rows = torch.zeros(self.L, 0, dtype=torch.long, device=self.device)
+        self.kept_rows = self._layered_zeros(0, dtype=torch.long)
 
     def _fresh_row_lists(self, batch: int) -> None:
         if hasattr(self, "pend_decode"):
@@ -58,17 +60,17 @@ class RowBook:
         self.pend_prefill = [0] * batch
         self.pend_decode = [0] * batch
         if self.fixed is not None:
-            self.kept_rows = self.fixed.sum(dim=-1)[:, None].repeat(1, batch)
+            self.kept_rows = self.fixed.map(lambda p: p.sum(dim=-1)[:, None].repeat(1, batch))
             self.row_frac = [1.0 - float(self._fixed_kept_mean) / self.I] * batch
         else:
-            self.kept_rows = torch.full((self.L, batch), self.I, dtype=torch.long, device=self.device)
+            self.kept_rows = Layered.build(self.spans, lambda n, d: torch.full((n, batch), self.I, dtype=torch.long, device=d))
 
     def _select_row_lists(self, host: list[int], index: torch.Tensor) -> None:
         self._fold(range(len(self.pend_decode)))
         for name in self.ROW_FIELDS:
             old = getattr(self, name)
             setattr(self, name, [copy.copy(old[i]) for i in host])
-        self.kept_rows = self.kept_rows.index_select(1, index)
+        self.kept_rows = self.kept_rows.map(lambda p: p.index_select(1, index.to(p.device)))
 
     def row_states(self) -> list[dict]:
         """The host state of every row (forcing parks rows with it)."""
@@ -102,12 +104,15 @@ class RowBook:
         for b in rows:
             for kind, pend in (("prefill", self.pend_prefill), ("decode", self.pend_decode)):
                 if pend[b]:
-                    self.eff_skipped[kind] += pend[b] * (self.I - self.kept_rows[:, b]).to(torch.float64)
+                    for (_, _, skipped), kept in zip(self.eff_skipped[kind].groups(), self.kept_rows.parts):
+                        skipped += pend[b] * (self.I - kept[:, b]).to(torch.float64)
                     pend[b] = 0
 
     def _note_kept(self, rows: torch.Tensor, sl: slice, mask: torch.Tensor) -> None:
-        """A build of layers `sl` for rows (B,) bool: their kept counts (device) and, with the budget, fraction."""
-        self.kept_rows[sl] = torch.where(rows[None, :], mask.sum(dim=-1), self.kept_rows[sl])
+        """A build of layers `sl` (inside one device group) for rows (B,) bool on that group's device: their kept
+        counts."""
+        kept = self.kept_rows.view(sl)
+        kept.copy_(torch.where(rows[None, :], mask.sum(dim=-1), kept))
 
     # ------------------------------------------------------------------ budget
     def _budget_keep(self, rows: list[bool]) -> torch.Tensor:
@@ -131,7 +136,7 @@ class RowBook:
         """Effective sparsity of the run so far: decode (teacher-forced or generated tokens), prefill, all, per
         layer (decode), token counts, and the FFN weight bytes one generated token read."""
         self._fold(range(self.B))
-        skipped = {k: self.eff_skipped[k].tolist() for k in KINDS}  # one read
+        skipped = {k: self.eff_skipped[k].tolist() for k in KINDS}  # one read per device
         out: dict = {}
         LI = self.L * self.I
         for k in KINDS:

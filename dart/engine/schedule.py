@@ -114,7 +114,7 @@ class DecodeSchedule:
             self._count(b, kind, self._row_tokens[b], self._pruned_now[b])
         det = self.detector
         if det is not None and self._attn:
-            v = torch.cat([self._attn[l] for l in self.monitored], dim=-1)
+            v = self._signal()
             if p.drift_trace_w is not None:
                 det.collect_trace(v, p.drift_trace_w)
                 self.peak_detector_bytes = max(self.peak_detector_bytes, det.nbytes())
@@ -186,7 +186,8 @@ class DecodeSchedule:
         self.has_mask[b] = False
         self.fresh[b] = True
         self.det_done[b], self.det_count[b] = False, 0
-        self.M[:, b] = 1
+        for _, _, M in self.M.groups():
+            M[:, b] = 1
         self.stats.clear_rows(row)
         self.detector.clear_rows(row)
         if self.B == 1:

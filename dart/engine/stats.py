@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from dart.engine.placement import Layered, Spans
+
 
 def token_values(kind: str, a: torch.Tensor) -> torch.Tensor:
     """f(a) in fp32."""
@@ -61,30 +63,41 @@ def sequential_ema_weights(valid: torch.Tensor, decay: float, fresh: torch.Tenso
 
 
 class Statistics:
-    """A (L, B, I) fp32, plus alignment sums (L, B, 3): sum c_t, sum r_t, token count."""
+    """A (L, B, I) fp32, plus alignment sums (L, B, 3): sum c_t, sum r_t, token count; each layer's on that
+    layer's device (dart.engine.placement.Layered)."""
 
-    def __init__(self, num_layers: int, width: int, kind: str, device, alignment: bool = False):
-        self.L, self.I, self.kind, self.device, self.alignment = num_layers, width, kind, device, alignment
-        self.A = torch.zeros(num_layers, 0, width, dtype=torch.float32, device=device)
-        self.align = torch.zeros(num_layers, 0, 3, dtype=torch.float32, device=device)
+    def __init__(self, spans: Spans | int, width: int, kind: str, device=None, alignment: bool = False):
+        """spans: the layers' device groups, or a layer count (all on `device`)."""
+        if isinstance(spans, int):
+            spans = Spans([torch.device(device or "cpu")] * spans)
+        self.spans, self.L, self.I, self.kind, self.alignment = spans, spans.L, width, kind, alignment
+        self.A = None
+        self.reset(0)
 
     def reset(self, batch: int) -> None:
-        if self.A.shape[1] != batch:
-            self.A = torch.zeros(self.L, batch, self.I, dtype=torch.float32, device=self.device)
-            self.align = torch.zeros(self.L, batch, 3, dtype=torch.float32, device=self.device)
+        if getattr(self, "A", None) is None or self.A.shape[1] != batch:
+            z = lambda *shape: Layered.build(self.spans, lambda n, d: torch.zeros(n, *shape, dtype=torch.float32, device=d))  # noqa: E731
+            self.A = z(batch, self.I)
+            self.align = z(batch, 3)
         else:
             self.A.zero_()
             self.align.zero_()
 
+    def select_rows(self, index: torch.Tensor) -> None:
+        self.A = self.A.map(lambda p: p.index_select(1, index.to(p.device)))
+        self.align = self.align.map(lambda p: p.index_select(1, index.to(p.device)))
+
     def clear_rows(self, rows: torch.Tensor) -> None:
         """Zero the statistics of rows (B,) bool (a re-trace after a drift trigger)."""
         keep = (~rows).to(torch.float32)
-        self.A.mul_(keep[None, :, None])
-        self.align.mul_(keep[None, :, None])
+        for x in (self.A, self.align):
+            for _, d, p in x.groups():
+                p.mul_(keep.to(d)[None, :, None])
 
     def update(self, layer: int, a: torch.Tensor, w: torch.Tensor, decay: torch.Tensor | None) -> None:
-        """a: (B, T, I) activations; w: (B, T) fp32 weights (0 = not traced); decay: (B,) or None (= 1)."""
-        contrib = torch.bmm(w.unsqueeze(1), token_values(self.kind, a)).squeeze(1)  # (B, I)
+        """a: (B, T, I) activations; w: (B, T) fp32 weights (0 = not traced); decay: (B,) or None (= 1).
+        All on the layer's device (the plan's tensors are moved there once per forward)."""
+        contrib = torch.bmm(w.unsqueeze(1), token_values(self.kind, a.detach())).squeeze(1)  # (B, I); never differentiated
         if decay is None:
             self.A[layer].add_(contrib)
         else:
@@ -92,7 +105,7 @@ class Statistics:
 
     def update_alignment(self, layer: int, h: torch.Tensor, o: torch.Tensor, w: torch.Tensor, reference: str) -> None:
         """h: residual entering the FFN, o: what the FFN adds, both (B, T, D); w: (B, T) trace weights (0/1)."""
-        h, o = h.float(), o.float()
+        h, o = h.detach().float(), o.detach().float()
         if reference == "residual":  # compare the residual before and after the FFN
             after = h + o
             c = torch.nn.functional.cosine_similarity(h, after, dim=-1, eps=1e-12)
@@ -103,15 +116,18 @@ class Statistics:
         m = (w > 0).float()
         self.align[layer] += torch.stack([(c * m).sum(1), (r * m).sum(1), m.sum(1)], dim=-1)
 
-    def base(self) -> torch.Tensor:
-        """The per-neuron statistic scores multiply: ||a|| for l2/griffin, A for ema. (L, B, I)."""
-        return self.A.sqrt() if self.kind in ("l2", "griffin") else self.A
+    def base(self, sl: slice | None = None) -> torch.Tensor:
+        """The per-neuron statistic scores multiply, of layers `sl` (inside one device group; None: all layers,
+        gathered on the home device): ||a|| for l2/griffin, A for ema. (n, B, I)."""
+        A = self.A.gather() if sl is None else self.A.view(sl)
+        return A.sqrt() if self.kind in ("l2", "griffin") else A
 
     def layer_alignment(self) -> torch.Tensor:
-        """S_l = (1 - mean c) * mean r, (B, L)."""
-        n = self.align[..., 2].clamp_min(1.0)
-        mean_c, mean_r = self.align[..., 0] / n, self.align[..., 1] / n
+        """S_l = (1 - mean c) * mean r, (B, L), on the home device."""
+        align = self.align.gather()
+        n = align[..., 2].clamp_min(1.0)
+        mean_c, mean_r = align[..., 0] / n, align[..., 1] / n
         return ((1.0 - mean_c) * mean_r).transpose(0, 1)
 
     def nbytes(self) -> int:
-        return self.A.numel() * 4 + self.align.numel() * 4
+        return self.A.nbytes() + self.align.nbytes()

@@ -74,6 +74,7 @@ def move(c, moves: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         if dst.numel() == 0:
             continue
         ffn = c.ffns[l]
+        c.moved.add(l)
         for t in [*ffn.w.neuron_major, c.order[l]] + ([c.weight[l]] if c.weight is not None else []):
             t.index_copy_(0, dst, t.index_select(0, src))
         c.M[l].index_copy_(-1, dst, c.M[l].index_select(-1, src))
@@ -106,17 +107,23 @@ def maybe_union(c) -> None:
     if st is not None and st.key == key:
         return
     t0 = time.perf_counter()
-    on = c.M > 0.5  # (L, B, I), physical order
-    keep = on.any(dim=1)  # (L, I)
-    counts = keep.sum(dim=-1)
-    same = (on == on[:, :1]).all()
-    in_place = is_prefix(keep, counts)
-    stats = torch.cat([counts.to(torch.float64), torch.stack([same, in_place]).to(torch.float64)]).tolist()  # one read
-    n, same, in_place = [int(v) for v in stats[:-2]], bool(stats[-2]), bool(stats[-1])
+    keeps, n, same, in_place = [], [], True, True
+    for _, _, M in c.M.groups():  # one read per device group
+        on = M > 0.5  # (n, B, I), physical order
+        keep = on.any(dim=1)  # (n, I)
+        counts = keep.sum(dim=-1)
+        flags = torch.stack([(on == on[:, :1]).all(), is_prefix(keep, counts)]).to(torch.float64)
+        got = torch.cat([counts.to(torch.float64), flags]).tolist()
+        keeps.append(keep)
+        n += [int(v) for v in got[:-2]]
+        same, in_place = same and bool(got[-2]), in_place and bool(got[-1])
     frac = sum(n) / (len(n) * c.I)
     use = spec.execution == "compact" or frac <= float(spec.union_max_keep)
     if use and not in_place:
-        move(c, swaps(keep, n))
+        moves = []
+        for (sl, _, _), keep in zip(c.M.groups(), keeps):
+            moves += swaps(keep, n[sl])
+        move(c, moves)
     c.__dict__["_union"] = UnionState(key=key, rows=not same, keep=frac, compacted=use)
     c.compacted = use
     c.kept_prefix = n if use else None

@@ -82,7 +82,7 @@ class EngineStrategy(Strategy):
         per_layer_achieved = None
         achieved = None
         if c.builds:
-            kept = (c.kept_sum / (c.builds * c.I)).tolist()
+            kept = [v / (c.builds * c.I) for v in c.kept_sum.tolist()]
             per_layer_achieved = [1.0 - k for k in kept]
             achieved = sum(per_layer_achieved) / len(per_layer_achieved)
         if c.fixed_keep is not None:
