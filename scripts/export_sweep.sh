@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Copy finished sweeps into benchmarks/sweeps/ for committing: each job's results.json (and the sweep's
+# multirun.yaml, so `python -m dart.tables` knows which jobs were planned), nothing else (no W&B, logs, samples).
+#   bash scripts/export_sweep.sh multirun/switch_offline multirun/ablation_gain_offline
+#   python -m dart.tables benchmarks/sweeps/switch_offline ...      # the tables from the committed copies
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+[ $# -ge 1 ] || { echo "usage: bash scripts/export_sweep.sh multirun/NAME [multirun/NAME ...]" >&2; exit 2; }
+for src in "$@"; do
+  src="${src%/}"
+  [ -d "$src" ] || { echo "error: $src is not a folder" >&2; exit 2; }
+  name="$(basename "$src")"
+  dst="benchmarks/sweeps/$name"
+  rm -rf "$dst"
+  mkdir -p "$dst"
+  [ -f "$src/multirun.yaml" ] && cp "$src/multirun.yaml" "$dst/"
+  n=0
+  while IFS= read -r -d '' f; do
+    rel="${f#"$src"/}"
+    mkdir -p "$dst/$(dirname "$rel")"
+    cp "$f" "$dst/$rel"
+    n=$((n + 1))
+  done < <(find "$src" -name results.json -not -path "*/wandb/*" -print0)
+  echo "[export] $src -> $dst ($n results.json)"
+done
