@@ -427,8 +427,13 @@ def test_prompt_batches_group_common_heads():
 
     head = tuple(range(100, 140))  # 40 tokens of few-shot examples
     prompts = [head + (1, 2), (5, 6, 7), head + (3,), head + (4, 4, 4), (9,) * 50, head[:20] + (8,)]
-    assert prompt_batches(prompts, 8) == [([3, 0, 2], 40), ([4, 5, 1], 0)]
-    assert prompt_batches(prompts, 2) == [([3, 0], 40), ([4, 2], 0), ([5, 1], 0)]  # a lone cluster member joins the rest
+    assert prompt_batches(prompts, 8, max_pad=1.0) == [([3, 0, 2], 40), ([4, 5, 1], 0)]
+    assert prompt_batches(prompts, 2, max_pad=1.0) == [([3, 0], 40), ([4, 2], 0), ([5, 1], 0)]  # a lone cluster member joins the rest
+    # prompts without a shared head: a batch closes before one shorter than 3/4 of its longest (padding <= 25%)
+    assert prompt_batches(prompts, 8) == [([3, 0, 2], 40), ([4], 0), ([5], 0), ([1], 0)]
+    lengths = [(k,) * n for k, n in enumerate((100, 90, 80, 76, 74, 60, 50, 40))]
+    assert prompt_batches(lengths, 8) == [([0, 1, 2, 3], 0), ([4, 5], 0), ([6, 7], 0)]
+    assert prompt_batches(lengths, 3) == [([0, 1, 2], 0), ([3, 4, 5], 0), ([6, 7], 0)]
 
 
 def test_harness_few_shot_head_runs_once(tok):

@@ -148,10 +148,13 @@ def _common(a, b) -> int:
     return n
 
 
-def prompt_batches(prompts: list[tuple], bs: int, min_shared: int = 32) -> list[tuple[list[int], int]]:
+def prompt_batches(prompts: list[tuple], bs: int, min_shared: int = 32, max_pad: float = 0.25) -> list[tuple[list[int], int]]:
     """Batches of at most `bs` prompts (indices) with the length of the head they share: prompts with a common
     head of at least `min_shared` tokens (the few-shot examples of a subject) go together and the head runs once;
-    the others go longest first (time estimates err on the long side, out-of-memory errors come early)."""
+    the others go longest first (time estimates err on the long side, out-of-memory errors come early). A batch
+    of prompts without a shared head also closes before a prompt shorter than (1 - max_pad) of the batch's
+    longest: right-padding then wastes at most `max_pad` of the batch's prompt positions (on a CPU, padded
+    positions cost as much as real ones). Batches never change a log-likelihood (per-row state)."""
     clusters, members, head = [], [], ()
     for g in sorted(range(len(prompts)), key=lambda g: prompts[g]):  # common heads end up next to each other
         n = _common(head, prompts[g]) if members else 0
@@ -164,17 +167,26 @@ def prompt_batches(prompts: list[tuple], bs: int, min_shared: int = 32) -> list[
             members, head = [g], prompts[g]
     if members:
         clusters.append((members, len(head)))
+
+    def split(order: list[int]) -> list[list[int]]:
+        out: list[list[int]] = []
+        for g in order:  # longest first
+            if out and len(out[-1]) < bs and len(prompts[g]) >= (1.0 - max_pad) * len(prompts[out[-1][0]]):
+                out[-1].append(g)
+            else:
+                out.append([g])
+        return out
+
     batches, singles = [], []
-    for members, n in clusters:
+    for members, n in clusters:  # (a cluster is not split by padding: each batch of it runs the head again)
         members.sort(key=lambda g: (-len(prompts[g]), prompts[g]))
-        for i in range(0, len(members), bs):
-            part = members[i : i + bs]
+        for part in (members[i: i + bs] for i in range(0, len(members), bs)):
             if len(part) > 1:
                 batches.append((part, n))
             else:
                 singles += part
     singles.sort(key=lambda g: (-len(prompts[g]), prompts[g]))
-    return batches + [(singles[i : i + bs], 0) for i in range(0, len(singles), bs)]
+    return batches + [(part, 0) for part in split(singles)]
 
 
 class _Targets:
