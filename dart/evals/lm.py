@@ -205,7 +205,8 @@ class _Targets:
                 for t, tok in enumerate(cont):
                     self.entries[i].append((first + t, tok, len(self.owner)))
                     self.owner.append(place[q])
-        self.lp = torch.zeros(len(self.owner), dtype=torch.float32, device=device)
+        # per-token log-probabilities, summed per request in float64 (float64 models keep their precision end to end)
+        self.lp = torch.zeros(len(self.owner), dtype=torch.float64, device=device)
         self.hit = torch.zeros(len(self.owner), dtype=torch.float32, device=device)
 
     def take(self, rows: list[int], j0: int, logits: torch.Tensor) -> None:
@@ -222,15 +223,16 @@ class _Targets:
             return
         dev = logits.device
         ri, pi = torch.tensor(sel_row, device=dev), torch.tensor(sel_pos, device=dev)
-        picked = logits[ri, pi].float()  # (k, V): only the positions that predict a continuation token
+        picked = logits[ri, pi]  # (k, V): only the positions that predict a continuation token
+        picked = picked.double() if picked.dtype == torch.float64 else picked.float()
         tok = torch.tensor(sel_tok, device=dev)
         slot = torch.tensor(sel_slot, device=self.device)
-        self.lp[slot] = (picked.gather(-1, tok[:, None]).squeeze(-1) - picked.logsumexp(-1)).to(self.device)
+        self.lp[slot] = (picked.gather(-1, tok[:, None]).squeeze(-1) - picked.logsumexp(-1)).to(self.device, torch.float64)
         self.hit[slot] = (picked.argmax(-1) == tok).float().to(self.device)
 
     def results(self) -> list[tuple[float, bool]]:
         owner = torch.tensor(self.owner, dtype=torch.long, device=self.device)
         n = len(self.order)
-        lp = torch.zeros(n, device=self.device).index_add_(0, owner, self.lp)
-        miss = torch.zeros(n, device=self.device).index_add_(0, owner, 1.0 - self.hit)
+        lp = torch.zeros(n, dtype=torch.float64, device=self.device).index_add_(0, owner, self.lp)
+        miss = torch.zeros(n, dtype=torch.float64, device=self.device).index_add_(0, owner, (1.0 - self.hit).double())
         return [(a, b < 0.5) for a, b in torch.stack([lp, miss], dim=1).tolist()]  # one device read per batch

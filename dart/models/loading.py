@@ -24,7 +24,7 @@ from typing import Any
 
 from dart.errors import ConfigError, UnavailableError, choice_error
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")  # float64: exactness checks on a CPU
 INITS = ("pretrained", "random")
 SOURCES = ("embedded", "hub", "tiny")
 
