@@ -38,7 +38,7 @@ def run_one(ev: str, strategy: str, extra: list[str], workdir: Path) -> dict:
     res = json.loads((out / "results.json").read_text())
     return {"eval": ev, "strategy": strategy, "eval_s": res["timing"]["eval_s"], "wall_s": round(wall, 2),
             "metrics": res["metrics"], "retraces": len((res.get("drift") or {}).get("triggers") or []),
-            "effective_sparsity": ((res.get("sparsity") or {}).get("effective") or {}).get("all"),
+            "effective_sparsity": (res.get("sparsity") or {}).get("effective"),  # decode (scored) tokens
             "loadavg_1m_before": round(load0, 2), "loadavg_1m_after": round(os.getloadavg()[0], 2)}
 
 
