@@ -404,7 +404,7 @@ def test_harness_shares_contexts(tok):
     m = model()
     s = Dart(sparsity=0.5)
     s.attach(m)
-    ctx_a, ctx_b = list(range(10, 22)), list(range(30, 39))
+    ctx_a, ctx_b = list(range(10, 22)), list(range(30, 40))  # prompts of 11 and 9 tokens: one batch (padding < 25%)
     reqs = [(("", ""), ctx_a, list(range(40, 48))), (("", ""), ctx_a, list(range(50, 53))),  # 8 and 3 tokens
             (("", ""), ctx_b, [60]), (("", ""), ctx_b, [61]), (("", ""), ctx_b, [62, 63])]
     lm = DartLM(m, tok, s, batch_size=8)
