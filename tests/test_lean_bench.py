@@ -100,9 +100,11 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "dart.bench", "model=tiny_llama", "repeats=2", "warmup=0", "new_tokens=6",
          "prompt_tokens=16", "sparsities=[0.5]", "batch_sizes=[1,3]", "loops=[lean,hf,compiled]", "batch_loops=[lean]",
-         "remask_demo=false", f"out={out}"],
+         "remask_demo=false", "progress_s=0", f"out={out}"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # stdout is a pipe: plain progress lines (every step with progress_s=0, the last one is the table), no bar
+    assert "[dart] decode bench: step 1/24, " in proc.stdout and "step 23/24" in proc.stdout and "step 24/24" not in proc.stdout
     res = json.loads((out / "bench.json").read_text())
     rows = {(r["batch"], r["loop"], r["mode"], r["sparsity"]): r for r in res["rows"]}
     assert set(rows) == {(1, loop, mode, s) for loop in ("lean", "hf", "compiled") for mode, s in
