@@ -84,33 +84,48 @@ def progress_line(label: str, done: int, total: int | None, elapsed: float) -> s
     return f"[dart] {label}: step {done}, {_duration(elapsed)} elapsed"
 
 
+class PlainTicker:
+    """Plain progress for output that is not a terminal: `step()` once per finished step prints one line at most
+    every `interval_s` seconds (step i/n, elapsed, ETA; none for the last step), `finish()` one closing line.
+    `clock` and `stream` are for tests."""
+
+    def __init__(self, label: str, total: int | None, interval_s: float, clock=time.monotonic, stream=None):
+        self.label, self.total, self.interval_s, self.clock, self.stream = label, total, float(interval_s), clock, stream
+        self.done = 0
+        self.t0 = self.last = clock()
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream or sys.stdout, flush=True)
+
+    def step(self, done: int | None = None) -> None:
+        self.done = self.done + 1 if done is None else done
+        now = self.clock()
+        if now - self.last >= self.interval_s and (self.total is None or self.done < self.total):
+            self.last = now
+            self._print(progress_line(self.label, self.done, self.total, now - self.t0))
+
+    def finish(self) -> None:
+        self._print(f"[dart] {self.label}: {self.done} steps done in {_duration(self.clock() - self.t0)}")
+
+
 class PlainProgress(pl.Callback):
-    """One plain line at most every `interval_s` seconds of evaluation (step i/n, elapsed, ETA), and one when the
-    evaluation ends. `clock` and `stream` are for tests."""
+    """A PlainTicker over the evaluation's test batches (Lightning's bar shows nothing off a terminal).
+    `clock` and `stream` are for tests."""
 
     def __init__(self, interval_s: float = 30.0, label: str = "eval", clock=time.monotonic, stream=None):
         self.interval_s = float(interval_s)
         self.label = label
         self.clock = clock
         self.stream = stream
-        self.total: int | None = None
-        self.done = 0
-
-    def _print(self, line: str) -> None:
-        print(line, file=self.stream or sys.stdout, flush=True)
+        self.ticker: PlainTicker | None = None
 
     def on_test_start(self, trainer, pl_module) -> None:
-        self.t0 = self.last = self.clock()
         total = trainer.num_test_batches[0] if trainer.num_test_batches else None
-        self.total = int(total) if isinstance(total, (int, float)) and total != float("inf") else None
-        self.done = 0
+        total = int(total) if isinstance(total, (int, float)) and total != float("inf") else None
+        self.ticker = PlainTicker(self.label, total, self.interval_s, self.clock, self.stream)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self.done = batch_idx + 1
-        now = self.clock()
-        if now - self.last >= self.interval_s and (self.total is None or self.done < self.total):
-            self.last = now
-            self._print(progress_line(self.label, self.done, self.total, now - self.t0))
+        self.ticker.step(batch_idx + 1)
 
     def on_test_end(self, trainer, pl_module) -> None:
-        self._print(f"[dart] {self.label}: {self.done} steps done in {_duration(self.clock() - self.t0)}")
+        self.ticker.finish()

@@ -58,7 +58,10 @@ def bench(cfg: DictConfig) -> dict:
             task = bar.add_task("decode bench", total=total)
             rows = measure(model, loaded.tokenizer, cfg, progress=lambda: bar.advance(task))
     else:  # nohup, SLURM, a pipe: a plain line every progress_s seconds instead of a bar nobody sees
-        rows = measure(model, loaded.tokenizer, cfg, progress=plain_progress("decode bench", total, float(cfg.get("progress_s", 30))))
+        from dart.lit import PlainTicker
+
+        ticker = PlainTicker("decode bench", total, float(cfg.get("progress_s", 30)))
+        rows = measure(model, loaded.tokenizer, cfg, progress=ticker.step)
     res = {"config": {"model": cfg.model.name, "device": device, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                       "batch_sizes": sizes, "union_max_keep": float(cfg.get("union_max_keep", 0.9)),
                       **{k: cfg[k] for k in ("prompt_tokens", "new_tokens", "warmup", "repeats")}},
@@ -68,26 +71,6 @@ def bench(cfg: DictConfig) -> dict:
         res["remask_demo"] = remask_demo(model, loaded.tokenizer, cfg, float(cfg.sparsities[0]))
     res["machine"]["loadavg_1m_end"] = os.getloadavg()[0]
     return annotate(res)
-
-
-def plain_progress(label: str, total: int, interval_s: float, clock=None, stream=None):
-    """A callable to call once per finished step: prints "[dart] decode bench: step 12/120, 1:02 elapsed, ETA 9:18"
-    at most every `interval_s` seconds."""
-    import time
-
-    from dart.lit import progress_line
-
-    clock = clock or time.monotonic
-    state = {"done": 0, "t0": clock()}
-    state["last"] = state["t0"]
-
-    def tick() -> None:
-        state["done"] += 1
-        now = clock()
-        if now - state["last"] >= interval_s and state["done"] < total:
-            state["last"] = now
-            print(progress_line(label, state["done"], total, now - state["t0"]), file=stream or sys.stdout, flush=True)
-    return tick
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="bench")
