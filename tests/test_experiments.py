@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -120,8 +121,6 @@ def test_every_variant_composes_and_instantiates(variant):
     elif variant == "dense":
         assert (strategy.name, cfg.sparsity) == ("dense", 0.0)
     else:  # knobs that go together, on the strategy the variant names
-        import re
-
         assert strategy.name == re.search(r"override /strategy: (\w+)", text).group(1)
 
 

@@ -224,7 +224,8 @@ class _Targets:
         dev = logits.device
         ri, pi = torch.tensor(sel_row, device=dev), torch.tensor(sel_pos, device=dev)
         picked = logits[ri, pi]  # (k, V): only the positions that predict a continuation token
-        picked = picked.double() if picked.dtype == torch.float64 else picked.float()
+        if picked.dtype != torch.float64:  # float64 models keep their precision, the others go to fp32
+            picked = picked.float()
         tok = torch.tensor(sel_tok, device=dev)
         slot = torch.tensor(sel_slot, device=self.device)
         self.lp[slot] = (picked.gather(-1, tok[:, None]).squeeze(-1) - picked.logsumexp(-1)).to(self.device, torch.float64)
