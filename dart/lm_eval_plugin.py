@@ -11,7 +11,8 @@ Python: `import dart.lm_eval_plugin; lm_eval.simple_evaluate(model="dart", model
 
 model_args:
     pretrained   a local model folder (checked as `model.path` is) or a hub name
-    strategy     a conf/strategy/<name>.yaml (dart, static_prompt, griffin, static, cats, dense); default dart
+    strategy     a conf/strategy/<name>.yaml (dart, dart_published, dart_plus, static_prompt, griffin, static, cats,
+                 dense); default dart, composed as `python -m dart.run strategy=<name>` composes it (dart.compose)
     sparsity     in [0, 1); default 0.5
     ranking      magnitude (default), max, mean, combined, product
     dtype        auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16
@@ -27,16 +28,9 @@ from typing import Any
 
 from lm_eval.api.registry import register_model
 
-from dart.errors import ConfigError, DartError, choice_error
+from dart.compose import build_strategy
+from dart.errors import ConfigError, DartError
 from dart.evals.lm import DartLM
-
-STRATEGY_DIR = Path(__file__).resolve().parents[1] / "conf" / "strategy"
-RANKING_DIR = Path(__file__).resolve().parents[1] / "conf" / "ranking"
-
-
-def _names(folder: Path) -> list[str]:
-    return sorted(p.stem for p in folder.glob("*.yaml"))
-
 
 def _lm_params() -> set[str]:
     """Keyword arguments DartLM and lm-eval's HFLM take (everything else must be a strategy knob)."""
@@ -47,37 +41,6 @@ def _lm_params() -> set[str]:
         names |= {p.name for p in inspect.signature(cls.__init__).parameters.values()
                   if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     return names - {"self", "pretrained", "model", "tokenizer", "strategy", "device", "dtype", "batch_size"}
-
-
-def build_strategy(name: str = "dart", sparsity: float = 0.5, ranking: str = "magnitude", **knobs):
-    """The strategy of conf/strategy/<name>.yaml with `sparsity`, `ranking` and knobs (dotted keys for nested
-    ones), each checked against the config, as `python -m dart.run strategy=<name> strategy.<knob>=...` would."""
-    from omegaconf import OmegaConf
-
-    from dart.config_checks import check_sparsity
-    from dart.pipeline import build
-
-    if name not in _names(STRATEGY_DIR):
-        raise choice_error("strategy", name, _names(STRATEGY_DIR))
-    if ranking not in _names(RANKING_DIR):
-        raise choice_error("ranking", ranking, _names(RANKING_DIR))
-    node = OmegaConf.load(STRATEGY_DIR / f"{name}.yaml")
-    known = sorted(k for k in _flat_keys(OmegaConf.to_container(node)) if k not in ("_target_", "name"))
-    for key, value in knobs.items():
-        if key not in known and not any(k.startswith(key + ".") for k in known):
-            raise ConfigError(f"model_args {key}={value!r} is not a knob of strategy={name}; knobs: "
-                              f"{', '.join(known) or 'none'} (and sparsity, ranking, dtype, batch_size, max_length)")
-        OmegaConf.update(node, key, value, merge=False)
-    return build(node, sparsity=check_sparsity(sparsity), ranking=ranking)
-
-
-def _flat_keys(d: Any, prefix: str = "") -> list[str]:
-    out = []
-    for k, v in (d or {}).items():
-        out.append(prefix + str(k))
-        if isinstance(v, dict):
-            out += _flat_keys(v, f"{prefix}{k}.")
-    return out
 
 
 def load_pretrained(pretrained: str, device: str | None = None, dtype: str = "auto"):
@@ -96,9 +59,9 @@ def load_pretrained(pretrained: str, device: str | None = None, dtype: str = "au
         cfg["path"] = str(folder)
     else:
         from dart.errors import UnavailableError
-        from dart.models.loading import _hub_cached, _hub_reachable
+        from dart.hub import hub_cached, hub_reachable
 
-        why = None if _hub_cached(str(pretrained)) else _hub_reachable()
+        why = None if hub_cached(str(pretrained)) else hub_reachable()
         if why:
             raise UnavailableError(f"pretrained={str(pretrained)!r} is not a local folder, and the Hugging Face hub "
                                    f"cannot be reached to download it ({why}); give a model folder")
@@ -119,7 +82,12 @@ class DartPrunedLM(DartLM):
         lm_params = _lm_params()
         knobs = {k: v for k, v in kwargs.items() if k not in lm_params}
         passthrough = {k: v for k, v in kwargs.items() if k in lm_params}
-        pruning = build_strategy(strategy, sparsity=sparsity, ranking=ranking, **knobs)
+        try:
+            pruning = build_strategy(strategy, sparsity=float(sparsity), ranking=ranking, **knobs)
+        except ConfigError as e:  # name the place the user wrote the knob in
+            if "is not a knob" not in str(e):
+                raise
+            raise ConfigError(f"model_args {e} (and sparsity, ranking, dtype, batch_size, max_length)") from None
         model, tokenizer, info = load_pretrained(pretrained, device=device, dtype=dtype)
         if isinstance(batch_size, str) and not batch_size.isdigit():
             print(f"[dart] batch_size={batch_size!r}: dart scores with a fixed batch size; using 1", file=sys.stderr)

@@ -2,20 +2,18 @@
 results.json atomically, print the table. `dart.run` is the thin Hydra entry point around `run`."""
 from __future__ import annotations
 
-import logging
-import os
-import platform
 import sys
 import time
 import traceback
-import warnings
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from dart import signals
+from dart.compose import instantiate
 from dart.config_checks import check_config
+from dart.runtime import quiet_libraries, versions
 from dart.errors import DartError
 from dart.results import RESULTS, SCHEMA, config_hash, is_complete, read_results, write_json_atomic
 
@@ -28,28 +26,13 @@ def result_config(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in container.items() if k not in NON_RESULT_KEYS and k != "hydra"}
 
 
-def _quiet_libraries() -> None:
-    """No third-party noise a user cannot act on; real warnings stay (each filter names one message)."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    # Lightning 2.6 builds torch's LeafSpec, which torch 2.13 deprecates (nothing here to change)
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
-    for name in ("absl", "lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning_fabric",
-                 "lightning.pytorch.trainer.connectors.signal_connector"):  # "Received SIGTERM": dart says it itself
-        logging.getLogger(name).setLevel(logging.WARNING)
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def _trainer_device(device: str) -> tuple[str, Any]:
     if device.startswith("cuda"):
         return "gpu", [int(device.split(":")[1]) if ":" in device else 0]
     return ("mps", 1) if device == "mps" else ("cpu", 1)
 
 
-def _make_logger(cfg: DictConfig, run_dir: Path, config: dict):
+def make_logger(cfg: DictConfig, run_dir: Path, config: dict):
     """One W&B run per job: the full config, tags strategy/model/eval/sparsity; in a multirun grouped by the sweep
     (logger.group, default: sweep_name) and named by the job's overrides, so the runs of a sweep tell apart."""
     if cfg.logger.kind != "wandb":
@@ -61,7 +44,7 @@ def _make_logger(cfg: DictConfig, run_dir: Path, config: dict):
         wandb.run.finish(exit_code=1)
     multirun, job_overrides = _hydra_job()
     group = wandb_group(cfg.logger.group, multirun, sweep_name=cfg.get("sweep_name"),
-                        sweep_name_given=_sweep_name_given(cfg), sweep_dir=_hydra_sweep_dir())
+                        sweep_name_given=sweep_name_given(cfg), sweep_dir=_hydra_sweep_dir())
     random = cfg.model.get("init") == "random" and not cfg.model.get("path")
     tags = [f"strategy={cfg.strategy.name}", f"model={cfg.model.name}", f"eval={cfg.eval.name}",
             f"sparsity={cfg.sparsity}", *(["init=random"] if random else []), *list(cfg.logger.tags or [])]
@@ -92,7 +75,7 @@ def wandb_group(group, multirun: bool, sweep_name=None, sweep_name_given: bool =
     return str(sweep_name) if sweep_name else None
 
 
-def _sweep_name_given(cfg: DictConfig) -> bool:
+def sweep_name_given(cfg: DictConfig) -> bool:
     """Whether sweep_name was set (on the command line or by an experiment), not the timestamp default."""
     if "sweep_name" not in cfg:
         return False
@@ -141,16 +124,6 @@ def dense_sparsity_note(cfg: DictConfig) -> str | None:
             "(a sweep over sparsity runs the same dense model each time; +variant=dense runs it once at sparsity 0)")
 
 
-def versions() -> dict[str, str]:
-    import lightning
-    import lm_eval
-    import torch
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "lightning": lightning.__version__, "lm_eval": getattr(lm_eval, "__version__", "?")}
-
-
 def run(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str, Any] | None:
     signals.check()  # a stop signal that arrived during the previous job of a sweep starts no new one
     t0 = time.perf_counter()
@@ -189,28 +162,12 @@ def run(cfg: DictConfig, run_dir: Path, multirun: bool = False) -> dict[str, Any
         raise
 
 
-def build(node: DictConfig, **kwargs):
-    """hydra.utils.instantiate, but a DartError raised by the target (a bad knob) reaches the user as itself,
-    not wrapped in Hydra's "Error in call to target" with a traceback."""
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(node, **kwargs, _convert_="all")
-    except Exception as e:
-        cause = e
-        while cause is not None and not isinstance(cause, DartError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:
-            raise cause from None
-        raise
-
-
 def _run(cfg: DictConfig, run_dir: Path, results: dict, t0: float) -> dict[str, Any]:
     # instantiate first: their argument checks run before anything heavy is imported or any model loads
-    strategy = build(cfg.strategy, sparsity=float(cfg.sparsity), ranking=cfg.ranking.name)
-    evaluator = build(cfg.eval)
+    strategy = instantiate(cfg.strategy)  # sparsity and ranking reach it by interpolation (conf/strategy/_engine.yaml)
+    evaluator = instantiate(cfg.eval)
 
-    _quiet_libraries()
+    quiet_libraries()
     import lightning.pytorch as pl
     import torch
 
@@ -233,7 +190,7 @@ def _run(cfg: DictConfig, run_dir: Path, results: dict, t0: float) -> dict[str, 
     ctx = EvalContext(model=loaded.model, tokenizer=loaded.tokenizer, strategy=strategy, run_dir=run_dir,
                       model_cfg=cfg.model, device=device)
     module = EvalModule(loaded.model, evaluator, ctx)
-    logger = _make_logger(cfg, run_dir, results["config"])
+    logger = make_logger(cfg, run_dir, results["config"])
     accelerator, devices = _trainer_device(device)
     callbacks = [StrategyCallback(strategy, loaded.tokenizer)]
     terminal = sys.stdout.isatty()

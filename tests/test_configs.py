@@ -9,13 +9,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
+from dart.compose import build_strategy, options
 from dart.config_checks import check_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
 def compose_cfg(*overrides: str):
@@ -56,8 +53,46 @@ def test_every_model_config(model):
 def test_every_strategy_and_ranking(strategy, ranking):
     cfg = compose_cfg(f"strategy={strategy}", f"ranking={ranking}")
     check_config(cfg)
-    s = instantiate(cfg.strategy, sparsity=cfg.sparsity, ranking=cfg.ranking.name, _convert_="all")
-    assert s.name == strategy
+    s = instantiate(cfg.strategy, _convert_="all")  # sparsity and ranking by interpolation, no keywords
+    assert s.name == strategy and s.sparsity == cfg.sparsity
+
+
+@pytest.mark.parametrize("strategy", options("strategy"))
+def test_the_yaml_is_the_only_default(strategy):
+    """Every engine strategy's spec is exactly its composed YAML node: the dataclasses have no defaults of their own
+    (constructing one without every knob fails), so nothing else can disagree with the YAML."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from dart.engine.spec import DriftSpec, EngineSpec
+
+    cfg = compose_cfg(f"strategy={strategy}", "sparsity=0.7", "ranking=max")
+    s = build_strategy(strategy, sparsity=0.7, ranking="max")
+    node = OmegaConf.to_container(cfg.strategy, resolve=True)
+    spec = getattr(s, "spec", None)
+    if spec is None or strategy == "static":  # no engine knobs in its YAML (static: the engine's, fixed masks)
+        return
+    got = dataclasses.asdict(spec)
+    want = {k: v for k, v in node.items() if k not in ("_target_", "name", "calibration")}
+    want["drift"]["layers"] = list(want["drift"]["layers"])
+    got["drift"]["layers"] = list(got["drift"]["layers"])
+    assert got == want
+    assert dataclasses.asdict(s.calibration) == node["calibration"]
+    for cls in (EngineSpec, DriftSpec):
+        with pytest.raises(TypeError):
+            cls()
+
+
+def test_build_strategy_is_a_run_strategy():
+    """build_strategy (the Python API, dart-lm-eval, the benches) composes what `python -m dart.run` composes."""
+    import dataclasses
+
+    for name in ("dart", "dart_published", "dart_plus", "static_prompt", "griffin"):
+        run = instantiate(compose_cfg(f"strategy={name}").strategy, _convert_="all")
+        assert dataclasses.asdict(build_strategy(name).spec) == dataclasses.asdict(run.spec), name
+    pub = build_strategy("dart_published").spec
+    assert (pub.retrace_tokens, pub.drift.min_margin, pub.drift.min_windows, pub.published_quirks) == (None, 0.1, 1, True)
 
 
 @pytest.mark.parametrize("eval_name", options("eval"))

@@ -89,3 +89,77 @@ def test_console_script_is_installed():
     (ep,) = [e for e in entry_points(group="console_scripts") if e.name == "dart-lm-eval"]
     assert ep.value == "dart.lm_eval_plugin:main"
     assert (REPO / ".venv" / "bin" / "dart-lm-eval").is_file() or not (REPO / ".venv").is_dir()
+
+
+@pytest.mark.parametrize("strategy", ["dart", "dart_published", "dart_plus", "static_prompt", "griffin", "static",
+                                      "cats", "dense"])
+def test_every_strategy_builds_for_lm_eval(strategy, tiny_folder):
+    """Every conf/strategy builds as `--model dart` builds it, with the spec `python -m dart.run` composes (the YAML's
+    defaults list applied: dart_published and dart_plus used to reach lm-eval as plain dicts and fail)."""
+    import dataclasses
+
+    from dart.compose import build_strategy
+    from dart.lm_eval_plugin import DartPrunedLM
+
+    lm = DartPrunedLM(pretrained=str(tiny_folder), strategy=strategy, sparsity=0.5)
+    assert lm.strategy.name == strategy
+    if hasattr(lm.strategy, "spec"):
+        assert dataclasses.asdict(lm.strategy.spec) == dataclasses.asdict(build_strategy(strategy, sparsity=0.5).spec)
+    lm.strategy.detach()
+
+
+def test_dart_published_through_the_cli(tiny_folder, tmp_path, monkeypatch):
+    import dart.lm_eval_plugin as plugin
+    from dart.evals.tasks import offline_tasks_dir
+
+    made = []
+    original = plugin.DartPrunedLM.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(plugin.DartPrunedLM, "__init__", spy)
+    _cli(monkeypatch, "--model", "dart", "--model_args", f"pretrained={tiny_folder},strategy=dart_published,sparsity=0.5",
+         "--tasks", "offline_boolq", "--include_path", str(offline_tasks_dir()), "--limit", "1",
+         "--output_path", str(tmp_path / "out"))
+    (lm,) = made
+    assert lm.strategy.name == "dart_published" and lm.strategy.spec.published_quirks
+
+
+@pytest.mark.parametrize("strategy", ["dart", "dense"])
+def test_use_cache_records_and_reuses_the_pruned_scores(strategy, tiny_folder, tmp_path, monkeypatch):
+    """lm-eval's --use_cache: DartLM writes every log-likelihood through the cache hook as HFLM does, and a second run
+    takes them from the cache (the model is never called)."""
+    import lm_eval
+    from sqlitedict import SqliteDict
+
+    from dart.evals.tasks import offline_tasks_dir
+    from dart.lm_eval_plugin import DartPrunedLM
+
+    calls = []
+
+    class Hook:
+        def add_partial(self, attr, req, res):
+            calls.append((attr, req, res))
+
+    lm = DartPrunedLM(pretrained=str(tiny_folder), strategy=strategy, sparsity=0.5)
+    lm.set_cache_hook(Hook())
+    reqs = [(("ctx a", " b"), [5, 6, 7, 8], [9]), (("ctx a", " c d"), [5, 6, 7, 8], [10, 11]), ((None), [3, 4], [5])]
+    got = lm._loglikelihood_tokens(reqs, disable_tqdm=True)
+    assert [(a, r) for a, r, _ in calls] == [("loglikelihood", ("ctx a", " b")), ("loglikelihood", ("ctx a", " c d"))]
+    assert [v for _, _, v in calls] == got[:2]
+    lm.strategy.detach()
+
+    from lm_eval.tasks import TaskManager
+
+    db = tmp_path / "cache"
+    manager = TaskManager(include_path=str(offline_tasks_dir()), include_defaults=False)
+    first = DartPrunedLM(pretrained=str(tiny_folder), strategy=strategy, sparsity=0.5)
+    r1 = lm_eval.simple_evaluate(model=first, tasks=["offline_boolq"], limit=2, use_cache=str(db), task_manager=manager)
+    files = list(tmp_path.glob("cache*.db"))
+    assert files and len(SqliteDict(str(files[0]))) == 4  # 2 documents x 2 choices
+    second = DartPrunedLM(pretrained=str(tiny_folder), strategy=strategy, sparsity=0.5)
+    monkeypatch.setattr(type(second), "_loglikelihood_tokens", lambda *a, **k: pytest.fail("not taken from the cache"))
+    r2 = lm_eval.simple_evaluate(model=second, tasks=["offline_boolq"], limit=2, use_cache=str(db), task_manager=manager)
+    assert r1["results"]["offline_boolq"]["acc,none"] == r2["results"]["offline_boolq"]["acc,none"]

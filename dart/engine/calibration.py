@@ -1,6 +1,6 @@
-"""Calibration for the input-independent baselines (method.md section 8): a text disjoint from every evaluation
-text (dart.data.texts.CALIBRATION_SOURCES) runs dense through the model once, and per layer the statistics a
-baseline needs are collected in fp32:
+"""Calibration for the input-independent baselines (docs/baselines.md): a text disjoint from every evaluation text
+(chosen by the strategy, dart.strategies.calibration) runs dense through the model once, and per layer the
+statistics a baseline needs are collected in fp32:
 
 - `act_sq` (L, I): sum over the calibration tokens of a_tj^2, a = the FFN intermediate activation (the input of
   the down projection), so ||a_j|| = sqrt(act_sq_j);
@@ -31,28 +31,6 @@ SCORES = ("act_norm", "wanda", "weight")
 
 
 @dataclasses.dataclass
-class CalibrationSpec:
-    source: str = "calibration"  # a name in dart.data.texts.CALIBRATION_SOURCES
-    tokens: int = 8192  # calibration tokens in all
-    seq_len: int = 1024  # tokens per sequence (one forward each)
-    sample: int = 1_000_000  # cats: |g| values kept per layer for its threshold (all of them when fewer)
-    seed: int = 0  # cats: the sample's random generator
-
-    def validate(self) -> "CalibrationSpec":
-        from dart.data.texts import CALIBRATION_SOURCES
-
-        if self.source not in CALIBRATION_SOURCES:
-            raise choice_error("strategy.calibration.source", self.source, CALIBRATION_SOURCES)
-        for key in ("tokens", "seq_len", "sample"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"strategy.calibration.{key}={value!r} is not supported; allowed: an integer >= 1")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"strategy.calibration.seed={self.seed!r} is not supported; allowed: an integer")
-        return self
-
-
-@dataclasses.dataclass
 class Calibration:
     tokens: int
     act_sq: torch.Tensor | None = None  # (L, I) fp32, sum_t a_tj^2
@@ -60,20 +38,17 @@ class Calibration:
 
 
 # ---------------------------------------------------------------------------------------------------- the text
-def calibration_sequences(tokenizer, spec: CalibrationSpec) -> list[torch.Tensor]:
-    """The first spec.tokens tokens of the calibration text, as 1-D LongTensors of at most spec.seq_len tokens."""
-    from dart.data.texts import CALIBRATION_SOURCES
-
+def calibration_sequences(tokenizer, text: str, tokens: int, seq_len: int, name: str = "the calibration text") -> list[torch.Tensor]:
+    """The first `tokens` tokens of `text`, as 1-D LongTensors of at most `seq_len` tokens (the engine takes the text;
+    which corpus it comes from is the strategy's business: dart.strategies.calibration)."""
     if tokenizer is None:
         raise ConfigError("the calibration needs the model's tokenizer (strategy.attach(model, tokenizer))")
-    text = CALIBRATION_SOURCES[spec.source]()
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) < spec.tokens:
+    if len(ids) < tokens:
         raise ConfigError(
-            f"strategy.calibration.tokens={spec.tokens} is more than the calibration text {spec.source!r} holds with "
-            f"this tokenizer; allowed: 1..{len(ids)}"
+            f"strategy.calibration.tokens={tokens} is more than {name} holds with this tokenizer; allowed: 1..{len(ids)}"
         )
-    return list(torch.tensor(ids[: spec.tokens], dtype=torch.long).split(spec.seq_len))
+    return list(torch.tensor(ids[:tokens], dtype=torch.long).split(seq_len))
 
 
 # ---------------------------------------------------------------------------------------------- the activations

@@ -1,4 +1,8 @@
-"""EngineSpec: every knob of the engine, validated once, before any model loads (method.md sections 2-6)."""
+"""EngineSpec: every knob of the engine, validated once, before any model loads (docs/method.md).
+
+The dataclasses carry no defaults: the only defaults are the YAML of `conf/strategy/` (the shared engine base
+`_engine.yaml` and each strategy's file), composed by `dart.compose` (`engine_spec(**overrides)` for code and
+tests, `build_strategy(name, ...)` for strategies). `from_dict` builds a spec from a composed config node."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,26 +19,28 @@ EXECUTIONS = ("auto", "masked", "compact")
 ALIGN_REFERENCES = ("online", "residual")
 DRIFT_PHASES = ("published", "before_mask")
 BUDGETS = ("mask", "effective")
+RETRACE_AT = ("detector", "periodic", "random")
+ON_RETRACE = ("remask", "dense")
 
 
 @dataclasses.dataclass
 class DriftSpec:
-    """The topic-drift detector (method.md section 5). Default: the published last-layer attention-output cosine,
+    """The topic-drift detector (docs/method.md section 5). Default: the published last-layer attention-output cosine,
     windows of 5, threshold mu - max(0.1 sigma, 0.1), trigger on the first window below it."""
 
-    enabled: bool = True
-    window: int = 5  # W: tokens per window
-    sigma_scale: float = 0.1  # tau = mu - max(sigma_scale * sigma, min_margin)
-    min_margin: float = 0.1
-    triggers: int = 1  # pressure needed to trigger
-    layers: Sequence[int] = (-1,)  # monitored decoder layers (their attention outputs are concatenated)
-    nan_tau_compat: bool = False  # the published quirk: < 2 windows -> sigma NaN -> detector silently off
+    enabled: bool
+    window: int  # W: tokens per window
+    sigma_scale: float  # tau = mu - max(sigma_scale * sigma, min_margin)
+    min_margin: float
+    triggers: int  # pressure needed to trigger
+    layers: Sequence[int]  # monitored decoder layers (their attention outputs are concatenated)
+    nan_tau_compat: bool  # the published quirk: < 2 windows -> sigma NaN -> detector silently off
     # the baseline's last forward: `published` includes the forward that builds the masks (forward m), as the
     # published code does (windows close at m+W, m+2W, ...); `before_mask` stops at forward m-1
-    phase: str = "published"
-    min_windows: int = 2  # a baseline needs this many windows of traced vectors (it keeps collecting until then;
+    phase: str
+    min_windows: int  # a baseline needs this many windows of traced vectors (it keeps collecting until then;
     # 1: whatever was traced, one window of everything if fewer than W, as published)
-    cooldown: int = 0  # forwards after a trigger before a window may be checked again
+    cooldown: int  # forwards after a trigger before a window may be checked again
 
     def validate(self) -> None:
         if int(self.window) < 1:
@@ -57,14 +63,14 @@ class DriftSpec:
 class AutoAllocSpec:
     """Depth-aware layer allocation constants (the published `all:auto`)."""
 
-    reference: str = "online"  # online: cos(h, o), ||o - h|| / ||h||;  residual: h vs h + o (offline analysis)
-    early_width: float = 0.3  # we
-    late_width: float = 0.15  # wl
-    early_floor: float = 0.25  # a
-    late_floor: float = 0.35  # b
-    min_prune: float = 0.10
-    max_prune: float = 0.90
-    iterations: int = 10
+    reference: str  # online: cos(h, o), ||o - h|| / ||h||;  residual: h vs h + o (offline analysis)
+    early_width: float  # we
+    late_width: float  # wl
+    early_floor: float  # a
+    late_floor: float  # b
+    min_prune: float
+    max_prune: float
+    iterations: int
 
     def validate(self) -> None:
         if self.reference not in ALIGN_REFERENCES:
@@ -75,26 +81,39 @@ class AutoAllocSpec:
 
 @dataclasses.dataclass
 class EngineSpec:
-    sparsity: float = 0.5
-    statistic: str = "l2"  # l2: sum a^2 (score ||a||);  ema: decayed |a|;  griffin: per-token-normalised a^2
-    ema_decay: float | None = None  # set -> statistic ema
-    ranking: str = "magnitude"
-    mask_rule: str = "topk"
-    allocation: str = "uniform"
-    layer_keep: Sequence[float] | None = None  # allocation=list: keep fraction per layer
-    auto: AutoAllocSpec = dataclasses.field(default_factory=AutoAllocSpec)
-    masking_step: int = 1  # m
-    release_step: int | None = None  # r
-    protocol: str = "causal"
-    drift: DriftSpec = dataclasses.field(default_factory=DriftSpec)
-    retrace_tokens: int | None = None  # forwards a re-trace traces before its new masks (None: masking_step)
-    budget: str = "mask"  # mask: every mask prunes `sparsity`; effective: masks prune harder to pay for dense tokens
-    budget_horizon: int = 64  # effective budget: tokens over which a mask repays the dense tokens before it
-    budget_max: float = 0.95  # effective budget: the most a mask may prune
-    prior_mix: float = 0.0  # weight of a calibration-corpus ranking blended into each request's scores (GLASS)
-    execution: str = "auto"  # auto: compact a single sequence, a batch on its rows' union if small enough
-    union_max_keep: float = 0.9  # execution=auto: a batch runs masked when its union keeps more (mean over layers)
-    prior_chunk: int = 8192  # vocabulary rows per chunk when computing the projection priors
+    sparsity: float
+    statistic: str  # l2: sum a^2 (score ||a||);  ema: decayed |a|;  griffin: per-token-normalised a^2
+    ema_decay: float | None  # set -> statistic ema
+    ranking: str
+    mask_rule: str
+    allocation: str
+    layer_keep: Sequence[float] | None  # allocation=list: keep fraction per layer
+    auto: AutoAllocSpec
+    masking_step: int  # m
+    release_step: int | None  # r
+    protocol: str
+    drift: DriftSpec
+    retrace_tokens: int | None  # forwards a re-trace traces before its new masks (None: masking_step)
+    budget: str  # mask: every mask prunes `sparsity`; effective: masks prune harder to pay for dense tokens
+    budget_horizon: int  # effective budget: tokens over which a mask repays the dense tokens before it
+    budget_max: float  # effective budget: the most a mask may prune
+    prior_mix: float  # weight of a calibration-corpus ranking blended into each request's scores (GLASS)
+    execution: str  # auto: compact a single sequence, a batch on its rows' union if small enough
+    union_max_keep: float  # execution=auto: a batch runs masked when its union keeps more (mean over layers)
+    prior_chunk: int  # vocabulary rows per chunk when computing the projection priors
+    # the published code's schedule quirks (dart_published): a trigger resets the row mid-forward (the layers from
+    # the monitored one on re-trace from the trigger forward itself), and every depth-aware allocation builds the
+    # first layer it builds with the LAST layer's keep count (dart.engine.schedule)
+    published_quirks: bool
+    # when a row re-traces: the drift detector's trigger (detector), every retrace_every pruned forwards (periodic),
+    # or at each pruned forward with probability retrace_rate (random, a coin per row and forward seeded by
+    # retrace_seed); and what it does then: drop the masks and re-trace them (remask), or run the next
+    # retrace_tokens forwards dense and then the same masks again (dense: the dense-fallback control)
+    retrace_at: str
+    retrace_every: int
+    retrace_rate: float
+    retrace_seed: int
+    on_retrace: str
 
     def __post_init__(self):
         if isinstance(self.auto, dict):
@@ -139,6 +158,24 @@ class EngineSpec:
                                   "re-trace, only with protocol=compat)")
             if int(self.retrace_tokens) < 0:
                 raise ConfigError(f"strategy.retrace_tokens={self.retrace_tokens!r} must be >= 0")
+        if not isinstance(self.published_quirks, bool):
+            raise ConfigError(f"strategy.published_quirks={self.published_quirks!r} must be true or false")
+        if self.retrace_at not in RETRACE_AT:
+            raise choice_error("strategy.retrace_at", self.retrace_at, RETRACE_AT)
+        if self.on_retrace not in ON_RETRACE:
+            raise choice_error("strategy.on_retrace", self.on_retrace, ON_RETRACE)
+        if isinstance(self.retrace_every, bool) or not isinstance(self.retrace_every, int) or self.retrace_every < 1:
+            raise ConfigError(f"strategy.retrace_every={self.retrace_every!r} must be an integer >= 1")
+        try:
+            rate = float(self.retrace_rate)
+        except (TypeError, ValueError):
+            rate = -1.0
+        if not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"strategy.retrace_rate={self.retrace_rate!r} must be a probability in [0, 1]")
+        if isinstance(self.retrace_seed, bool) or not isinstance(self.retrace_seed, int):
+            raise ConfigError(f"strategy.retrace_seed={self.retrace_seed!r} must be an integer")
+        if self.on_retrace == "dense" and self.retrace_len < 1:
+            raise ConfigError("strategy.on_retrace=dense runs retrace_tokens forwards dense: it needs retrace_tokens >= 1")
         if self.budget not in BUDGETS:
             raise choice_error("strategy.budget", self.budget, BUDGETS)
         if self.budget == "effective" and (self.mask_rule != "topk" or self.allocation != "uniform"):
@@ -165,6 +202,11 @@ class EngineSpec:
         self.drift.validate()
         return self
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "EngineSpec":
+        """A spec from a composed strategy node (extra keys, such as _target_ or name, are not knobs)."""
+        return spec_from_dict(cls, d)
+
     @property
     def retrace_len(self) -> int:
         """Forwards a re-trace traces (0: the same-pass build of one token, as m = 0)."""
@@ -178,3 +220,20 @@ class EngineSpec:
     def global_build(self) -> bool:
         """Masks need every layer's statistics (depth-aware allocation), so a one-pass build is impossible."""
         return self.allocation == "auto"
+
+
+def spec_from_dict(cls, d: dict):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        where = {EngineSpec: "strategy", DriftSpec: "strategy.drift", AutoAllocSpec: "strategy.auto"}[cls]
+        raise ConfigError(f"{where}.{unknown[0]} is not a knob; knobs: {', '.join(sorted(names))}")
+    missing = sorted(names - set(d))
+    if missing:
+        raise ConfigError(f"the strategy config lacks {', '.join(missing)}: build strategies through "
+                          "dart.compose.build_strategy (or conf/strategy/*.yaml), which supplies every default")
+    kw = {k: d[k] for k in names}
+    if cls is EngineSpec:
+        kw["auto"] = kw["auto"] if isinstance(kw["auto"], AutoAllocSpec) else spec_from_dict(AutoAllocSpec, dict(kw["auto"]))
+        kw["drift"] = kw["drift"] if isinstance(kw["drift"], DriftSpec) else spec_from_dict(DriftSpec, dict(kw["drift"]))
+    return cls(**kw)

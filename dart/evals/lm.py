@@ -1,5 +1,5 @@
 """`DartLM`: lm-evaluation-harness's HFLM with a pruned model, whose loglikelihood path knows where each
-request's context ends (method.md section 6).
+request's context ends (docs/method.md section 6).
 
 lm-eval scores a request (context, continuation) from the logits of (context + continuation)[:-1]. Under
 protocol=causal the engine's prompt is the context minus its last token: its statistics (and the detector's
@@ -52,11 +52,13 @@ class DartLM(HFLM):
         bs = int(override_bs or (self.batch_size if self.batch_size != "auto" else 1))
         bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="loglikelihood")
         try:
-            if self._same_pass():
-                return self._one_pass(requests, bs, bar)
-            return self._shared_contexts(requests, bs, bar)
+            results = self._one_pass(requests, bs, bar) if self._same_pass() else self._shared_contexts(requests, bs, bar)
         finally:
             bar.close()
+        for (key, _, _), value in zip(requests, results):  # lm-eval's cache (--use_cache), per request as HFLM does
+            if key is not None:
+                self.cache_hook.add_partial("loglikelihood", key, value)
+        return results
 
     # ------------------------------------------------------------------ causal: shared prompts, chunked forcing
     def _split(self, ctx: list[int], cont: list[int]) -> tuple[tuple[int, ...], tuple[int, ...], int]:

@@ -1,4 +1,4 @@
-"""Calibrated, input-independent baselines (method.md section 8): `static` and `cats`.
+"""Calibrated, input-independent baselines (docs/method.md section 8): `static` and `cats`.
 
 Both calibrate once, at attach, on a text disjoint from every evaluation text (strategy.calibration.source, one of
 dart.data.texts.CALIBRATION_SOURCES; see dart.engine.calibration), and then never look at the input to decide
@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from dart.config_checks import check_sparsity
-from dart.engine.calibration import SCORES, CalibrationSpec
+from dart.engine.calibration import SCORES
 from dart.errors import ConfigError, choice_error
 from dart.strategies.base import Strategy
 from dart.strategies.engine_backed import EngineStrategy
@@ -33,18 +33,26 @@ def _ignored(ranking) -> dict:
 class Static(EngineStrategy):
     name = "static"
     dynamic = False  # the same mask for every input
-    drift_default = False
 
-    def __init__(self, name=None, sparsity=0.5, ranking="magnitude", score="act_norm", calibration=None,
-                 execution="auto", drift=None, **kwargs):
+    def __init__(self, name: str, sparsity: float, ranking: str, score: str, calibration: dict, execution: str,
+                 **extra):
+        from dart.compose import engine_spec
+        from dart.strategies.calibration import CalibrationSpec
+
+        if "drift" in extra:
+            raise ConfigError("strategy=static never re-traces: it has no strategy.drift (use strategy=dart)")
+        if extra:
+            raise ConfigError(f"strategy.{sorted(extra)[0]} is not a knob of strategy=static; knobs: score, calibration, execution")
         if score not in SCORES:
             raise choice_error("strategy.score", score, SCORES)
-        if (drift or {}).get("enabled"):
-            raise ConfigError("strategy=static never re-traces: drift.enabled must be false (use strategy=dart)")
         self.score = score
-        self.calibration = CalibrationSpec(**(calibration or {})).validate()
         self.ignored = _ignored(ranking)
-        super().__init__(name=name, sparsity=sparsity, ranking="magnitude", execution=execution)
+        Strategy.__init__(self, name=name, sparsity=check_sparsity(sparsity), ranking="magnitude")
+        # the engine runs the fixed masks: no tracing, no detector (the engine's other knobs do not apply)
+        self.spec = engine_spec(sparsity=self.sparsity, execution=execution, drift={"enabled": False}).validate()
+        self.calibration = CalibrationSpec.from_dict(calibration)
+        self.controller = None
+        self._summary = {}
         self.calibration_info: dict[str, Any] | None = None
 
     def attach(self, model, tokenizer=None) -> None:
@@ -62,13 +70,13 @@ class Static(EngineStrategy):
     def compute_masks(self, model, tokenizer=None):
         """(L, I) bool masks in the original neuron order, from the dense model (call before attaching)."""
         from dart.engine.adapters import adapter_for
-        from dart.engine.calibration import calibrate, calibration_sequences, neuron_scores, static_masks
+        from dart.engine.calibration import calibrate, neuron_scores, static_masks
 
         adapter = adapter_for(model)
         weights = [adapter.weights(adapter.ffn(layer)) for layer in adapter.layers(model)]
         act_sq = None
         if self.score != "weight":  # weight-only needs no data
-            cal = calibrate(model, calibration_sequences(tokenizer, self.calibration), norms=True)
+            cal = calibrate(model, self.calibration.sequences(tokenizer), norms=True)
             act_sq = cal.act_sq
             self.calibration_info = {"source": self.calibration.source, "tokens": cal.tokens,
                                      "seq_len": self.calibration.seq_len}
@@ -84,9 +92,11 @@ class Cats(Strategy):
     name = "cats"
     dynamic = False  # fixed thresholds: the same rule for every input (per token, so prefill == decode)
 
-    def __init__(self, name=None, sparsity=0.5, ranking=None, calibration=None, **kwargs):
+    def __init__(self, name: str, sparsity: float, ranking: str, calibration: dict):
+        from dart.strategies.calibration import CalibrationSpec
+
         super().__init__(name=name, sparsity=check_sparsity(sparsity), ranking=ranking)
-        self.calibration = CalibrationSpec(**(calibration or {})).validate()
+        self.calibration = CalibrationSpec.from_dict(calibration)
         self.ignored = _ignored(ranking)
         self.engine = None
         self.calibration_info: dict[str, Any] | None = None
@@ -95,13 +105,13 @@ class Cats(Strategy):
     def attach(self, model, tokenizer=None) -> None:
         import torch
 
-        from dart.engine.calibration import calibrate, calibration_sequences, quantile_threshold
+        from dart.engine.calibration import calibrate, quantile_threshold
         from dart.engine.cats import ThresholdEngine
 
         super().attach(model, tokenizer)
         t0 = time.perf_counter()
         spec = self.calibration
-        cal = calibrate(model, calibration_sequences(tokenizer, spec), gate_sample=spec.sample, seed=spec.seed)
+        cal = calibrate(model, spec.sequences(tokenizer), gate_sample=spec.sample, seed=spec.seed)
         thresholds = torch.stack([quantile_threshold(v, self.sparsity) for v in cal.gate_values])
         below = torch.stack([(v < t).float().mean() for v, t in zip(cal.gate_values, thresholds)])
         values = torch.stack([thresholds, below]).tolist()  # one read, at attach

@@ -10,34 +10,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from dart.engine.spec import AutoAllocSpec, DriftSpec, EngineSpec
+from dart.engine.spec import EngineSpec
 from dart.strategies.base import Strategy
 
 
 class EngineStrategy(Strategy):
+    """A strategy on the DART engine. Its knobs are exactly its composed YAML node (conf/strategy/<name>.yaml on
+    top of _engine.yaml): build it with dart.compose.build_strategy (or `strategy=<name>` in a run), which supplies
+    every default; the constructor has none."""
+
     dynamic = True
-    drift_default = True
 
-    def __init__(self, name=None, sparsity=0.5, ranking="magnitude", masking_step=1, release_step=None,
-                 statistic="l2", ema_decay=None, mask_rule="topk", allocation="uniform", layer_keep=None,
-                 auto=None, drift=None, protocol="causal", execution="auto", prior_chunk=8192, union_max_keep=0.9,
-                 retrace_tokens=None, budget="mask", budget_horizon=64, budget_max=0.95, prior_mix=0.0,
-                 calibration=None, **kwargs):
-        super().__init__(name=name, sparsity=sparsity, ranking=ranking)
-        drift = dict(drift or {})
-        drift.setdefault("enabled", self.drift_default)
-        self.spec = EngineSpec(
-            sparsity=float(sparsity), statistic=statistic, ema_decay=ema_decay, ranking=ranking or "magnitude",
-            mask_rule=mask_rule, allocation=allocation, layer_keep=layer_keep, auto=AutoAllocSpec(**(auto or {})),
-            masking_step=int(masking_step), release_step=release_step, protocol=protocol,
-            drift=DriftSpec(**drift), execution=execution, prior_chunk=int(prior_chunk), union_max_keep=union_max_keep,
-            retrace_tokens=None if retrace_tokens is None else int(retrace_tokens), budget=budget,
-            budget_horizon=int(budget_horizon), budget_max=float(budget_max), prior_mix=float(prior_mix),
-        ).validate()
-        from dart.engine.calibration import CalibrationSpec
+    def __init__(self, name: str, calibration: dict, **knobs):
+        from dart.strategies.calibration import CalibrationSpec
 
-        if calibration is not None or not hasattr(self, "calibration"):  # strategy=static sets its own first
-            self.calibration = CalibrationSpec(**(calibration or {})).validate()  # prior_mix: the global ranking's text
+        super().__init__(name=name, sparsity=knobs.get("sparsity"), ranking=knobs.get("ranking"))
+        self.spec = EngineSpec.from_dict(knobs).validate()
+        self.calibration = CalibrationSpec.from_dict(calibration)  # prior_mix: the global ranking's text
         self.controller = None
         self._summary: dict[str, Any] = {}
 
@@ -52,14 +41,14 @@ class EngineStrategy(Strategy):
         """A calibration-corpus ranking per layer (activation L2 norm over text disjoint from every evaluation),
         for strategy.prior_mix (GLASS, 2025: blend the global ranking into the request's own)."""
         from dart.engine.adapters import adapter_for
-        from dart.engine.calibration import calibrate, calibration_sequences, neuron_scores
+        from dart.engine.calibration import calibrate, neuron_scores
         from dart.errors import ConfigError
 
         if tokenizer is None:
             raise ConfigError("strategy.prior_mix needs the tokenizer (for its calibration text)")
         adapter = adapter_for(model)
         weights = [adapter.weights(adapter.ffn(layer)) for layer in adapter.layers(model)]
-        cal = calibrate(model, calibration_sequences(tokenizer, self.calibration), norms=True)
+        cal = calibrate(model, self.calibration.sequences(tokenizer), norms=True)
         return neuron_scores("act_norm", weights, cal.act_sq)
 
     def detach(self) -> None:
@@ -125,20 +114,14 @@ class Dart(EngineStrategy):
 
 class StaticPrompt(EngineStrategy):
     name = "static_prompt"
-    drift_default = False
 
-    def __init__(self, drift=None, **kwargs):
-        drift = dict(drift or {})
-        if drift.get("enabled"):
+    def __init__(self, **knobs):
+        super().__init__(**knobs)
+        if self.spec.drift.enabled:
             from dart.errors import ConfigError
 
             raise ConfigError("strategy=static_prompt never re-traces: drift.enabled must be false (use strategy=dart)")
-        super().__init__(drift=drift, **kwargs)
 
 
 class Griffin(EngineStrategy):
     name = "griffin"
-    drift_default = False
-
-    def __init__(self, statistic="griffin", allocation="uniform", mask_rule="topk", **kwargs):
-        super().__init__(statistic=statistic, allocation=allocation, mask_rule=mask_rule, **kwargs)
