@@ -15,7 +15,7 @@ from conftest import tiny_llama  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from dart.engine.forcing import force  # noqa: E402
 from dart.engine.placement import Layered  # noqa: E402
-from dart.engine.spec import DriftSpec, EngineSpec  # noqa: E402
+from dart.compose import auto_spec, drift_spec, engine_spec  # noqa: E402
 
 I, L = 64, 3  # tiny_llama: 3 layers of 64 neurons; 50% keeps 32
 
@@ -38,15 +38,15 @@ def run(spec: EngineSpec, forced_len: int, mode: str, fire=None, prompt_len=12):
 def test_effective_sparsity_by_hand(mode, case):
     N = 40  # forced tokens = decode forwards 1..40
     if case == "m1":  # every decode token pruned at 50%
-        spec, fire, dense = EngineSpec(sparsity=0.5, masking_step=1, drift=DriftSpec(enabled=False)), None, 0
+        spec, fire, dense = engine_spec(sparsity=0.5, masking_step=1, drift=drift_spec(enabled=False)), None, 0
     elif case == "m3":  # forwards 1, 2 trace (dense)
-        spec, fire, dense = EngineSpec(sparsity=0.5, masking_step=3, drift=DriftSpec(enabled=False)), None, 2
+        spec, fire, dense = engine_spec(sparsity=0.5, masking_step=3, drift=drift_spec(enabled=False)), None, 2
     elif case == "release":  # forwards 30..40 dense again
-        spec, fire, dense = EngineSpec(sparsity=0.5, masking_step=1, release_step=30, drift=DriftSpec(enabled=False)), None, 11
+        spec, fire, dense = engine_spec(sparsity=0.5, masking_step=1, release_step=30, drift=drift_spec(enabled=False)), None, 11
     else:  # a trigger at 6 (first window after the 12-token prompt's baseline + forward 1): forwards 7..11
         # re-trace (retrace_tokens=5), then pruned again; the new baseline closes at forward 16 (10 vectors),
         # windows close at 21, 26, ...: none fires
-        spec = EngineSpec(sparsity=0.5, masking_step=1, retrace_tokens=5)
+        spec = engine_spec(sparsity=0.5, masking_step=1, retrace_tokens=5)
         fire, dense = {6}, 5
     c, eff = run(spec, N, mode, fire)
     assert eff["tokens"] == {"prefill": 12, "decode": N}
@@ -60,7 +60,7 @@ def test_effective_sparsity_by_hand(mode, case):
 
 
 def test_compat_prunes_the_prefill():
-    spec = EngineSpec(sparsity=0.5, masking_step=0, protocol="compat", drift=DriftSpec(enabled=False))
+    spec = engine_spec(sparsity=0.5, masking_step=0, protocol="compat", drift=drift_spec(enabled=False))
     for mode in ("reference", "chunked"):
         _, eff = run(spec, 20, mode)
         assert eff["prefill"] == pytest.approx(0.5) and eff["decode"] == pytest.approx(0.5)
@@ -72,9 +72,9 @@ def test_effective_budget_holds_the_target(mode):
     prunes 50% and the run skips 40% of the decode work; the effective budget prunes each mask harder to repay
     the dense tokens and lands on the target."""
     fire = {6 + 25 * i for i in range(8)}  # windows close at 6, then every 5 forwards after each new baseline...
-    common = dict(sparsity=0.5, masking_step=1, retrace_tokens=5, drift=DriftSpec(window=5))
-    _, mask = run(EngineSpec(**common), 160, mode, fire=set(range(6, 200, 25)))
-    c, eff = run(EngineSpec(**common, budget="effective", budget_horizon=25), 160, mode, fire=set(range(6, 200, 25)))
+    common = dict(sparsity=0.5, masking_step=1, retrace_tokens=5, drift=drift_spec(window=5))
+    _, mask = run(engine_spec(**common), 160, mode, fire=set(range(6, 200, 25)))
+    c, eff = run(engine_spec(**common, budget="effective", budget_horizon=25), 160, mode, fire=set(range(6, 200, 25)))
     n_trig = len(c.triggers)
     assert n_trig >= 5
     assert mask["decode"] < 0.5 - 0.05  # the label overstates what it skips
@@ -85,8 +85,8 @@ def test_effective_budget_holds_the_target(mode):
 def test_budget_reference_equals_chunked():
     common = dict(sparsity=0.5, masking_step=1, retrace_tokens=5, budget="effective", budget_horizon=25)
     fire = set(range(6, 200, 25))
-    a, ea = run(EngineSpec(**common), 160, "reference", fire=fire)
-    b, eb = run(EngineSpec(**common), 160, "chunked", fire=fire)
+    a, ea = run(engine_spec(**common), 160, "reference", fire=fire)
+    b, eb = run(engine_spec(**common), 160, "chunked", fire=fire)
     assert ea["decode"] == pytest.approx(eb["decode"], abs=1e-12)
     assert [t["step"] for t in a.triggers] == [t["step"] for t in b.triggers]
 
@@ -108,7 +108,7 @@ def controller_with_signal(phase: str, min_windows: int, m: int = 1):
         return (v,) + tuple(output[1:])
 
     model.model.layers[-1].self_attn.register_forward_hook(hook)
-    spec = EngineSpec(sparsity=0.5, masking_step=m, drift=DriftSpec(window=5, phase=phase, min_windows=min_windows,
+    spec = engine_spec(sparsity=0.5, masking_step=m, drift=drift_spec(window=5, phase=phase, min_windows=min_windows,
                                                                    min_margin=10.0))  # never fires
     return model, Controller(model, spec).attach()
 
@@ -131,7 +131,7 @@ def test_a_baseline_holds_two_windows():
     orig = c.detector.finalize
 
     def finalize(rows):
-        seen.append((c.step, c.det_count[0]))
+        seen.append((c.step, c.rows[0].base_count))
         orig(rows)
 
     c.detector.finalize = finalize
@@ -143,17 +143,25 @@ def test_a_baseline_holds_two_windows():
     assert float(c.detector.tau[0]) < 0.9 - 1e-3  # two windows: mu and sigma from the signal, not a constant
 
 
-def test_allocator_quirk_only_under_compat():
-    """The published allocator's first allocation of a request builds layer 0 with the LAST layer's count."""
+def test_allocator_quirk_under_published_quirks():
+    """The published allocator builds the first layer it builds with the LAST layer's count, at every depth-aware
+    allocation: behind strategy.published_quirks (dart_published), whatever the protocol."""
     model = tiny_llama(layers=4)
-    for protocol, m in (("compat", 0), ("causal", 1)):
-        c = Controller(model, EngineSpec(sparsity=0.6, masking_step=m, protocol=protocol, allocation="auto",
-                                         drift=DriftSpec(enabled=False)))
-        c._reset_rows(1)
+    for quirks, protocol, m in ((True, "compat", 0), (True, "causal", 1), (False, "compat", 0), (False, "causal", 1)):
+        c = Controller(model, engine_spec(sparsity=0.6, masking_step=m, protocol=protocol, allocation="auto",
+                                          published_quirks=quirks, drift=drift_spec(enabled=False)))
+        c.reset_rows(1)
         # constructed layer scores S_l = (1 - mean c) * mean r with mean r = 1: layer 0 the most important
         c.stats.align = Layered.split(c.spans, torch.tensor([[[0.0, 1.0, 1.0]], [[0.5, 1.0, 1.0]], [[0.8, 1.0, 1.0]], [[0.9, 1.0, 1.0]]]))
-        first = c._keep()[0].tolist()
-        c._first_alloc = False
-        later = c._keep()[0].tolist()
-        assert later[0] != later[-1]
-        assert first == ([later[-1]] + later[1:] if protocol == "compat" else later)
+        c.stats.A.fill_(1.0)
+        c.build(torch.ones(1, dtype=torch.bool))
+        kept = c.masks()[:, 0].sum(-1).tolist()
+        honest = Controller(model, engine_spec(sparsity=0.6, masking_step=m, protocol=protocol, allocation="auto",
+                                               drift=drift_spec(enabled=False)))
+        honest.reset_rows(1)
+        honest.stats.align = c.stats.align
+        honest.stats.A.fill_(1.0)
+        honest.build(torch.ones(1, dtype=torch.bool))
+        want = honest.masks()[:, 0].sum(-1).tolist()
+        assert want[0] != want[-1]
+        assert kept == ([want[-1]] + want[1:] if quirks else want), (quirks, protocol)

@@ -1,4 +1,4 @@
-"""Depth-aware layer allocation (method.md section 4, the authors' `all:auto`) with the published constants
+"""Depth-aware layer allocation (docs/method.md section 4, the authors' `all:auto`) with the published constants
 we = 0.3, wl = 0.15, a = 0.25, b = 0.35, bounds [0.10, 0.90], 10 correction rounds."""
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from dart.engine.allocation import auto_prune_fractions, depth_prior, keep_from_prune
-from dart.engine.spec import AutoAllocSpec
+from dart.compose import auto_spec, drift_spec, engine_spec
 
-SPEC = AutoAllocSpec()
+SPEC = auto_spec()
 
 
 def test_published_constants():
@@ -43,7 +43,7 @@ def test_depth_prior_l4():
 
 
 def _reference(S, rho, spec=SPEC, eps=1e-6):
-    """The method.md recipe, step by step, in plain Python floats."""
+    """The docs/method.md recipe, step by step, in plain Python floats."""
     L = len(S)
     lo, hi = spec.min_prune, spec.max_prune
     smin, smax = min(S), max(S)

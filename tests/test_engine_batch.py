@@ -1,4 +1,4 @@
-"""Batch size must not change results (method.md section 6): per-row statistics, masks and drift state.
+"""Batch size must not change results (docs/method.md section 6): per-row statistics, masks and drift state.
 
 generate() with 8 left-padded prompts of different lengths vs 8 runs at batch 1, and Controller.score() (one
 forward per request, right padding, per-row prompt length) at batch 8 vs 8 x batch 1."""
@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import tiny_gpt2, tiny_llama  # noqa: E402
 from dart.engine.allocation import auto_prune_fractions, keep_from_prune  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
-from dart.engine.spec import DriftSpec, EngineSpec  # noqa: E402
+from dart.compose import auto_spec, drift_spec, engine_spec  # noqa: E402
 
 BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
 LENS = [3, 5, 8, 4, 6, 7, 2, 5]
@@ -65,17 +65,17 @@ def generate(model, ids, mask, n):
 
 
 SPECS = {
-    "l2_m2": dict(sparsity=0.5, masking_step=2, ranking="max", drift=DriftSpec(window=3)),
-    "ema_m3": dict(sparsity=0.6, masking_step=3, ema_decay=0.8, drift=DriftSpec(window=2)),
-    "auto_m1": dict(sparsity=0.5, masking_step=1, allocation="auto", drift=DriftSpec(window=3)),
-    "compat_mean": dict(masking_step=0, protocol="compat", mask_rule="mean", drift=DriftSpec(window=3)),
+    "l2_m2": dict(sparsity=0.5, masking_step=2, ranking="max", drift=drift_spec(window=3)),
+    "ema_m3": dict(sparsity=0.6, masking_step=3, ema_decay=0.8, drift=drift_spec(window=2)),
+    "auto_m1": dict(sparsity=0.5, masking_step=1, allocation="auto", drift=drift_spec(window=3)),
+    "compat_mean": dict(masking_step=0, protocol="compat", mask_rule="mean", drift=drift_spec(window=3)),
 }
 
 
 @pytest.mark.parametrize("arch", sorted(BUILDERS))
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_generate_batch_equals_single(arch, name):
-    spec = EngineSpec(**SPECS[name])
+    spec = engine_spec(**SPECS[name])
     rows = prompts()
     n = 9
     model = build(arch)
@@ -111,7 +111,7 @@ def test_generate_auto_allocation_counts(arch):
     """allocation=auto in generate (m = 1, no drift): row b keeps k_bl = round((1 - p_bl) I) neurons in layer l,
     p from auto_prune_fractions of that row's prefill alignment S_b -- measured here on a fresh controller
     that only ran the prefill."""
-    spec = EngineSpec(sparsity=0.5, masking_step=1, allocation="auto", drift=DriftSpec(enabled=False))
+    spec = engine_spec(sparsity=0.5, masking_step=1, allocation="auto", drift=drift_spec(enabled=False))
     ids, mask = left_pad(prompts())
     model = build(arch, layers=4)
     c = Controller(model, spec).attach()
@@ -130,20 +130,21 @@ def test_generate_auto_allocation_counts(arch):
 
 
 SCORE_SPECS = {
-    "causal_m1": dict(sparsity=0.5, masking_step=1, drift=DriftSpec(enabled=False)),
-    "causal_m2_ema": dict(sparsity=0.5, masking_step=2, ema_decay=0.7, ranking="product", drift=DriftSpec(enabled=False)),
-    "compat": dict(sparsity=0.5, masking_step=0, protocol="compat", drift=DriftSpec(enabled=False)),
-    "compat_ema": dict(sparsity=0.5, masking_step=0, protocol="compat", ema_decay=0.7, drift=DriftSpec(enabled=False)),
-    "auto_causal": dict(sparsity=0.5, masking_step=1, allocation="auto", drift=DriftSpec(enabled=False)),
-    "auto_compat": dict(sparsity=0.7, masking_step=0, protocol="compat", allocation="auto", drift=DriftSpec(enabled=False)),
-    "griffin": dict(sparsity=0.5, masking_step=1, statistic="griffin", drift=DriftSpec(enabled=False)),
+    "causal_m1": dict(sparsity=0.5, masking_step=1, drift=drift_spec(enabled=False)),
+    "causal_m2_ema": dict(sparsity=0.5, masking_step=2, ema_decay=0.7, ranking="product", drift=drift_spec(enabled=False)),
+    "compat": dict(sparsity=0.5, masking_step=0, protocol="compat", drift=drift_spec(enabled=False)),
+    "compat_ema": dict(sparsity=0.5, masking_step=0, protocol="compat", ema_decay=0.7, drift=drift_spec(enabled=False)),
+    "auto_causal": dict(sparsity=0.5, masking_step=1, allocation="auto", drift=drift_spec(enabled=False)),
+    "auto_compat": dict(sparsity=0.7, masking_step=0, protocol="compat", allocation="auto", published_quirks=True,
+                        drift=drift_spec(enabled=False)),
+    "griffin": dict(sparsity=0.5, masking_step=1, statistic="griffin", drift=drift_spec(enabled=False)),
 }
 
 
 @pytest.mark.parametrize("arch", sorted(BUILDERS))
 @pytest.mark.parametrize("name", sorted(SCORE_SPECS))
 def test_score_batch_equals_single(arch, name):
-    spec = EngineSpec(**SCORE_SPECS[name])
+    spec = engine_spec(**SCORE_SPECS[name])
     ctx = prompts(seed=2)
     cont = prompts(seed=3, lens=CONT)
     rows = [torch.cat([a, b]) for a, b in zip(ctx, cont)]

@@ -1,7 +1,9 @@
-"""The topic-drift detector (method.md section 5): directly on constructed signals, and through the controller
+"""The topic-drift detector (docs/method.md section 5): directly on constructed signals, and through the controller
 with the monitored attention output replaced by a scripted signal (a forward hook registered before the
 controller's own, so the controller sees the scripted vectors)."""
 from __future__ import annotations
+
+import dataclasses
 
 import math
 import sys
@@ -15,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import tiny_llama  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from dart.engine.drift import DriftDetector  # noqa: E402
-from dart.engine.spec import DriftSpec, EngineSpec  # noqa: E402
+from dart.compose import auto_spec, drift_spec, engine_spec  # noqa: E402
 
 
 def cos(u, v) -> float:
@@ -66,7 +68,7 @@ def test_tau_by_hand_windows_of_five():
     but part of the baseline). Row 1: 10 vectors (two windows), left-padded by 3 in the prefill."""
     r0 = [[1.0, 0.2, 0.0, 0.0]] * 5 + [[1.0, -0.1, 0.0, 0.0]] * 5 + [[1.0, 0.0, 0.0, 0.0]] * 3
     r1 = [[1.0, 0.0, 0.5, 0.0]] * 5 + [[1.0, 0.0, -0.3, 0.0]] * 5
-    det = DriftDetector(DriftSpec(), 4, "cpu")
+    det = DriftDetector(drift_spec(), 4, "cpu")
     det.reset(2)
     # prefill of 8 positions (row 1: 3 padding + 5 vectors), then 5 single-token forwards
     feed_trace(det, [r0, r1[:10]], pads=[0, 3], chunks=[8, 1, 1, 1, 1, 1])
@@ -89,7 +91,7 @@ def test_tau_large_sigma_uses_the_scaled_std():
     """Window means [1, 0] and [-1, 0] against the baseline [10/12, 0]: cos = 1 and -1, mu = 0,
     sigma = sqrt(2), tau = 0 - max(0.1 sqrt 2, 0.1) = -0.1414..."""
     vecs = [[1.0, 0.0]] * 5 + [[-1.0, 0.0]] * 5 + [[5.0, 0.0]] * 2
-    det = DriftDetector(DriftSpec(), 2, "cpu")
+    det = DriftDetector(drift_spec(), 2, "cpu")
     det.reset(1)
     feed_trace(det, [vecs], pads=[0], chunks=[12])
     det.finalize(torch.tensor([True]))
@@ -103,14 +105,14 @@ def test_tau_with_fewer_than_two_windows(n):
     vecs = [[1.0, 0.1 * i, 0.0] for i in range(n)]
     expected, _, cs = tau_by_hand(vecs)
     for compat in (False, True):
-        det = DriftDetector(DriftSpec(nan_tau_compat=compat), 3, "cpu")
+        det = DriftDetector(drift_spec(nan_tau_compat=compat), 3, "cpu")
         det.reset(1)
         feed_trace(det, [vecs], pads=[0], chunks=[n])
         det.finalize(torch.tensor([True]))
         if compat:
             assert math.isnan(det.tau.item())
             det.collect_decode(torch.tensor([[[0.0, 0.0, 1.0]]]).expand(1, 1, 3) * 5, torch.tensor([True]))
-            cosine, fired = det.check(torch.tensor([True]))
+            cosine, fired = check(det, torch.tensor([True]), rows_of(1))
             assert cosine.item() == pytest.approx(0.0, abs=1e-6) and not fired.item()  # silently off
         else:
             assert not math.isnan(det.tau.item())
@@ -119,6 +121,25 @@ def test_tau_with_fewer_than_two_windows(n):
                 assert det.tau.item() == pytest.approx(0.9, abs=1e-6)
             else:
                 assert det.tau.item() == pytest.approx(cs[0] - 0.1, abs=1e-6)
+
+
+def rows_of(B):
+    from dart.engine.rows import Row
+
+    return [Row(n=1) for _ in range(B)]
+
+
+def check(det, rows, state):
+    """A window check as the drivers make it: the detector's cosine (device), then the schedule's pressure rule
+    (Schedule.press, host) on each row's state."""
+    from dart.compose import engine_spec
+    from dart.engine.schedule import Schedule
+
+    sched = Schedule(engine_spec(drift=dataclasses.asdict(det.spec)), det.W, False, split=1)
+    cosine = det.close_window(rows)
+    fired = [bool(on) and sched.press(state[b], det.below(float(cosine[b]), float(det.tau[b]), 0))
+             for b, on in enumerate(rows.tolist())]
+    return cosine, torch.tensor(fired)
 
 
 def _traced(spec, B=1):
@@ -130,56 +151,57 @@ def _traced(spec, B=1):
     return det
 
 
-def _window(det, vec, rows):
+def _window(det, vec, rows, state):
     for _ in range(det.W):
         det.collect_decode(torch.tensor(vec).expand(det.B, 2, 4), rows)  # only the last position counts
-    return det.check(rows)
+    return check(det, rows, state)
 
 
 SAME, ORTHO = [1.0, 0.0, 0.01, 0.0], [0.0, 1.0, 0.0, 0.0]
 
 
 def test_trigger_on_first_window_below_tau():
-    det = _traced(DriftSpec())
+    det = _traced(drift_spec())
     tau = det.tau.item()
     assert 0.85 < tau < 0.95
-    rows = torch.tensor([True])
+    rows, state = torch.tensor([True]), rows_of(1)
     for _ in range(3):  # windows along the baseline: no trigger
-        cosine, fired = _window(det, SAME, rows)
+        cosine, fired = _window(det, SAME, rows, state)
         assert cosine.item() > tau and not fired.item()
-        assert det.pressure.item() == 0
-    cosine, fired = _window(det, ORTHO, rows)  # the first window around an orthogonal direction
+        assert state[0].pressure == 0
+    cosine, fired = _window(det, ORTHO, rows, state)  # the first window around an orthogonal direction
     assert cosine.item() == pytest.approx(cos(ORTHO, det.center[0].tolist()), abs=1e-6)
     assert cosine.item() < tau and fired.item()
     assert det.current.abs().sum() == 0  # the window restarts
 
 
 def test_pressure_with_two_triggers():
-    det = _traced(DriftSpec(triggers=2))
-    rows = torch.tensor([True])
+    det = _traced(drift_spec(triggers=2))
+    rows, state = torch.tensor([True]), rows_of(1)
     fired, pressure = [], []
     for vec in (ORTHO, SAME, ORTHO, ORTHO, ORTHO, SAME, SAME):
-        _, f = _window(det, vec, rows)
+        _, f = _window(det, vec, rows, state)
         fired.append(bool(f.item()))
-        pressure.append(det.pressure.item())
+        pressure.append(state[0].pressure)
     # below: +1, above: -1 (floor 0); 2 fires and resets
     assert fired == [False, False, False, True, False, False, False]
     assert pressure == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]
 
 
 def test_rows_are_independent():
-    det = _traced(DriftSpec(), B=2)
+    det = _traced(drift_spec(), B=2)
     assert det.tau[0].item() == pytest.approx(det.tau[1].item(), abs=1e-7)
     both = torch.tensor([True, True])
     for _ in range(det.W):
         v = torch.tensor([ORTHO, SAME])[:, None, :]
         det.collect_decode(v, both)
-    cosine, fired = det.check(both)
+    state = rows_of(2)
+    cosine, fired = check(det, both, state)
     assert fired.tolist() == [True, False]
     # a check of row 1 only leaves row 0's window alone
     det.collect_decode(torch.tensor([ORTHO, ORTHO])[:, None, :], both)
     before = det.current[0].clone()
-    det.check(torch.tensor([False, True]))
+    check(det, torch.tensor([False, True]), state)
     assert torch.equal(det.current[0], before) and det.current[1].abs().sum() == 0
     det.clear_rows(torch.tensor([True, False]))
     assert math.isnan(det.tau[0].item()) and not math.isnan(det.tau[1].item())
@@ -226,8 +248,8 @@ def test_controller_retraces_after_a_trigger(execution):
     model.model.layers[-1].self_attn.register_forward_hook(sig.hook)  # before the controller's hook
     # the baseline phase before this project's defaults: up to forward m-1, one window enough (see the tests of
     # the published phase and of min_windows below)
-    c = Controller(model, EngineSpec(sparsity=0.5, masking_step=m, execution=execution,
-                                     drift=DriftSpec(window=W, phase="before_mask", min_windows=1))).attach()
+    c = Controller(model, engine_spec(sparsity=0.5, masking_step=m, execution=execution,
+                                     drift=drift_spec(window=W, phase="before_mask", min_windows=1))).attach()
     assert c.monitored == [LAYERS - 1]
     inputs: dict[int, list[torch.Tensor]] = {l: [] for l in range(LAYERS)}
     for l, f in enumerate(c.ffns):
@@ -309,8 +331,8 @@ def test_controller_drift_is_per_row():
     model = tiny_llama(layers=LAYERS, inter=INTER)
     sig = Signal(2)
     model.model.layers[-1].self_attn.register_forward_hook(sig.hook)
-    c = Controller(model, EngineSpec(sparsity=0.5, masking_step=1,
-                                     drift=DriftSpec(window=3, phase="before_mask", min_windows=1))).attach()
+    c = Controller(model, engine_spec(sparsity=0.5, masking_step=1,
+                                     drift=drift_spec(window=3, phase="before_mask", min_windows=1))).attach()
     cache = DynamicCache()
     ids = torch.tensor([[5, 17, 99, 3], [6, 1, 2, 8]])
     model(input_ids=ids, past_key_values=cache, use_cache=True)  # forward 0: trace

@@ -1,4 +1,4 @@
-"""Mask execution (method.md section 1): masked vs compacted FFNs, detaching, mask order, measured overhead,
+"""Mask execution (docs/method.md section 1): masked vs compacted FFNs, detaching, mask order, measured overhead,
 half-precision statistics and unsupported architectures."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dart.engine.controller import Controller  # noqa: E402
 from dart.engine.ffn import PrunableFFN  # noqa: E402
 from dart.engine.overhead import summarize  # noqa: E402
 from dart.engine.scoring import vocab_projection_priors  # noqa: E402
-from dart.engine.spec import DriftSpec, EngineSpec  # noqa: E402
+from dart.compose import auto_spec, drift_spec, engine_spec  # noqa: E402
 from dart.errors import ConfigError  # noqa: E402
 
 BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2, "neox": tiny_neox}
@@ -45,7 +45,7 @@ def test_masked_and_compact_agree(arch):
     runs = {}
     for execution in ("masked", "compact"):
         model = build(arch)
-        c = Controller(model, EngineSpec(sparsity=0.5, masking_step=2, ranking="max", execution=execution)).attach()
+        c = Controller(model, engine_spec(sparsity=0.5, masking_step=2, ranking="max", execution=execution)).attach()
         logits, seq = generate(model, PROMPT, 12)
         runs[execution] = (logits, seq, c.masks().clone(), c)
     (lm, sm, mm, cm), (lc, sc, mc, cc) = runs["masked"], runs["compact"]
@@ -69,7 +69,7 @@ def test_detach_restores_the_model_bit_for_bit(arch):
     original = build(arch)
     model = build(arch)
     before = model(PROMPT).logits
-    c = Controller(model, EngineSpec(sparsity=0.5, masking_step=1, execution="compact")).attach()
+    c = Controller(model, engine_spec(sparsity=0.5, masking_step=1, execution="compact")).attach()
     assert sum(isinstance(m, PrunableFFN) for m in model.modules()) == 2
     generate(model, PROMPT, 8)
     assert c.compacted  # the weights were reordered in place
@@ -94,7 +94,7 @@ def test_masks_original_order_after_recompaction():
     got = {}
     for execution in ("masked", "compact"):
         model = build("llama")
-        c = Controller(model, EngineSpec(sparsity=0.75, masking_step=1, execution=execution, drift=DriftSpec(enabled=False))).attach()
+        c = Controller(model, engine_spec(sparsity=0.75, masking_step=1, execution=execution, drift=drift_spec(enabled=False))).attach()
         generate(model, PROMPT, 4)
         first = c.masks().clone()
         logits, _ = generate(model, torch.tensor([[100, 2, 50, 51, 52]]), 4)
@@ -107,7 +107,7 @@ def test_masks_original_order_after_recompaction():
 
 def test_priors_are_the_vocabulary_projection_and_cached(tmp_path):
     model = build("llama")
-    c = Controller(model, EngineSpec(ranking="combined", drift=DriftSpec(enabled=False)))
+    c = Controller(model, engine_spec(ranking="combined", drift=drift_spec(enabled=False)))
     E = model.get_input_embeddings().weight
     for l, layer in enumerate(model.model.layers):
         P = (layer.mlp.down_proj.weight.T.float() @ E.float().T).abs()  # (I, V)
@@ -116,18 +116,18 @@ def test_priors_are_the_vocabulary_projection_and_cached(tmp_path):
         assert torch.allclose(c.weight[l], pmax + pmean, rtol=1e-5, atol=1e-6)
     cached = list((tmp_path / "cache" / "priors").glob("*.pt"))
     assert len(cached) == 1
-    c2 = Controller(build("llama"), EngineSpec(ranking="combined", drift=DriftSpec(enabled=False)))
+    c2 = Controller(build("llama"), engine_spec(ranking="combined", drift=drift_spec(enabled=False)))
     assert torch.equal(c2.weight, c.weight)
 
 
 def test_overhead_summary_is_measured():
     model = build("llama")
-    c = Controller(model, EngineSpec(sparsity=0.5, masking_step=2, ranking="max", execution="compact")).attach()
+    c = Controller(model, engine_spec(sparsity=0.5, masking_step=2, ranking="max", execution="compact")).attach()
     generate(model, PROMPT, 6)  # prefill of 7 tokens + 5 decode forwards
     s = summarize(c, model)
     det = c.detector
     tensors = [c.stats.A, c.stats.align, c.weight, c.M, c.order,
-               det.total, det.count, det.windows, det.center, det.tau, det.current, det.pressure]
+               det.total, det.count, det.windows, det.center, det.tau, det.current]
     assert s["state_bytes"] == sum(t.numel() * t.element_size() for t in tensors)
     assert s["state_breakdown"]["masks"] == 2 * 1 * 64 * 4  # L x B x I fp32
     assert s["state_breakdown"]["priors"] == 2 * 64 * 4
@@ -166,7 +166,7 @@ def test_half_precision_statistics_stay_finite(dtype, statistic):
         assert torch.isinf(acts[0].square()).any()
         assert torch.isinf(acts[0].square().sum(dim=(0, 1))).any()
     kw = {"ema_decay": 0.9} if statistic == "ema" else {"statistic": statistic}
-    c = Controller(model, EngineSpec(sparsity=0.5, masking_step=1, drift=DriftSpec(enabled=False), **kw)).attach()
+    c = Controller(model, engine_spec(sparsity=0.5, masking_step=1, drift=drift_spec(enabled=False), **kw)).attach()
     logits, _ = generate(model, PROMPT, 3)
     assert c.stats.A.dtype == torch.float32
     assert torch.isfinite(c.stats.A).all() and c.stats.A.abs().sum() > 0
@@ -202,7 +202,7 @@ def _phi3():
 def test_unsupported_architecture(make, kind):
     model = make()
     with pytest.raises(ConfigError) as err:
-        Controller(model, EngineSpec())
+        Controller(model, engine_spec())
     msg = str(err.value)
     assert repr(kind) in msg
     for family in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma3_text", "gpt2", "gpt_neox"):

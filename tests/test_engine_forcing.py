@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import MODEL_BUILDERS, tiny_llama  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from dart.engine.forcing import force  # noqa: E402
-from dart.engine.spec import DriftSpec, EngineSpec  # noqa: E402
+from dart.compose import auto_spec, drift_spec, engine_spec  # noqa: E402
 
 TOL = 1e-4
 
@@ -72,7 +72,7 @@ def compare(model, c, prefixes, forced, group, **kw):
 def attach(model, **spec):
     drift = spec.pop("drift", {})
     extra = {"global_scores": spec.pop("global_scores")} if "global_scores" in spec else {}
-    return Controller(model, EngineSpec(sparsity=spec.pop("sparsity", 0.5), drift=DriftSpec(**drift), **spec), **extra).attach()
+    return Controller(model, engine_spec(sparsity=spec.pop("sparsity", 0.5), drift=drift_spec(**drift), **spec), **extra).attach()
 
 
 @pytest.mark.parametrize("arch", sorted(MODEL_BUILDERS))
@@ -169,7 +169,7 @@ def test_no_detector_and_fixed_masks():
     compare(model, c, *work())
     c.detach()
     fixed = torch.rand(3, 64, generator=torch.Generator().manual_seed(0)) < 0.5
-    c = Controller(model, EngineSpec(drift=DriftSpec(enabled=False)), fixed_masks=fixed).attach()
+    c = Controller(model, engine_spec(drift=drift_spec(enabled=False)), fixed_masks=fixed).attach()
     compare(model, c, *work())
 
 
@@ -261,7 +261,7 @@ def test_shared_prompt_head(spec):
     EMA weights, the detector's windows and the logits equal the token-by-token reference."""
     model = tiny_llama()
     if spec == "fixed":
-        c = Controller(model, EngineSpec(drift=DriftSpec(enabled=False)),
+        c = Controller(model, engine_spec(drift=drift_spec(enabled=False)),
                        fixed_masks=torch.rand(3, 64, generator=torch.Generator().manual_seed(0)) < 0.5).attach()
     elif spec != "dense":
         c = attach(model, **dict(spec))

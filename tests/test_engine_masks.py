@@ -1,4 +1,4 @@
-"""Masks from scores (method.md section 4): top-k with one k, a per-layer list, a per-(row, layer) tensor, and the
+"""Masks from scores (docs/method.md section 4): top-k with one k, a per-layer list, a per-(row, layer) tensor, and the
 mean threshold, on hand-built scores with known answers."""
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from dart.engine import controller as controller_module  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from dart.engine.forcing import force  # noqa: E402
 from dart.engine.placement import Layered, Spans  # noqa: E402
-from dart.engine.spec import DriftSpec, EngineSpec  # noqa: E402
+from dart.compose import auto_spec, drift_spec, engine_spec  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -89,14 +89,14 @@ def _generate(arch, ids, spec, fire=None, fixed=None, scores=None, n=14):
         c.detach()
 
 
-DRIFT = DriftSpec(enabled=True, window=3, min_margin=0.3, min_windows=2)
+DRIFT = drift_spec(enabled=True, window=3, min_margin=0.3, min_windows=2)
 SPECS = {
     "dart": dict(sparsity=0.5, masking_step=2, retrace_tokens=4, drift=DRIFT),
     "dart_auto_max": dict(sparsity=0.6, masking_step=2, allocation="auto", ranking="max", drift=DRIFT),
-    "griffin_ema": dict(sparsity=0.5, masking_step=1, statistic="ema", ema_decay=0.9, drift=DriftSpec(enabled=False)),
+    "griffin_ema": dict(sparsity=0.5, masking_step=1, statistic="ema", ema_decay=0.9, drift=drift_spec(enabled=False)),
     "budget": dict(sparsity=0.5, masking_step=2, retrace_tokens=3, budget="effective", drift=DRIFT),
     "prior_mix": dict(sparsity=0.5, masking_step=2, prior_mix=0.4, drift=DRIFT),
-    "mean_rule": dict(sparsity=0.5, masking_step=1, mask_rule="mean", drift=DriftSpec(enabled=False)),
+    "mean_rule": dict(sparsity=0.5, masking_step=1, mask_rule="mean", drift=drift_spec(enabled=False)),
 }
 
 
@@ -110,9 +110,9 @@ def test_layers_split_over_groups_give_exactly_one_groups_results(monkeypatch, a
     fire = {5, 11} if kw["drift"].enabled else None
     if B > 1:
         kw["execution"] = "compact"  # the union, whatever its size
-    one = _generate(arch, ids, EngineSpec(**kw), fire, scores=scores)
+    one = _generate(arch, ids, engine_spec(**kw), fire, scores=scores)
     _split(monkeypatch, (1, 3))
-    split = _generate(arch, ids, EngineSpec(**kw), fire, scores=scores)
+    split = _generate(arch, ids, engine_spec(**kw), fire, scores=scores)
     assert one["groups"] == 1 and split["groups"] == 3
     assert torch.equal(split["logits"], one["logits"])
     assert torch.equal(split["masks"], one["masks"])
@@ -126,7 +126,7 @@ def test_layers_split_over_groups_give_exactly_one_groups_results(monkeypatch, a
 def test_fixed_masks_split_over_groups(monkeypatch):
     fixed = torch.rand(4, 64, generator=torch.Generator().manual_seed(3)) < 0.4
     ids = torch.randint(3, 128, (1, 8), generator=torch.Generator().manual_seed(0))
-    spec = EngineSpec(sparsity=0.6, drift=DriftSpec(enabled=False))
+    spec = engine_spec(sparsity=0.6, drift=drift_spec(enabled=False))
     one = _generate("llama", ids, spec, fixed=fixed)
     _split(monkeypatch, (2,))
     split = _generate("llama", ids, spec, fixed=fixed)
@@ -142,7 +142,7 @@ def test_chunked_forcing_split_over_groups(monkeypatch):
 
     def run():
         model = _model("llama")
-        c = Controller(model, EngineSpec(sparsity=0.5, masking_step=2, retrace_tokens=3, drift=DRIFT)).attach()
+        c = Controller(model, engine_spec(sparsity=0.5, masking_step=2, retrace_tokens=3, drift=DRIFT)).attach()
         c.detector.fire_steps = {5, 14}
         got = {}
 
@@ -196,8 +196,8 @@ def test_no_engine_op_mixes_devices_on_a_two_device_layout():
     _meta_layout(model, 2)
     # drift on layer 0 (CPU): meta tensors cannot be read, and the detector reads one flag per window;
     # masked execution: compaction reads each layer's kept count
-    spec = EngineSpec(sparsity=0.5, masking_step=2, retrace_tokens=2, execution="masked",
-                      drift=DriftSpec(enabled=True, window=2, layers=[0], min_windows=1))
+    spec = engine_spec(sparsity=0.5, masking_step=2, retrace_tokens=2, execution="masked",
+                      drift=drift_spec(enabled=True, window=2, layers=[0], min_windows=1))
     c = Controller(model, spec).attach()
     c.detector.fire_steps = {6}
     assert [(a, b, d.type) for a, b, d in c.spans.groups] == [(0, 2, "cpu"), (2, 4, "meta")]
@@ -209,7 +209,7 @@ def test_no_engine_op_mixes_devices_on_a_two_device_layout():
         assert out.logits.device.type == "meta"
         assert c.triggers and c.builds >= 2  # a re-trace and its new masks ran across both devices
         for name, x in [("M", c.M), ("A", c.stats.A), ("order", c.order), ("kept_sum", c.kept_sum),
-                        ("kept_rows", c.kept_rows), ("skipped", c.eff_skipped["decode"])]:
+                        ("kept_rows", c.tally.kept), ("skipped", c.tally.skipped["decode"])]:
             for l in range(c.L):
                 assert x[l].device.type == ("cpu" if l < 2 else "meta"), (name, l)
         assert c.detector.center.device.type == "cpu"

@@ -1,4 +1,4 @@
-"""The controller's schedule (method.md sections 2 and 6) on a tiny Llama, with scripted forwards as generate()
+"""The controller's schedule (docs/method.md sections 2 and 6) on a tiny Llama, with scripted forwards as generate()
 makes them: a prefill forward, then single-token forwards that share a DynamicCache.
 
 The reference is the same tiny model run by plain transformers code, with hooks on each layer's down projection
@@ -19,10 +19,10 @@ from transformers import DynamicCache
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import tiny_llama  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
-from dart.engine.spec import DriftSpec, EngineSpec  # noqa: E402
+from dart.compose import auto_spec, drift_spec, engine_spec  # noqa: E402
 
 LAYERS, INTER = 2, 64
-NO_DRIFT = DriftSpec(enabled=False)
+NO_DRIFT = drift_spec(enabled=False)
 
 
 class Reference:
@@ -30,7 +30,7 @@ class Reference:
 
     def __init__(self, **kw):
         self.model = tiny_llama(layers=LAYERS, inter=INTER, **kw)
-        Controller(self.model, EngineSpec(drift=NO_DRIFT))  # the engine's weight layout; nothing attached
+        Controller(self.model, engine_spec(drift=NO_DRIFT))  # the engine's weight layout; nothing attached
         self.masks = None  # (L, I) bool applied to a, or "inlayer" (compat: mask a from its own statistics)
         self.keep = INTER // 2
         self.acts: list[list[torch.Tensor]] = [[] for _ in range(LAYERS)]
@@ -76,7 +76,7 @@ TOKENS = [11, 64, 8, 120, 33, 7]
 @pytest.mark.parametrize("m,execution", [(1, "masked"), (2, "masked"), (3, "masked"), (2, "compact")])
 def test_trace_build_prune(m, execution):
     model = tiny_llama(layers=LAYERS, inter=INTER)
-    c = Controller(model, EngineSpec(sparsity=0.5, masking_step=m, execution=execution, drift=NO_DRIFT)).attach()
+    c = Controller(model, engine_spec(sparsity=0.5, masking_step=m, execution=execution, drift=NO_DRIFT)).attach()
     ref, dense = Reference(), Reference()
     prev = torch.zeros(LAYERS, 1, INTER)
     expected_mask = None
@@ -118,7 +118,7 @@ def test_trace_build_prune(m, execution):
 def test_release_step(execution):
     """m = 1, r = 3: forwards 1 and 2 are pruned, from forward 3 on activations pass unmasked (no tracing)."""
     model = tiny_llama(layers=LAYERS, inter=INTER)
-    c = Controller(model, EngineSpec(sparsity=0.5, masking_step=1, release_step=3, execution=execution,
+    c = Controller(model, engine_spec(sparsity=0.5, masking_step=1, release_step=3, execution=execution,
                                      drift=NO_DRIFT)).attach()
     ref, dense = Reference(), Reference()
     runs = zip(forwards(model, PROMPT, TOKENS), forwards(ref.model, PROMPT, TOKENS), forwards(dense.model, PROMPT, TOKENS))
@@ -149,7 +149,7 @@ def test_statistic_through_the_schedule(statistic):
     d = 0.5
     kw = {"ema_decay": d} if statistic == "ema" else {"statistic": "griffin"}
     model = tiny_llama(layers=LAYERS, inter=INTER)
-    c = Controller(model, EngineSpec(sparsity=0.5, masking_step=3, execution="masked", drift=NO_DRIFT, **kw)).attach()
+    c = Controller(model, engine_spec(sparsity=0.5, masking_step=3, execution="masked", drift=NO_DRIFT, **kw)).attach()
     ref = Reference()
     runs = zip(forwards(model, PROMPT, TOKENS[:3]), forwards(ref.model, PROMPT, TOKENS[:3]))
     for _ in range(3):
@@ -178,7 +178,7 @@ def test_statistic_through_the_schedule(statistic):
 def test_new_request_resets():
     """A forward with an empty cache, or a plain model(ids) call, starts fresh statistics and masks."""
     model = tiny_llama(layers=LAYERS, inter=INTER)
-    spec = EngineSpec(sparsity=0.5, masking_step=2, execution="masked", drift=NO_DRIFT)
+    spec = engine_spec(sparsity=0.5, masking_step=2, execution="masked", drift=NO_DRIFT)
     c = Controller(model, spec).attach()
     for _ in forwards(model, PROMPT, TOKENS[:4]):
         pass
@@ -211,12 +211,12 @@ def test_compat_masks_the_prefill_itself_and_causal_does_not():
     dense = Reference().model(ids).logits
 
     model = tiny_llama(layers=LAYERS, inter=INTER)
-    c = Controller(model, EngineSpec(sparsity=0.5, masking_step=1, execution="masked", drift=NO_DRIFT)).attach()
+    c = Controller(model, engine_spec(sparsity=0.5, masking_step=1, execution="masked", drift=NO_DRIFT)).attach()
     assert torch.equal(model(ids).logits, dense)  # causal m = 1: the prefill runs dense
     assert c.has_mask == [False] and c.M.eq(1).all()
 
     model = tiny_llama(layers=LAYERS, inter=INTER)
-    c = Controller(model, EngineSpec(sparsity=0.5, masking_step=0, protocol="compat", execution="masked",
+    c = Controller(model, engine_spec(sparsity=0.5, masking_step=0, protocol="compat", execution="masked",
                                      drift=NO_DRIFT)).attach()
     got = model(ids).logits
     assert (got - dense).abs().max() > 1e-3  # compat (m = 0): the prefill is pruned
@@ -241,7 +241,7 @@ def _score_vs_decode(spec_kw, prompt, cont, m):
     ids = torch.tensor([prompt + cont])
     P = len(prompt)
     model = tiny_llama(layers=LAYERS, inter=INTER)
-    c = Controller(model, EngineSpec(sparsity=0.5, masking_step=m, execution="masked", drift=NO_DRIFT, **spec_kw)).attach()
+    c = Controller(model, engine_spec(sparsity=0.5, masking_step=m, execution="masked", drift=NO_DRIFT, **spec_kw)).attach()
     scored = c.score(model, ids, torch.tensor([P]))
     score_masks = c.masks().clone()
     return ids, P, model, c, scored, score_masks
@@ -258,7 +258,7 @@ def test_causal_score_equals_teacher_forced_decode(m, statistic):
     kw = {"ema_decay": 0.7} if statistic == "ema" else {}
     ids, P, model, c, scored, score_masks = _score_vs_decode(kw, prompt, cont, m)
     model2 = tiny_llama(layers=LAYERS, inter=INTER)
-    c2 = Controller(model2, EngineSpec(sparsity=0.5, masking_step=m, execution="masked", drift=NO_DRIFT, **kw)).attach()
+    c2 = Controller(model2, engine_spec(sparsity=0.5, masking_step=m, execution="masked", drift=NO_DRIFT, **kw)).attach()
     steps = list(forwards(model2, ids[:, : P - 1], ids[0, P - 1 :].tolist()))
     decoded = torch.cat(steps, dim=1)  # positions 0 .. P-2, then P-1 .. T-1 one by one
     assert torch.equal(c2.masks(), score_masks)
@@ -274,7 +274,7 @@ def test_causal_score_prunes_a_single_token_continuation():
     """The logits that score a one-token answer (at the last context position) are pruned with m = 1."""
     ids = torch.tensor([[5, 17, 99, 3, 42, 77, 11]])
     model = tiny_llama(layers=LAYERS, inter=INTER)
-    c = Controller(model, EngineSpec(sparsity=0.5, masking_step=1, execution="masked", drift=NO_DRIFT)).attach()
+    c = Controller(model, engine_spec(sparsity=0.5, masking_step=1, execution="masked", drift=NO_DRIFT)).attach()
     scored = c.score(model, ids, torch.tensor([6]))
     dense = Reference().model(ids).logits
     assert torch.equal(scored[:, :5], dense[:, :5])
@@ -294,11 +294,11 @@ def test_compat_score_equals_same_pass_forward(statistic):
     kw = {"ema_decay": 0.7} if statistic == "ema" else {}
     spec = dict(sparsity=0.5, masking_step=0, protocol="compat", execution="masked", drift=NO_DRIFT, **kw)
     model = tiny_llama(layers=LAYERS, inter=INTER)
-    c = Controller(model, EngineSpec(**spec)).attach()
+    c = Controller(model, engine_spec(**spec)).attach()
     scored = c.score(model, ids, torch.tensor([6]))
     masks = c.masks().clone()
     model2 = tiny_llama(layers=LAYERS, inter=INTER)
-    c2 = Controller(model2, EngineSpec(**spec)).attach()
+    c2 = Controller(model2, engine_spec(**spec)).attach()
     same_pass = model2(ids).logits
     assert torch.equal(c2.masks(), masks)
     assert torch.allclose(scored, same_pass, rtol=0, atol=1e-6)

@@ -1,4 +1,4 @@
-"""Neuron scores (method.md section 3) on hand-built activations, down projections and embeddings.
+"""Neuron scores (docs/method.md section 3) on hand-built activations, down projections and embeddings.
 
 Every expected number below is worked out by hand in the comments; the activations are chosen so that the
 statistics are small integers (or simple fractions)."""

@@ -16,7 +16,7 @@ from dart.engine import union  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from dart.engine.ffn import PrunableFFN  # noqa: E402
 from dart.engine.lean import LeanDecoder  # noqa: E402
-from dart.engine.spec import DriftSpec, EngineSpec  # noqa: E402
+from dart.compose import auto_spec, build_strategy, drift_spec, engine_spec  # noqa: E402
 from dart.errors import ConfigError  # noqa: E402
 
 ARCHS = sorted(MODEL_BUILDERS)
@@ -64,18 +64,18 @@ class Counter:
 def run(arch, ids, n=16, fire_steps=None, mask_hook=None, **spec):
     """Greedy generate() with the engine; returns logits (B, n, V), tokens, triggers, controller, counter."""
     model = build(arch)
-    spec.setdefault("drift", DriftSpec(enabled=False))
-    c = Controller(model, EngineSpec(**spec)).attach()
+    spec.setdefault("drift", drift_spec(enabled=False))
+    c = Controller(model, engine_spec(**spec)).attach()
     if fire_steps is not None:
         c.detector.fire_steps = set(fire_steps)
     if mask_hook is not None:
-        build_masks = c._build
+        build_masks = c.build
 
         def hooked(rows, layer=None):
             build_masks(rows, layer)
             mask_hook(c, rows)
 
-        c._build = hooked
+        c.build = hooked
     count = Counter(c)
     try:
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
@@ -107,11 +107,11 @@ def test_union_of_different_masks_equals_masked(arch):
     assert not torch.equal(masks[:, 0], masks[:, 1])  # the rows' masks differ
     assert cu.compacted and cu.kept_prefix == kept.sum(-1).tolist()
     assert 0.5 < sum(cu.kept_prefix) / (cu.L * cu.I) < 1.0  # larger than one row's, smaller than dense
-    assert union.union_keep(cu) == pytest.approx(sum(cu.kept_prefix) / (cu.L * cu.I))
+    assert cu.union.keep() == pytest.approx(sum(cu.kept_prefix) / (cu.L * cu.I))
     # physical order: the union is a prefix, each row's mask lies inside it
     for l, k in enumerate(cu.kept_prefix):
         assert (cu.M[l, :, :k] > 0.5).any(dim=0).all() and cu.M[l, :, k:].eq(0).all()
-    assert union.rows_differ(cu)
+    assert cu.union.rows_differ()
     # forward 2 builds the masks; forwards 2..15 ran the union prefix with per-row masks, none without them
     assert count.union == 14 and count.prefix == 0
 
@@ -124,7 +124,7 @@ def test_identical_masks_share_one_prefix_without_row_masks(arch):
     l1, s1, _, c1, _ = run(arch, one, execution="compact", sparsity=0.5, masking_step=2)
     lm, _, _, _, _ = run(arch, ids, execution="masked", sparsity=0.5, masking_step=2)
     assert cu.compacted and cu.kept_prefix == [cu.I // 2] * cu.L == c1.kept_prefix
-    assert not union.rows_differ(cu) and union.union_keep(cu) == 0.5
+    assert not cu.union.rows_differ() and cu.union.keep() == 0.5
     assert count.prefix == 14 and count.union == 0  # no per-row multiply: the prefix is every row's mask
     assert (lu - lm).abs().max() <= 1e-5 and (lu - l1.expand_as(lu)).abs().max() <= 1e-5
     assert torch.equal(su, s1.expand_as(su))
@@ -148,7 +148,7 @@ def test_masks_with_an_empty_overlap(arch):
     lu, su, _, cu, count = run(arch, ids, execution="compact", masking_step=1, mask_hook=disjoint)
     m = cu.masks()
     assert not (m[:, 0] & m[:, 1]).any() and m.sum(-1).eq(cu.I // 4).all()
-    assert cu.kept_prefix == [cu.I // 2] * cu.L and union.rows_differ(cu) and count.union == 15
+    assert cu.kept_prefix == [cu.I // 2] * cu.L and cu.union.rows_differ() and count.union == 15
     assert torch.equal(sm, su) and (lm - lu).abs().max() <= 1e-5
 
 
@@ -157,7 +157,7 @@ def test_union_through_natural_re_traces(arch):
     """A threshold at the baseline's mean (margin 0): rows re-trace again and again, at different steps; forwards
     with a re-tracing (dense) row run masked, the others on the union recomputed after each rebuild."""
     ids = prompts(B=3, T=7, seed=3)
-    drift = DriftSpec(window=3, sigma_scale=0.0, min_margin=0.0)
+    drift = drift_spec(window=3, sigma_scale=0.0, min_margin=0.0)
     lm, sm, tm, _, _ = run(arch, ids, n=30, execution="masked", sparsity=0.6, masking_step=2, drift=drift)
     lu, su, tu, cu, count = run(arch, ids, n=30, execution="compact", sparsity=0.6, masking_step=2, drift=drift)
     assert tm == tu and len(tm) >= 3
@@ -173,13 +173,13 @@ def test_union_through_scripted_re_traces(arch):
     next window closes at 11 and fires; 12 re-traces, 13 rebuilds. (The detector's baseline as first published
     for this timeline: before the mask, one window enough.)"""
     ids = prompts(B=3, T=6, seed=4)
-    drift = DriftSpec(window=5, phase="before_mask", min_windows=1)
+    drift = drift_spec(window=5, phase="before_mask", min_windows=1)
     kw = dict(n=24, sparsity=0.5, masking_step=1, drift=drift, fire_steps={5, 11})
     lm, sm, tm, _, _ = run(arch, ids, execution="masked", **kw)
     moves = []
-    original = union.move
+    original = union.Union.move
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(union, "move", lambda c, m: (moves.append(sum(d.numel() for d, _ in m)), original(c, m)))
+        mp.setattr(union.Union, "move", lambda u, m: (moves.append(sum(d.numel() for d, _ in m)), original(u, m)))
         lu, su, tu, cu, count = run(arch, ids, execution="compact", **kw)
     assert tm == tu and sorted({s for _, s in tm}) == [5, 11]
     assert torch.equal(sm, su) and (lm - lu).abs().max() <= 1e-5
@@ -195,7 +195,7 @@ def test_threshold_falls_back_to_masked_and_compact_ignores_it():
     for execution, max_keep, expect in (("auto", 0.6, False), ("auto", 0.9, True), ("auto", 1.0, True),
                                         ("compact", 0.6, True)):
         lu, _, _, c, count = run("llama", ids, execution=execution, union_max_keep=max_keep, sparsity=0.5, masking_step=2)
-        keep = union.union_keep(c)
+        keep = c.union.keep()
         assert 0.6 < keep < 0.9, keep  # the rows' union of 50% masks
         assert c.compacted == expect and count.union == (14 if expect else 0)
         assert c.order.equal(torch.arange(c.I, dtype=torch.int32).repeat(c.L, 1)) != expect  # masked: nothing moved
@@ -205,17 +205,15 @@ def test_threshold_falls_back_to_masked_and_compact_ignores_it():
 def test_union_max_keep_is_validated():
     for bad in (0.0, -0.1, 1.5, "x", None):
         with pytest.raises(ConfigError, match="union_max_keep"):
-            EngineSpec(union_max_keep=bad).validate()
-    assert EngineSpec(union_max_keep=1.0).validate().union_max_keep == 1.0
+            engine_spec(union_max_keep=bad).validate()
+    assert engine_spec(union_max_keep=1.0).validate().union_max_keep == 1.0
 
 
 def test_strategy_config_reaches_the_engine():
-    from dart.strategies import Dart, Griffin, StaticPrompt
-
-    for cls in (Dart, StaticPrompt, Griffin):
-        assert cls(union_max_keep=0.7).spec.union_max_keep == 0.7
+    for name in ("dart", "static_prompt", "griffin"):
+        assert build_strategy(name, union_max_keep=0.7).spec.union_max_keep == 0.7
     with pytest.raises(ConfigError, match="union_max_keep"):
-        Dart(union_max_keep=2)
+        build_strategy("dart", union_max_keep=2)
 
 
 def test_fixed_masks_run_batches_on_their_prefix():
@@ -225,7 +223,7 @@ def test_fixed_masks_run_batches_on_their_prefix():
     ids = prompts(B=3)
     outs = {}
     for execution in ("auto", "masked"):
-        c = Controller(build("llama"), EngineSpec(drift=DriftSpec(enabled=False), execution=execution), fixed_masks=fixed)
+        c = Controller(build("llama"), engine_spec(drift=drift_spec(enabled=False), execution=execution), fixed_masks=fixed)
         c.attach()
         count = Counter(c)
         try:
@@ -241,8 +239,8 @@ def test_lean_loop_runs_the_union():
     model = build("llama")
     out = {}
     for execution in ("masked", "compact"):
-        c = Controller(model, EngineSpec(sparsity=0.7, masking_step=1, execution=execution,
-                                         drift=DriftSpec(window=3, sigma_scale=0.0, min_margin=0.0))).attach()
+        c = Controller(model, engine_spec(sparsity=0.7, masking_step=1, execution=execution,
+                                         drift=drift_spec(window=3, sigma_scale=0.0, min_margin=0.0))).attach()
         count = Counter(c)
         try:
             dec = LeanDecoder(model, 40, batch=4, controller=c)
@@ -272,9 +270,9 @@ def _lean(model, ids, new, fire_steps=None, masks=None, **spec):
     """Greedy lean decoding with the engine: the logits of every decode step (B, new - 1, V), the triggers, the
     union's keep fraction and whether the batch ended compacted. `masks`: a list that receives the masks (original
     order) after every build; if it already holds them, each build's masks are replaced by the recorded ones."""
-    c = Controller(model, EngineSpec(**spec)).attach()
+    c = Controller(model, engine_spec(**spec)).attach()
     if masks is not None:
-        replay, build_masks, n = bool(masks), c._build, [0]
+        replay, build_masks, n = bool(masks), c.build, [0]
 
         def hooked(rows, layer=None):
             build_masks(rows, layer)
@@ -284,7 +282,7 @@ def _lean(model, ids, new, fire_steps=None, masks=None, **spec):
                 masks.append(c.masks().clone())
             n[0] += 1
 
-        c._build = hooked
+        c.build = hooked
     try:
         if fire_steps is not None:
             c.detector.fire_steps = set(fire_steps)
@@ -296,7 +294,7 @@ def _lean(model, ids, new, fire_steps=None, masks=None, **spec):
             steps.append(logits)
             tok = logits.argmax(-1, keepdim=True)
             pos += 1
-        return torch.stack(steps, 1), [(t["row"], t["step"]) for t in c.triggers], union.union_keep(c), c.compacted
+        return torch.stack(steps, 1), [(t["row"], t["step"]) for t in c.triggers], c.union.keep(), c.compacted
     finally:
         c.detach()
 
@@ -310,9 +308,9 @@ def test_smollm2_union_equals_masked(smollm2, case):
     ids = prompt_ids(tok, 4, 32, "cpu")  # four news stories
     if case == "identical":
         ids = ids[:1].repeat(4, 1)
-    kw = dict(sparsity=0.7, masking_step=1, drift=DriftSpec(enabled=False))
+    kw = dict(sparsity=0.7, masking_step=1, drift=drift_spec(enabled=False))
     if case == "retrace":
-        kw.update(drift=DriftSpec(window=3, phase="before_mask", min_windows=1), fire_steps={3, 10})  # 3; 7, 10; 14
+        kw.update(drift=drift_spec(window=3, phase="before_mask", min_windows=1), fire_steps={3, 10})  # 3; 7, 10; 14
     masks = []
     lm, tm, _, _ = _lean(model, ids, 14, execution="masked", masks=masks, **kw)
     lu, tu, keep, compacted = _lean(model, ids, 14, execution="compact", masks=masks, **kw)

@@ -1,4 +1,4 @@
-"""How many neurons each layer keeps (method.md section 4): uniform, an explicit per-layer list, or the
+"""How many neurons each layer keeps (docs/method.md section 4): uniform, an explicit per-layer list, or the
 depth-aware `auto` allocation with the published constants. Vectorised over rows (sequences): (B, L)."""
 from __future__ import annotations
 

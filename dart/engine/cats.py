@@ -1,5 +1,5 @@
 """CATS (Lee et al., COLM 2024, "CATS: Contextually-Aware Thresholding for Sparsity"): per-token activation
-sparsity with one calibrated threshold t_l per layer (method.md section 8).
+sparsity with one calibrated threshold t_l per layer (docs/method.md section 8).
 
     gated FFN:  g = act(gate x);  out = down((g * [|g| >= t_l]) * up x)
     plain FFN:  g = act(fc x);    out = down(g * [|g| >= t_l])
@@ -13,13 +13,12 @@ out), per layer: a per-forward reduction on the device, read once by `measure()`
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dart.engine.adapters import FFNWeights, adapter_for, forward_input, restore_ffn
+from dart.engine.adapters import FFNWeights, adapter_for, forward_input
+from dart.engine.patch import Patch
 
 
 class ThresholdFFN(nn.Module):
@@ -70,32 +69,24 @@ class ThresholdEngine:
         self._valid_on: dict = {}
         self.tokens = torch.zeros((), dtype=torch.float64, device=self.device)  # evaluated (non-padding) tokens
         self.forwards = 0
-        self.is_paused = False
         self._valid: torch.Tensor | None = None  # (B, T) fp32 of the running forward, None = every token
-        self._hooks: list = []
+        self.patch = Patch(model, self.adapter, self.layers, self.ffns)
 
     def attach(self) -> "ThresholdEngine":
-        for layer, ffn in zip(self.layers, self.ffns):
-            self.adapter.set_ffn(layer, ffn)
-        self._hooks.append(self.model.register_forward_pre_hook(self._begin, with_kwargs=True))
+        self.patch.apply(begin=self._begin)
         return self
 
     @torch.no_grad()
     def detach(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks.clear()
-        for layer, ffn in zip(self.layers, self.ffns):
-            restore_ffn(self.adapter, layer, ffn.original)
+        self.patch.undo()
 
-    @contextlib.contextmanager
     def paused(self):
         """Run dense (no thresholds, nothing counted) inside the block: the dense reference."""
-        before, self.is_paused = self.is_paused, True
-        try:
-            yield
-        finally:
-            self.is_paused = before
+        return self.patch.paused()
+
+    @property
+    def is_paused(self) -> bool:
+        return self.patch.is_paused
 
     def _begin(self, module, args, kwargs):
         if self.is_paused:

@@ -1,4 +1,4 @@
-"""Topic-drift detector (method.md section 5), one state per row (sequence), on the device.
+"""Topic-drift detector (docs/method.md section 5), one state per row (sequence), on the device.
 
 Signal: the monitored decoder layer's self-attention output (after o_proj), one D-vector per token.
 - Tracing (from the (re)start up to the masking step): every vector is added to a running total and to
@@ -7,8 +7,8 @@ Signal: the monitored decoder layer's self-attention output (after o_proj), one 
   windows (the remainder is dropped; one window of everything if there are fewer than W vectors);
   tau = mu - max(sigma_scale * sigma, min_margin) with mu, sigma the mean and unbiased std of cos_i
   (sigma = 0 with a single window; the published NaN-and-off behaviour only under nan_tau_compat).
-- Decoding with a mask: every W vectors, cos(mean(last W), c) < tau raises a pressure counter by one, else
-  lowers it (floor 0); pressure >= triggers fires. The controller reads the trigger flags once per window.
+- Decoding with a mask: every W vectors, cos(mean(last W), c) against tau: the pressure counter and the trigger
+  are the schedule's (dart.engine.schedule.Schedule.press, host-side); the drivers read one (cosine, tau) per window.
 """
 from __future__ import annotations
 
@@ -34,17 +34,16 @@ class DriftDetector:
         self.center = z(batch, self.D)
         self.tau = torch.full((batch,), float("nan"), device=self.device)
         self.current = z(batch, self.D)  # sum of the decode window being filled
-        self.pressure = z(batch)
 
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep (and repeat) the state of rows `index` (B',) long."""
         self.B = int(index.numel())
-        for name in ("total", "count", "windows", "center", "tau", "current", "pressure"):
+        for name in ("total", "count", "windows", "center", "tau", "current"):
             setattr(self, name, getattr(self, name).index_select(0, index))
 
     def clear_rows(self, rows: torch.Tensor) -> None:
         keep = (~rows).float()
-        for t in (self.total, self.count, self.current, self.pressure):
+        for t in (self.total, self.count, self.current):
             t.mul_(keep.view(-1, *([1] * (t.dim() - 1))))
         self.windows.mul_(keep[:, None, None])
         self.tau = torch.where(rows, torch.full_like(self.tau, float("nan")), self.tau)
@@ -95,7 +94,6 @@ class DriftDetector:
         self.center = torch.where(rows[:, None], center, self.center)
         self.tau = torch.where(rows, tau, self.tau)
         self.current = torch.where(rows[:, None], torch.zeros_like(self.current), self.current)
-        self.pressure = torch.where(rows, torch.zeros_like(self.pressure), self.pressure)
         # the window sums are only needed until the baseline is set
         self.total = torch.where(rows[:, None], torch.zeros_like(self.total), self.total)
         self.count = torch.where(rows, torch.zeros_like(self.count), self.count)
@@ -114,18 +112,18 @@ class DriftDetector:
         """Close the current window of rows (B,) bool unchecked (a cool-down after a trigger)."""
         self.current = torch.where(rows[:, None], torch.zeros_like(self.current), self.current)
 
-    def check(self, rows: torch.Tensor, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Close the current window of rows (B,) bool at forward `step`: returns (cosine (B,), fired (B,) bool)."""
+    def close_window(self, rows: torch.Tensor) -> torch.Tensor:
+        """Close the current window of rows (B,) bool: cos(mean of its W vectors, baseline center) (B,)."""
         cos = torch.nn.functional.cosine_similarity(self.current / self.W, self.center, dim=-1, eps=1e-12)
-        below = cos < self.tau  # NaN tau (compat) never fires
-        if self.fire_steps is not None:
-            below = torch.full_like(below, step in self.fire_steps)
-        pressure = torch.where(below, self.pressure + 1, (self.pressure - 1).clamp_min(0))
-        self.pressure = torch.where(rows, pressure, self.pressure)
-        fired = rows & (self.pressure >= self.spec.triggers)
-        self.pressure = torch.where(fired, torch.zeros_like(self.pressure), self.pressure)
         self.current = torch.where(rows[:, None], torch.zeros_like(self.current), self.current)
-        return cos, fired
+        return cos
+
+    def below(self, cosine: float, tau: float, step: int) -> bool:
+        """A checked window (host values) counts as below the threshold (a NaN tau, the published quirk, never is);
+        tests script triggers with fire_steps: windows closing at those forwards are below, whatever the cosine."""
+        if self.fire_steps is not None:
+            return step in self.fire_steps
+        return cosine < tau
 
     def window_cosines(self, v: torch.Tensor, n_windows: int) -> torch.Tensor:
         """cos(mean(window_i), c) of consecutive windows of W tokens of the signal v (B, T, D) from its first
@@ -134,15 +132,6 @@ class DriftDetector:
         means = v[:, : n_windows * self.W].float().reshape(B, n_windows, self.W, -1).sum(dim=2) / self.W
         return torch.nn.functional.cosine_similarity(means, self.center[:, None, :], dim=-1, eps=1e-12)
 
-    def scan_pressure(self, below: list[bool], pressure: int = 0) -> tuple[int | None, int]:
-        """The pressure counter of `check` over consecutive windows (host-side): (index of the window that fires
-        or None, the pressure after the last window looked at; 0 after a trigger)."""
-        for i, b in enumerate(below):
-            pressure = pressure + 1 if b else max(pressure - 1, 0)
-            if pressure >= self.spec.triggers:
-                return i, 0
-        return None, pressure
-
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in
-                   (self.total, self.count, self.windows, self.center, self.tau, self.current, self.pressure))
+                   (self.total, self.count, self.windows, self.center, self.tau, self.current))

@@ -145,8 +145,8 @@ class LeanDecoder:
         if c is None:
             return True
         p = c.plan
-        return (p.trace_w is None and p.build_rows is None and not p.align and not p.capture
-                and (p.prune is None or p.prune is ROWS))
+        return (p.trace_w is None and p.build_rows is None and not p.align and not p.capture and not p.closing
+                and p.late is None and (p.prune is None or p.prune is ROWS))
 
     def _run_compiled(self, ids: torch.Tensor, pos: int) -> torch.Tensor:
         c = self.controller

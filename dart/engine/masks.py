@@ -1,8 +1,15 @@
-"""Masks from scores (method.md section 4): top-k per layer and row, or the mean threshold (the published
-"auto" prune strategy: keep s_j >= mean(s)). Scores are (L, B, I); masks are bool of the same shape."""
+"""Masks from scores (docs/method.md section 4): top-k per layer and row, or the mean threshold (the published
+"auto" prune strategy: keep s_j >= mean(s)). Scores are (L, B, I); masks are bool of the same shape. `build` makes a
+controller's masks from its statistics: the rows' scores (dart.engine.scoring, blended with a calibration ranking
+under prior_mix), the keep counts (uniform, a list, the depth-aware allocation, or the effective budget), the rule."""
 from __future__ import annotations
 
+import time
+
 import torch
+
+from dart.engine.allocation import auto_prune_fractions, keep_from_prune
+from dart.engine.scoring import scores
 
 
 def topk_mask(scores: torch.Tensor, keep: torch.Tensor | list[int]) -> torch.Tensor:
@@ -20,3 +27,49 @@ def topk_mask(scores: torch.Tensor, keep: torch.Tensor | list[int]) -> torch.Ten
 
 def mean_mask(scores: torch.Tensor) -> torch.Tensor:
     return scores >= scores.mean(dim=-1, keepdim=True)
+
+
+def keep_counts(c, rows: torch.Tensor, layer: int | None):
+    """Keep counts: a list (L,) shared by every row, or (B, L)."""
+    if c.spec.budget == "effective":
+        return c.tally.budget_keep(c.rows, rows.tolist())
+    if c.fixed_keep is not None:
+        return c.fixed_keep
+    if layer is not None and c.alloc is not None:  # in-layer builds: one allocation per forward
+        return c.alloc
+    keep = keep_from_prune(auto_prune_fractions(c.stats.layer_alignment(), c.spec.sparsity, c.spec.auto), c.I)
+    if c.spec.published_quirks:  # the published allocator: the first layer it builds takes the LAST layer's count
+        keep = keep.clone()
+        keep[:, 0 if layer is None else layer] = keep[:, -1]
+    if layer is not None:
+        c.alloc = keep
+    return keep
+
+
+@torch.no_grad()
+def build_masks(c, rows: torch.Tensor, layer: int | None = None) -> None:
+    """The masks of rows (B,) bool: of every layer (layer None, between forwards) or of one layer (inside a forward)."""
+    t0 = time.perf_counter()
+    if layer is None:
+        c.tally.fold(c.rows, [b for b, f in enumerate(rows.tolist()) if f])
+    keep_all = None if c.spec.mask_rule == "mean" else keep_counts(c, rows, layer)
+    for sl, dev in c.spans.within(layer):  # once per device group (one group on a single device)
+        r = rows.to(dev)
+        sc = scores(c.spec.ranking, c.stats.base(sl), None if c.weight is None else c.weight.view(sl))
+        if c.global_scores is not None:  # GLASS-style blend with a calibration ranking (scales made comparable)
+            lam = float(c.spec.prior_mix)
+            g = c.global_scores.view(sl).gather(1, c.order.view(sl).long())  # the physical neuron order
+            own = sc / sc.mean(dim=-1, keepdim=True).clamp_min(1e-30)
+            sc = (1 - lam) * own + lam * (g / g.mean(dim=-1, keepdim=True).clamp_min(1e-30))[:, None, :]
+        if keep_all is None:
+            mask = mean_mask(sc)
+        else:
+            keep = keep_all[sl] if isinstance(keep_all, list) else keep_all[:, sl].to(dev)
+            mask = topk_mask(sc, keep)
+        M = c.M.view(sl)
+        M.copy_(torch.where(r[None, :, None], mask.to(c.dtype), M))
+        c.kept_sum.view(sl).add_((mask.sum(dim=-1).to(torch.float64) * r[None, :]).sum(dim=1))
+        c.tally.note_kept(r, sl, mask)
+    c.pending_compact = c.B == 1 and c.spec.execution != "masked"
+    c.stepper.invalidate()
+    c.build_seconds += time.perf_counter() - t0

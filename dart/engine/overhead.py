@@ -70,7 +70,7 @@ def analytic(num_layers: int, intermediate: int, hidden: int, params: float, spe
         "priors": 4 * L * I if spec.needs_priors else 0,
         "masks": mask_bytes * L * B * I,
         "neuron_order": 4 * L * I,
-        "detector": 4 * B * (3 * Ds + 3) if Ds else 0,  # total, center, current (B, Ds); count, tau, pressure (B,)
+        "detector": 4 * B * (3 * Ds + 2) if Ds else 0,  # total, center, current (B, Ds); count, tau (B,)
     }
     state["total"] = sum(state.values())
     state["detector_peak"] = state["detector"] + (4 * B * Ds * (prompt_tokens // spec.drift.window + 1) if Ds else 0)

@@ -37,7 +37,8 @@ class Spans:
         self.home = self.devices[0]  # host-side scalars and the detector live here
         self.remote = [d != self.home for d in self.devices]  # layers whose plan tensors must be moved
         self.single = len(self.groups) == 1
-        self._where = [(g, l - a) for g, (a, b, _) in enumerate(self.groups) for l in range(a, b)]
+        # layer -> (its group, its index inside the group)
+        self.where = [(g, l - a) for g, (a, b, _) in enumerate(self.groups) for l in range(a, b)]
 
     def within(self, sl: slice | int | None = None) -> Iterator[tuple[slice, torch.device]]:
         """The groups' parts of the layers `sl` (None: all; an int: one layer): (slice of layers, device)."""
@@ -111,7 +112,7 @@ class Layered:
 
     def view(self, sl: slice) -> torch.Tensor:
         """The (n, ...) view of layers `sl`, which must lie inside one group (as `Spans.within` yields them)."""
-        g, i = self.spans._where[sl.start]
+        g, i = self.spans.where[sl.start]
         a, b, _ = self.spans.groups[g]
         if sl.stop > b:
             raise ValueError(f"layers {sl.start}-{sl.stop - 1} span device groups: {self.spans}")

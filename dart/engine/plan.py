@@ -1,5 +1,6 @@
-"""What one forward does in every layer: the controller's plan (built per forward by the schedule, or forced by
-one-pass scoring and chunked teacher forcing)."""
+"""What one forward does in every layer: the controller's plan (built per forward by dart.engine.stepper from the
+schedule's rules, or forced by one-pass scoring and chunked teacher forcing). A plan may be split: layers from
+`split` on run `late` (the layers after the last monitored attention output, which a mid-forward re-trace resets)."""
 from __future__ import annotations
 
 import dataclasses
@@ -22,6 +23,9 @@ class Plan:
     drift_decode_rows: torch.Tensor | None = None  # (B,) rows adding to their decode window
     align: bool = False
     capture: bool = False  # keep the monitored attention outputs of this forward (chunked teacher forcing)
+    closing: bool = False  # a drift window closes in this forward and a trigger would reset rows inside it
+    late: "Plan | None" = None  # the plan of the layers from `split` on, where it differs (a mid-forward re-trace,
+    split: int | None = None  # a same-pass re-trace of the layers before the monitored one, EMA freshness)
     _on: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def on(self, device: torch.device) -> "Plan":
@@ -33,7 +37,7 @@ class Plan:
             for f in dataclasses.fields(self):
                 if f.name != "_on":
                     v = getattr(self, f.name)
-                    moved[f.name] = v.to(device) if torch.is_tensor(v) else v
+                    moved[f.name] = v.to(device) if torch.is_tensor(v) else (v.on(device) if isinstance(v, Plan) else v)
             got = self._on[device] = Plan(**moved)
         return got
 

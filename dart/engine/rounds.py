@@ -1,230 +1,311 @@
-"""The engine's schedule run in chunks (dart.engine.forcing): rounds over rows in the same phase.
+"""The schedule run in chunks (dart.engine.forcing): rounds over rows in the same phase of their segment, every
+decision taken from the rules of dart.engine.schedule.
 
 A round takes a cohort of rows whose segments started together (every row right after the prompts, or rows that
 re-trace after a trigger), with their KV cache and engine state in place, and runs, in as few forwards as the
 schedule allows:
-- the trace forwards (masking_step - 1 after the prompt, retrace_tokens after a trigger), dense, and the masks,
-  built inside the same forward as the first pruned chunk (each layer's masks from its traced positions, which
-  run dense) unless the masks need every layer's statistics (allocation=auto) or a single long row gains more
-  from compaction (then: a trace forward, the masks, and a compacted chunk);
-- pruned chunks: the first round's in one forward to the end; after a trigger of `retrace_chunk` pruned tokens
-  past the detector's baseline, doubling, so that a row that fires again soon wastes little;
-- the detector as the token-by-token schedule runs it (dart.engine.schedule): the baseline collects the
-  monitored vectors of the segment through the phase's last forward and until it holds min_windows windows;
-  later pruned tokens close a window every W, checked against the baseline (not inside the cool-down after a
-  trigger) with the host-side pressure counter; chunks end on window boundaries.
-A row whose window fires is exact up to and including that forward; it is parked with its cache up to there and
-its host state, and the parked rows re-trace together in the next round (their caches padded with hidden columns).
+- a mid-forward re-trace (strategy.published_quirks) first runs the trigger forward again, alone: the layers before
+  the monitored one under the old masks, the others dense and tracing (the new segment's local step 0);
+- the trace forwards (masking_step - 1 after the prompt, the re-trace length after a trigger), dense, and the masks,
+  built inside the same forward as the first pruned chunk (each layer's masks from its traced positions, which run
+  dense; a layer whose statistics start at the build forward traces and masks it in the same pass) unless the masks
+  need every layer's statistics (allocation=auto) or a single long row gains more from compaction (then: a trace
+  forward, the masks between forwards, and a compacted chunk);
+- pruned chunks: the first round's in one forward to the end; after a trigger of `retrace_chunk` pruned tokens past
+  the detector's baseline, doubling, so that a row that fires again soon wastes little;
+- the detector as the token-by-token driver runs it: the baseline collects the monitored vectors of the segment, later
+  pruned tokens close a window every W, checked against the baseline (not inside the cool-down after a trigger) with
+  the row's pressure counter (Schedule.press); chunks end on window boundaries.
+A row whose window fires at forward f is parked (Chunked.park) with its KV cache (through f, or through f - 1 when
+forward f is run again) and its host state; the parked rows re-trace together in the next round (their caches padded
+with hidden columns).
 """
 from __future__ import annotations
 
 import torch
 
 from dart.engine.plan import ROWS, Plan
+from dart.engine.stats import sequential_ema_weights
 
 
 class Rounds:
-    def _rounds(self) -> None:
-        self.parked: list[dict] = []
-        self._process(list(range(self.B)), first=True)
-        while self.parked:
-            batch, self.parked = (self.parked, []) if self.holes else (self.parked[:1], self.parked[1:])
-            self._restore(batch)
-            self._process([p["row"] for p in batch], first=False)
+    def __init__(self, work):
+        self.w, self.c, self.det = work, work.c, work.det
+        self.retrace_chunk = 4 * self.det.W if self.det is not None else None
+
+    def run(self) -> None:
+        w, c = self.w, self.c
+        w.prompts()
+        rows = list(range(w.B))
+        if not w.dynamic:
+            self.rest_in_one(rows)
+            return
+        self.process(rows, first=True)
+        while w.parked:
+            batch, w.parked = (w.parked, []) if w.holes else (w.parked[:1], w.parked[1:])
+            w.restore(batch)
+            self.process([p["row"] for p in batch], first=False)
+        c.requests = w.request0 + w.B
+
+    def rest_in_one(self, rows: list[int]) -> None:
+        """Strategies without a schedule: every row's forced tokens in one forward."""
+        w, c = self.w, self.c
+        T = max(w.N)
+        if T == 0:
+            return
+        ids, valid, pos = w.chunk(rows, T)
+        logits = w.forward(ids, valid, pos, w.fixed_plan(len(rows)) if c is not None else None)
+        if c is not None:
+            c.tokens_seen += valid.sum()
+        w.emit(rows, [0] * len(rows), logits)
 
     # ------------------------------------------------------------------ one cohort
-    def _process(self, rows: list[int], first: bool) -> None:
-        c, det = self.c, self.det
-        seg = c.seg_m[0]  # the same for the whole cohort: masking_step, or retrace_tokens after a trigger
-        t = max(seg, 1) - 1 if first else max(seg, 1)  # trace forwards left (the prefill traced for the first)
-        T1 = max(0, min(t, max(self.N[b] - self.j_next[b] for b in rows)))
+    def s0(self, rows: list[int]) -> int:
+        """The local step of the cohort's next forward (the same for every row of a cohort)."""
+        return self.w.j_next[rows[0]] + 1 - self.c.rows[0].origin
+
+    def process(self, rows: list[int], first: bool) -> None:
+        w, c, sch = self.w, self.c, self.c.schedule
+        row0 = c.rows[0]
+        s0 = self.s0(rows)
+        if s0 < row0.early_from:  # a mid-forward re-trace: its trigger forward first, alone
+            rows = self.head(rows)
+            if not rows:
+                return
+            s0 += 1
+        n = row0.n
+        T1 = max(0, min(n - s0, max(w.N[b] - w.j_next[b] for b in rows)))  # trace forwards of every layer group
+        same_pass = sch.in_layer(row0) and s0 <= n  # a group's statistics start at the build forward
         long_single = (first and len(rows) == 1 and c.spec.execution != "masked"
-                       and self.N[rows[0]] - self.j_next[rows[0]] - T1 >= self.compact_min)
-        merge = T1 > 0 and (seg == 0 or not (c.spec.global_build or long_single))
+                       and w.N[rows[0]] - w.j_next[rows[0]] - T1 >= w.compact_min)
+        merge = same_pass or (T1 > 0 and not (sch.global_build or long_single))
         if T1 > 0 and not merge:
-            self._trace_alone(rows, T1)
+            self.trace_alone(rows, T1)
             T1 = 0
-        if seg >= 1 and not merge:
-            self._build_between(rows)
-        cap = None if first or det is None else self.retrace_chunk
+        if s0 <= n and not merge:
+            self.build_between(rows)
+        cap = None if first or self.det is None else self.retrace_chunk
         head = True
         while rows:
-            T = max(self.N[b] - self.j_next[b] for b in rows)
+            T = max(w.N[b] - w.j_next[b] for b in rows)
             if T <= 0:
                 return
             if cap is not None:
                 # the first chunk ends `cap` tokens after the baseline closes (the same column for the cohort),
                 # later ones hold `cap` tokens: every chunk ends on a window boundary
-                T = min(T, self._close_col(0, self.j_next[rows[0]]) + 1 + cap if head else cap)
+                T = min(T, sch.baseline_close_col(c.rows[0], self.s0(rows)) + 1 + cap if head else cap)
                 cap *= 2
-            rows = self._chunk_forward(rows, T1, T, merge)
+            rows = self.chunk_forward(rows, T1, T, merge)
             T1, merge, head = 0, False, False
 
-    def _close_col(self, i: int, j_start: int) -> int:
-        """Chunk column (from j_start) at which row i's baseline closes if it has not: the phase's last forward
-        reached and enough vectors collected (as DecodeSchedule._baseline_ready)."""
+    def trace_weights(self, live: torch.Tensor, early: bool, s_first: int):
+        """Statistic weights (n, T) and decays of a group's traced positions, its first traced column at s_first."""
         c = self.c
-        d = c.spec.drift
-        n = c.seg_m[i]
-        last = n if d.phase == "published" else max(n, 1) - 1
-        need = 1 if d.nan_tau_compat or int(d.min_windows) <= 1 else int(d.min_windows) * self.det.W
-        s0 = j_start + 1 - c.restart[i]  # the chunk's first forward, relative to the segment's start
-        return max(last - s0, need - 1 - c.det_count[i], 0)
+        w, decay = live.to(torch.float32), None
+        if c.spec.statistic == "ema":
+            fresh = c.schedule.fresh(c.rows[0], s_first, early)
+            flags = torch.full((w.shape[0],), fresh, dtype=torch.bool, device=self.w.dev)
+            w, decay = sequential_ema_weights(w, float(c.spec.ema_decay), flags)
+        return w, decay
 
-    def _trace_alone(self, rows: list[int], T1: int) -> None:
+    def trace_plan(self, early: torch.Tensor, late: torch.Tensor, s_first: int) -> Plan:
+        """A forward whose positions `early` / `late` (n, T) bool trace the layer groups before / from the split."""
+        c, sch = self.c, self.c.schedule
+        dev = self.w.dev
+        we, de = self.trace_weights(early.to(dev), True, s_first)
+        plan = Plan(trace_w=we, decay=de, align=c.stats.alignment, capture=self.det is not None)
+        same = torch.equal(early, late) and sch.fresh(c.rows[0], s_first, True) == sch.fresh(c.rows[0], s_first, False)
+        if not same:
+            wl, dl = self.trace_weights(late.to(dev), False, s_first)
+            plan.late = Plan(trace_w=wl if late.any() else None, decay=dl if late.any() else None,
+                             align=c.stats.alignment and bool(late.any()))
+            plan.split = sch.split
+        return plan
+
+    def head(self, rows: list[int]) -> list[int]:
+        """Forward f again for rows that fired at f under published_quirks: the layers before the split under the old
+        masks (restored with the park), the others dense and tracing from zero; then every layer dense."""
+        w, c, sch = self.w, self.c, self.c.schedule
+        ids, valid, pos = w.chunk(rows, 1)
+        split = slice(sch.split, c.L)
+        for i in range(len(rows)):
+            c.tally.set_dense(i, split)
+            for sl, _ in c.spans.within(split):
+                c.M.view(sl)[:, i] = 1
+        valid_h = valid.cpu()
+        plan = self.trace_plan(torch.zeros_like(valid_h), valid_h, 0)
+        plan.prune = valid
+        plan.late.prune = None
+        j_start = [w.j_next[b] for b in rows]
+        logits = w.forward(ids, valid, pos, plan)
+        w.emit(rows, j_start, logits)
+        c.tokens_seen += valid.sum()
+        c.tokens_traced += valid.sum()
+        for i, b in enumerate(rows):
+            c.tally.count(c.rows[i], "decode", int(valid_h[i].sum()), pruned=True)
+            c.drop_masks(i)
+            w.j_next[b] = min(w.j_next[b] + 1, w.N[b])
+        go_on = [i for i, b in enumerate(rows) if w.j_next[b] < w.N[b]]
+        if len(go_on) < len(rows) and go_on:
+            w.select(torch.tensor(go_on, device=w.dev))
+        return [rows[i] for i in go_on]
+
+    def trace_alone(self, rows: list[int], T1: int) -> None:
         """The trace forwards of every row as one dense forward (the masks are built after it)."""
-        c = self.c
-        ids, valid, pos = self._chunk(rows, T1)
-        k = self._forward_index(rows, T1)
-        live = valid.cpu() & ((k < self.r) if self.r is not None else True)
-        plan = self._trace_plan(live.to(self.dev), T1, rows)
-        j_start = [self.j_next[b] for b in rows]
-        logits = self._forward(ids, valid, pos, plan)
-        self._emit(rows, j_start, logits)
+        w, c = self.w, self.c
+        ids, valid, pos = w.chunk(rows, T1)
+        k = w.forward_index(rows, T1)
+        r = c.spec.release_step
+        live = valid.cpu() & ((k < int(r)) if r is not None else True)
+        s_first = self.s0(rows)
+        plan = self.trace_plan(live, live, s_first)
+        j_start = [w.j_next[b] for b in rows]
+        logits = w.forward(ids, valid, pos, plan)
+        w.emit(rows, j_start, logits)
         c.tokens_seen += valid.sum()
         c.tokens_traced += live.sum()
         for i in range(len(rows)):
-            if live[i].any():
-                c.fresh[i] = False
-            c._count(i, "decode", int(valid[i].sum()), pruned=False)
-        self._baseline(rows, j_start, valid.cpu(), live, [None] * len(rows))
+            c.tally.count(c.rows[i], "decode", int(valid[i].sum()), pruned=False)
+        self.baseline(rows, j_start, valid.cpu(), live)
         for b in rows:
-            self.j_next[b] = min(self.j_next[b] + T1, self.N[b])
+            w.j_next[b] = min(w.j_next[b] + T1, w.N[b])
 
-    def _trace_plan(self, live: torch.Tensor, t: int, rows: list[int]) -> Plan:
-        """Statistic weights for the first t columns' live positions (the rest is not traced)."""
-        c = self.c
-        mask = live.clone()
-        mask[:, t:] = False
-        w, decay = self._trace_weights(mask, prefill=False, fresh=c.fresh[0])
-        return Plan(trace_w=w, decay=decay, align=c.stats.alignment, capture=self.det is not None)
-
-    def _build_between(self, rows: list[int]) -> None:
+    def build_between(self, rows: list[int]) -> None:
         """The masks of the rows with tokens left and not released, between forwards."""
-        c, r = self.c, self.r
-        build = [self.j_next[b] < self.N[b] and (r is None or self.j_next[b] + 1 < r) for b in rows]
+        w, c = self.w, self.c
+        r = c.spec.release_step
+        build = [w.j_next[b] < w.N[b] and (r is None or w.j_next[b] + 1 < r) for b in rows]
         if any(build):
-            c._build(c._rows(build))
+            c.build(c.flags(build))
             c.builds += sum(build)
             for i, flag in enumerate(build):
                 if flag:
-                    c.has_mask[i] = True
-        if (len(rows) == 1 and c.has_mask[0] and c.spec.execution != "masked"
-                and (c.spec.execution == "compact" or self.N[rows[0]] - self.j_next[rows[0]] >= self.compact_min)):
-            c._maybe_compact()
-        c._pending_compact = False
+                    c.rows[i].has_mask = True
+        if (len(rows) == 1 and c.rows[0].has_mask and c.spec.execution != "masked"
+                and (c.spec.execution == "compact" or w.N[rows[0]] - w.j_next[rows[0]] >= w.compact_min)):
+            c.maybe_compact()
+        c.pending_compact = False
 
     # ------------------------------------------------------------------ one forward
-    def _chunk_forward(self, rows: list[int], T1: int, T: int, merge: bool) -> list[int]:
-        """T1 trace columns (a merged round) then pruned columns, up to T per row. Checks the drift windows, parks
-        the rows that fired, drops the finished ones; returns the rows that go on."""
-        c, r = self.c, self.r
+    def chunk_forward(self, rows: list[int], T1: int, T: int, merge: bool) -> list[int]:
+        """T1 trace columns (a merged round) then pruned columns, up to T per row. Checks the drift windows, parks the
+        rows that fired, drops the finished ones; returns the rows that go on."""
+        w, c, sch = self.w, self.c, self.c.schedule
         n = len(rows)
-        ids, valid, pos = self._chunk(rows, T)
-        k = self._forward_index(rows, T)
+        ids, valid, pos = w.chunk(rows, T)
+        k = w.forward_index(rows, T)
         col = torch.arange(T)[None, :]
         valid_h = valid.cpu()
-        open_h = (k < r) if r is not None else torch.ones_like(valid_h)
-        seg = c.seg_m[0]
+        r = c.spec.release_step
+        open_h = (k < int(r)) if r is not None else torch.ones_like(valid_h)
+        row0 = c.rows[0]
         if merge:
-            trace = valid_h & open_h & (col < T1)
-            plan = self._trace_plan(trace.to(self.dev), T1, rows)
-            first_pruned = T1 if seg >= 1 else 0
-            build = [bool((valid_h[i, first_pruned:] & open_h[i, first_pruned:]).any()) for i in range(n)]
+            s_first = self.s0(rows)
+            live = valid_h & open_h
+            same = {g: sch.first(row0, g) == row0.n for g in (True, False)}  # traces the build column too
+            trace = {g: live & ((col < T1) | ((col == T1) & same[g])) for g in (True, False)}
+            plan = self.trace_plan(trace[True], trace[False], s_first)
+            build = [bool(live[i, T1:].any()) for i in range(n)]
+            pruned = live & torch.tensor(build)[:, None] & (col >= T1)
+            traced = trace[True] | trace[False]
             for i in range(n):  # the trace tokens come before the masks: the budget counts them first
-                c._count(i, "decode", int(trace[i].sum()), pruned=False)
-            plan.build_rows = c._rows(build) if any(build) else None
+                c.tally.count(c.rows[i], "decode", int((traced[i] & ~pruned[i]).sum()), pruned=False)
+            for g, p in ((True, plan), (False, plan.late)):
+                if p is not None:
+                    flags = [f and sch.group_builds(c.rows[i], g) for i, f in enumerate(build)]
+                    p.build_rows = c.flags(flags) if any(flags) else None
+                    p.prune = pruned.to(w.dev)
             c.builds += sum(build)
-            has = torch.tensor(build)[:, None]
-            pruned = valid_h & open_h & has & (col >= first_pruned)
             plan.capture = self.det is not None
         else:
-            trace = torch.zeros_like(valid_h)
+            traced = torch.zeros_like(valid_h)
             plan = Plan(capture=self.det is not None)
-            pruned = valid_h & open_h & torch.tensor(c.has_mask)[:, None]
-        plan.prune = pruned.to(self.dev)
-        if not merge and n == 1 and c.compacted and c.has_mask[0] and bool((pruned | ~valid_h).all()):
-            plan.prune, plan.compact = ROWS, c.kept_prefix
-        j_start = [self.j_next[b] for b in rows]
-        logits = self._forward(ids, valid, pos, plan)
-        self._emit(rows, j_start, logits)
+            hold = torch.tensor([-1 if r.hold_until is None else r.hold_until for r in c.rows])[:, None]
+            pruned = valid_h & open_h & torch.tensor(c.has_mask)[:, None] & (k > hold)  # (a dense hold runs dense)
+            plan.prune = pruned.to(w.dev)
+            if n == 1 and c.compacted and c.rows[0].has_mask and bool((pruned | ~valid_h).all()):
+                plan.prune, plan.compact = ROWS, c.kept_prefix
+        j_start = [w.j_next[b] for b in rows]
+        logits = w.forward(ids, valid, pos, plan)
+        w.emit(rows, j_start, logits)
         if merge:
             for i, flag in enumerate(build):
                 if flag:
-                    c.has_mask[i] = True
-                if trace[i].any():
-                    c.fresh[i] = False
-            c.tokens_traced += trace.sum()
-        fired = self._baseline(rows, j_start, valid_h, valid_h & open_h, [None] * n, pruned)
-        # counting, up to each row's trigger (its later tokens are recomputed)
-        upto = [T if f is None else f + 1 for f in fired]
+                    c.rows[i].has_mask = True
+            c.tokens_traced += traced.sum()
+        fired = self.baseline(rows, j_start, valid_h, valid_h & open_h, pruned)
+        if sch.timing != "detector":
+            fired = self.rule_fires(rows, j_start, pruned)
+        # counting, up to each row's trigger (its later tokens are recomputed; under published_quirks the trigger
+        # forward itself too)
+        again = 1 if sch.midway else 0
+        upto = [T if f is None else f + 1 - again for f in fired]
         for i in range(n):
             u = upto[i]
-            n_pruned = int(pruned[i, :u].sum())
-            n_dense = int((valid_h[i, :u] & ~pruned[i, :u] & ~trace[i, :u]).sum())
-            c._count(i, "decode", n_pruned, pruned=True)
-            c._count(i, "decode", n_dense, pruned=False)
+            c.tally.count(c.rows[i], "decode", int(pruned[i, :u].sum()), pruned=True)
+            c.tally.count(c.rows[i], "decode", int((valid_h[i, :u] & ~pruned[i, :u] & ~traced[i, :u]).sum()), pruned=False)
             c.tokens_seen += float(valid_h[i, :u].sum())
         for i, b in enumerate(rows):
-            self.j_next[b] = min(self.j_next[b] + T, self.N[b]) if fired[i] is None else self.j_next[b] + fired[i] + 1
-        go_on = [i for i, b in enumerate(rows) if fired[i] is None and self.j_next[b] < self.N[b]]
-        states = c.row_states() if any(f is not None for f in fired) else None
+            w.j_next[b] = min(w.j_next[b] + T, w.N[b]) if fired[i] is None else w.j_next[b] + upto[i]
+        go_on = [i for i, b in enumerate(rows) if fired[i] is None and w.j_next[b] < w.N[b]]
         for i, b in enumerate(rows):
-            if fired[i] is not None and self.j_next[b] < self.N[b]:
-                self._park(i, b, T - fired[i] - 1, states[i], j_start[i] + fired[i] + 2)
+            if fired[i] is not None and w.j_next[b] < w.N[b]:
+                w.park(i, b, T - upto[i], j_start[i] + fired[i] + 1)
         if len(go_on) < n:
             if not go_on:
                 return []
-            self._select(torch.tensor(go_on, device=self.dev))
+            w.select(torch.tensor(go_on, device=w.dev))
         return [rows[i] for i in go_on]
 
     # ------------------------------------------------------------------ the detector
-    def _baseline(self, rows, j_start, valid_h, live_h, fired, pruned=None) -> list[int | None]:
-        """The detector over one chunk: the baseline's vectors (and its close), then, where `pruned` is given,
-        the windows of the pruned columns after the baseline. Returns per row the column whose window fired."""
-        c, det = self.c, self.det
-        if det is None:
-            return fired
+    def baseline(self, rows, j_start, valid_h, live_h, pruned=None) -> list[int | None]:
+        """The detector over one chunk: the baseline's vectors (and its close), then, where `pruned` is given, the
+        windows of the pruned columns after the baseline. Returns per row the column whose window fired."""
+        c, det, sch = self.c, self.det, self.c.schedule
         n, T = valid_h.shape
-        w = torch.zeros(n, T)
+        if det is None:
+            return [None] * n
+        wts = torch.zeros(n, T)
         close = [None] * n
+        col = torch.arange(T)
         for i in range(n):
-            if c.det_done[i]:
+            row = c.rows[i]
+            if row.base_done:
                 continue
-            cc = self._close_col(i, j_start[i])
-            span = live_h[i].clone()
-            span[cc + 1:] = False
-            w[i] = span.float()
-            c.det_count[i] += int(span.sum())
+            s0 = j_start[i] + 1 - row.origin
+            cc = sch.baseline_close_col(row, s0)
+            span = live_h[i] & (col <= cc) & (col >= max(row.base_from - s0, 0))
+            wts[i] = span.float()
+            row.base_count += int(span.sum())
             c.baseline_vectors += int(span.sum())
             if cc < T and bool(live_h[i, cc]):
                 close[i] = cc
-        if w.any():
-            det.collect_trace(c.captured, w.to(self.dev))
-            self.c.peak_detector_bytes = max(self.c.peak_detector_bytes, det.nbytes())
+        if wts.any():
+            det.collect_trace(c.captured, wts.to(self.w.dev))
+            c.peak_detector_bytes = max(c.peak_detector_bytes, det.nbytes())
         if any(x is not None for x in close):
-            det.finalize(c._rows([x is not None for x in close]))
+            det.finalize(c.flags(x is not None for x in close))
             for i, x in enumerate(close):
                 if x is not None:
-                    c.det_done[i] = True
-            if all(c.det_done):
+                    c.rows[i].base_done = True
+            if all(r.base_done for r in c.rows):
                 det.drop_windows()
         if pruned is None:
-            return fired
+            return [None] * n
         start = []
         for i in range(n):  # windows begin after the baseline closed (here, or before this chunk: its first pruned column)
-            if not c.det_done[i]:
+            if not c.rows[i].base_done:
                 start.append(None)
             elif close[i] is not None:
                 start.append(close[i] + 1)
             else:
                 first = pruned[i].nonzero()
                 start.append(int(first[0, 0]) if len(first) else None)
-        return self._windows(rows, j_start, pruned, start)
+        return self.windows(rows, j_start, pruned, start)
 
-    def _windows(self, rows, j_start, pruned, start) -> list[int | None]:
+    def windows(self, rows, j_start, pruned, start) -> list[int | None]:
         """Windows of W pruned columns from each row's start column; returns the column whose window fired."""
-        c, det = self.c, self.det
+        c, det, sch = self.c, self.det, self.c.schedule
         W = det.W
         n = len(rows)
         out: list[int | None] = [None] * n
@@ -240,66 +321,42 @@ class Rounds:
         if width == 0:
             return out
         cols = torch.tensor([[min((start[i] or 0) + x, pruned.shape[1] - 1) for x in range(width)] for i in range(n)],
-                            device=self.dev)
+                            device=self.w.dev)
         v = c.captured.gather(1, cols[..., None].expand(n, width, c.captured.shape[-1]))
         cos = det.window_cosines(v, max(n_w))
         values = torch.cat([cos, det.tau[:, None]], dim=1).tolist()  # one read per chunk
-        cooldown = int(c.spec.drift.cooldown)
         for i, b in enumerate(rows):
-            tau = values[i][-1]
+            row, tau = c.rows[i], values[i][-1]
             steps = [j_start[i] + start[i] + (x + 1) * W for x in range(n_w[i])]  # forward closing each window
-            checked = [x for x in range(n_w[i])
-                       if c.last_trigger[i] is None or steps[x] - c.last_trigger[i] >= cooldown]
-            if det.fire_steps is not None:
-                below = [steps[x] in det.fire_steps for x in checked]
-            else:
-                below = [values[i][x] < tau for x in checked]  # NaN tau never fires
-            hit, self.pressure[b] = det.scan_pressure(below, self.pressure[b])
-            last = len(checked) - 1 if hit is None else hit
-            request = self.request0 + 1 + self.names[b]
-            for y in range(last + 1):
-                x = checked[y]
+            request = self.w.request0 + 1 + self.w.names[b]
+            hit = None
+            for x in range(n_w[i]):
+                if not sch.checked(row, steps[x]):  # inside the cool-down: closes unchecked
+                    continue
                 entry = {"request": request, "row": 0, "step": steps[x], "cosine": values[i][x], "threshold": tau}
                 c.window_log.append(entry)
-                if y == hit:
+                c.checks += 1
+                if sch.press(row, det.below(values[i][x], tau, steps[x])):
                     c.triggers.append(entry)
-            c.checks += last + 1
-            c.decode_signal_tokens += (checked[hit] + 1) * W if hit is not None else n_w[i] * W
+                    hit = x
+                    break
+            c.decode_signal_tokens += (hit + 1) * W if hit is not None else n_w[i] * W
             if hit is not None:
-                out[i] = start[i] + (checked[hit] + 1) * W - 1
+                out[i] = start[i] + (hit + 1) * W - 1
         return out
 
-    # ------------------------------------------------------------------ parked rows
-    def _park(self, i: int, b: int, drop: int, state: dict, restart: int) -> None:
-        """Keep row b's KV cache up to its trigger (the last `drop` columns are after it) and its host state, as
-        the token-by-token schedule leaves a row that fired: its segment ended, it re-traces from `restart`."""
-        cols = self.amask.shape[1] - drop
-        kv = [(layer.keys[i : i + 1, :, :cols], layer.values[i : i + 1, :, :cols]) for layer in self.cache.layers]
-        state = dict(state)
-        state["seg_lengths"] = list(state["seg_lengths"]) + [restart - state["restart"]]
-        state.update(restart=restart, seg_m=self.c.spec.retrace_len, last_trigger=restart - 1, has_mask=False,
-                     fresh=True, det_done=False, det_count=0, n_window=0)
-        self.parked.append({"row": b, "kv": kv, "amask": self.amask[i : i + 1, :cols], "state": state})
-        self.pressure[b] = 0
-
-    def _restore(self, batch: list[dict]) -> None:
-        """The cache, attention mask and engine state of parked rows (shorter caches padded with hidden columns
-        on the right)."""
-        from transformers import DynamicCache
-
-        width = max(p["amask"].shape[1] for p in batch)
-
-        def pad(x, dim):
-            extra = width - x.shape[dim]
-            if not extra:
-                return x
-            shape = list(x.shape)
-            shape[dim] = extra
-            return torch.cat([x, x.new_zeros(shape)], dim=dim)
-
-        layers = len(batch[0]["kv"])
-        self.cache = DynamicCache([(torch.cat([pad(p["kv"][l][0], 2) for p in batch]),
-                                    torch.cat([pad(p["kv"][l][1], 2) for p in batch])) for l in range(layers)])
-        self.amask = torch.cat([pad(p["amask"], 1) for p in batch])
-        self.c._reset_rows(len(batch))
-        self.c.set_row_states([p["state"] for p in batch])
+    def rule_fires(self, rows, j_start, pruned) -> list[int | None]:
+        """retrace_at=periodic / random: per row, the pruned column at which the rule fires (the rows' `since` counted
+        up to it, or over the whole chunk)."""
+        c, sch = self.c, self.c.schedule
+        out: list[int | None] = [None] * len(rows)
+        for i, b in enumerate(rows):
+            row, request = c.rows[i], self.w.request0 + 1 + self.w.names[b]
+            for col in pruned[i].nonzero().flatten().tolist():
+                row.since += 1
+                step = j_start[i] + col + 1
+                if sch.fires(row, step, request, 0):
+                    c.triggers.append({"request": request, "row": 0, "step": step, "cause": sch.timing})
+                    out[i] = col
+                    break
+        return out

@@ -1,195 +1,175 @@
-"""The token-by-token decoding schedule of the controller (method.md section 2), as a mixin of `Controller`.
+"""DART's schedule, written once (docs/method.md sections 2 and 5): which forward of a row traces, builds, prunes,
+feeds the drift detector's baseline or a window, and what a trigger starts. Every driver asks these rules: the
+token-by-token one (dart.engine.stepper, the exact reference), chunked teacher forcing (dart.engine.forcing and
+dart.engine.rounds) and one-pass scoring (dart.engine.onepass) for its single pass.
 
-One forward at a time, as `model.generate` (or dart.engine.lean) makes them: forward 0 is the prefill, every
-later forward one new token per row. Per row (local step s counted from the request's start or the last re-trace;
-n = masking_step m for the request's first segment, strategy.retrace_tokens after a trigger):
-    s < n      trace (dense): statistics accumulate
-    s == n     build the masks, prune from here on (n = 0: build and prune inside the forward that traces)
-    detector   its baseline collects the monitored vectors from s = 0 through s = n (drift.phase=published: the
-               forward that builds the masks included, as published) or n - 1 (before_mask), and on until it holds
-               drift.min_windows windows of W vectors; after it, every W pruned tokens close a window that is
-               compared with the baseline (not within drift.cooldown forwards of the last trigger); a trigger drops
-               the row's mask and re-traces it (s restarts at 0)
-    step >= r  (release step, optional) run dense again
-This is also the exact reference of dart.engine.forcing, which runs teacher-forced text in chunks.
+A row's life is a sequence of segments (the request's first one, then one per trigger). In a segment, local step
+s = forward index - row.origin and n = row.n (masking_step for the first segment, the re-trace length after):
+    trace       s in [first, n): the layers' statistics accumulate (first = 0; see "mid-forward" below);
+                s == first == n: the same-pass build (m = 0): a layer traces and masks the same forward
+    build       s == n: the segment's masks (between forwards, or inside the forward when a same-pass layer needs
+                its own statistics first); pruned from s == n on
+    baseline    the monitored attention outputs of s in [base_from, last] join the detector's baseline, last = n
+                (drift.phase=published: the forward that builds the masks included) or n - 1 (before_mask), and it
+                keeps collecting, the masks already in use, until it holds drift.min_windows windows of W vectors
+    windows     after the baseline, every W pruned forwards close a window; a window closing within drift.cooldown
+                forwards of the last trigger is not checked; a checked window below the threshold raises the
+                pressure by one (else lowers it, floor 0), and pressure >= drift.triggers fires
+    timing      strategy.retrace_at: the detector's trigger (above), or a control that ignores the text: `periodic`
+                fires at the retrace_every-th pruned forward of a segment (counted again after a dense hold),
+                `random` at each pruned forward with probability retrace_rate (a coin of (retrace_seed, request,
+                row, forward): the same in every driver)
+    trigger     strategy.on_retrace=dense (the dense-fallback control): forwards t + 1 .. t + retrace_tokens run
+                dense, the masks and the baseline kept, then the same masks again. Otherwise (remask):
+                at forward t: a new segment of n = strategy.retrace_tokens (or masking_step) forwards. Clean
+                (default): it starts at t + 1 (origin t + 1; every layer dense and tracing from there).
+                Mid-forward (strategy.published_quirks, as the published code): the row is reset inside forward t,
+                right after the last monitored layer's attention output was checked, so forward t is the new
+                segment's s = 0 for the layers from that layer on (they run it dense and trace it) while the layers
+                before it already ran it pruned and start tracing at s = 1 (early_from = 1); the masks are built at
+                t + n; the baseline holds the vectors of t + 1 .. t + n (base_from = 1: forward t's own was consumed
+                by the check)
+    release     from request forward r on (strategy.release_step) every row runs dense, nothing traced or checked
+Depth-aware allocation (allocation=auto) needs every layer's statistics: a layer builds only if it and every later
+layer traced before the build forward (the published code defers the others: they stay unmasked for the segment).
 """
 from __future__ import annotations
 
-import torch
-
-from dart.engine.plan import ROWS, Plan
-from dart.engine.stats import ema_weights
-from dart.errors import ConfigError
+from dart.engine.rows import Row
+from dart.engine.spec import EngineSpec
 
 
-class DecodeSchedule:
-    def _phases(self) -> tuple[list[bool], list[bool], list[bool], list[bool], bool]:
-        """Per row: tracing (statistics), building now, building inside this forward, the detector's baseline
-        collecting; and whether the run is released."""
-        B = self.B
-        if self.fixed is not None:  # fixed masks: nothing is ever traced or built
-            return [False] * B, [False] * B, [False] * B, [False] * B, False
-        r = self.spec.release_step
-        released = r is not None and self.step >= r
-        tracing, build_now, inlayer = [], [], []
-        for b in range(B):
-            s, n = self.step - self.restart[b], self.seg_m[b]
-            tracing.append(not released and (s < n or (n == 0 and s == 0)))
-            build_now.append(not released and n >= 1 and s == n)
-            inlayer.append(not released and n == 0 and s == 0)
-        baseline = [self.detector is not None and not released and not self.det_done[b] for b in range(B)]
-        return tracing, build_now, inlayer, baseline, released
+class Schedule:
+    def __init__(self, spec: EngineSpec, window: int | None, fixed: bool, split: int):
+        """window: the detector's W (None: no detector); fixed: fixed masks (nothing is ever traced or built);
+        split: the first layer whose FFN runs after the last monitored attention output (the mid-forward reset
+        point; the number of layers when there is no detector)."""
+        self.spec = spec
+        self.m, self.r = int(spec.masking_step), spec.release_step
+        self.retrace_len = spec.retrace_len
+        self.W = window
+        self.fixed = fixed
+        self.split = split
+        self.timing, self.action = spec.retrace_at, spec.on_retrace
+        self.every, self.rate, self.seed = int(spec.retrace_every), float(spec.retrace_rate), int(spec.retrace_seed)
+        self.midway = bool(spec.published_quirks) and window is not None and self.timing == "detector" and self.action == "remask"
+        self.global_build = spec.global_build
+        d = spec.drift
+        self.need = 1 if d.nan_tau_compat or int(d.min_windows) <= 1 else int(d.min_windows) * (window or 1)
+        self.cooldown = int(d.cooldown)
+        self.published_phase = d.phase == "published"
 
-    def _decode_plan(self, T: int, valid: torch.Tensor | None) -> Plan:
-        tracing, build_now, inlayer, baseline, released = self._phases()
-        if self.step == 0:  # the prefill: each row's token count, read once per request
-            self._row_tokens = valid.sum(dim=1).long().tolist() if valid is not None else [T] * self.B
-        else:
-            self._row_tokens = [T] * self.B
-        if any(build_now):
-            self.builds += sum(build_now)
-            self._build(self._rows(build_now))
-            for b, flag in enumerate(build_now):
-                if flag:
-                    self.has_mask[b] = True
-        if any(inlayer) and self.spec.global_build:
-            raise ConfigError(
-                "strategy.allocation=auto needs every layer's statistics before any mask, so it cannot mask the "
-                "prefill it traces (masking_step=0) during generation; use masking_step >= 1"
-            )
-        masked = [self.has_mask[b] and not released and not tracing[b] for b in range(self.B)]
-        windows = [masked[b] and self.det_done[b] for b in range(self.B)]
-        self._maybe_compact()
-        key = (T, tuple(tracing), tuple(masked), tuple(inlayer), tuple(baseline), tuple(windows), released,
-               self.compacted, valid is None)
-        if key == self._cache_key and not any(tracing) and not any(inlayer) and not any(baseline):
-            plan = self._cached_plan  # steady decoding: nothing changed, no new tensors
-        else:
-            plan = Plan()
-            if any(tracing):
-                w = self._rows(tracing).to(torch.float32)[:, None].expand(self.B, T)
-                if valid is not None:
-                    w = w * valid
-                plan.trace_w = w.contiguous()
-                if self.spec.statistic == "ema":
-                    plan.trace_w, plan.decay = ema_weights(plan.trace_w, float(self.spec.ema_decay), self._rows(self.fresh))
-                plan.align = self.stats.alignment
-            if any(baseline):
-                w = self._rows(baseline).to(torch.float32)[:, None].expand(self.B, T)
-                plan.drift_trace_w = (w * valid if valid is not None else w).contiguous()
-            if any(inlayer):
-                plan.build_rows = self._rows(inlayer)
-                self.builds += sum(inlayer)
-            if any(masked) or any(inlayer):
-                plan.prune = ROWS
-            if any(windows):
-                plan.drift_decode_rows = self._rows(windows)
-            if self.compacted and all(masked):  # one sequence's kept prefix, or a batch's union (dart.engine.union)
-                from dart.engine.union import rows_differ
+    # ------------------------------------------------------------------ segments
+    def new_row(self) -> Row:
+        """A request's row: fixed masks hold their mask from the first forward on (a segment with nothing to trace)."""
+        return Row(n=0, has_mask=True) if self.fixed else Row(n=self.m)
 
-                plan.compact, plan.compact_rows = self.kept_prefix, rows_differ(self)
-            self._cache_key, self._cached_plan = key, plan
-        if plan.trace_w is not None:
-            self.tokens_traced += (plan.trace_w > 0).sum()
-            for b, flag in enumerate(tracing):
-                if flag:
-                    self.fresh[b] = False
-        self.tokens_seen += float(self.B * T) if valid is None else valid.sum()
-        self._pruned_now = [masked[b] or inlayer[b] for b in range(self.B)]
-        self._window_rows = windows
-        if T == 1:  # FFN weight bytes one generated token reads (a compacted prefix reads only its neurons)
-            kept = sum(plan.compact) if plan.compact is not None else self.L * self.I
-            self.gen_ffn_bytes += kept * self.neuron_bytes
-            self.gen_tokens += self.B
-        return plan
+    def released(self, step: int) -> bool:
+        return self.r is not None and step >= int(self.r)
 
-    def _after_decode_forward(self) -> None:
-        p = self.plan
-        tracing, _, inlayer, baseline, _ = self._phases()
-        for b, flag in enumerate(inlayer):
-            if flag:
-                self.has_mask[b] = True
-        kind = "prefill" if self.step == 0 else "decode"
-        for b in range(self.B):
-            self._count(b, kind, self._row_tokens[b], self._pruned_now[b])
-        det = self.detector
-        if det is not None and self._attn:
-            v = self._signal()
-            if p.drift_trace_w is not None:
-                det.collect_trace(v, p.drift_trace_w)
-                self.peak_detector_bytes = max(self.peak_detector_bytes, det.nbytes())
-                done = []
-                for b in range(self.B):
-                    if baseline[b]:
-                        self.det_count[b] += self._row_tokens[b]
-                        self.baseline_vectors += self._row_tokens[b]
-                    done.append(baseline[b] and self._baseline_ready(b, self.step - self.restart[b]))
-                if any(done):
-                    det.finalize(self._rows(done))
-                    for b, flag in enumerate(done):
-                        if flag:
-                            self.det_done[b], self.n_window[b] = True, 0
-            if p.drift_decode_rows is not None:
-                det.collect_decode(v, p.drift_decode_rows)
-                self.decode_signal_tokens += sum(self._window_rows)
-                due = []
-                for b in range(self.B):
-                    counting = self._window_rows[b]
-                    self.n_window[b] += int(counting)
-                    due.append(counting and self.n_window[b] == det.W)
-                if any(due):
-                    self._check(self._rows(due), due)
-            if not any(baseline) and det.windows.shape[1]:
-                det.drop_windows()
-        self.step += 1
+    @staticmethod
+    def first(row: Row, early: bool) -> int:
+        """The first local step whose statistics a layer group traces (early: the layers before `split`)."""
+        return row.early_from if early else 0
 
-    def _baseline_ready(self, b: int, s: int) -> bool:
-        """Row b's baseline closes after its local forward s: the phase's last forward reached and enough vectors."""
-        n, d = self.seg_m[b], self.spec.drift
-        last = n if d.phase == "published" else max(n, 1) - 1
-        need = 1 if d.nan_tau_compat or int(d.min_windows) <= 1 else int(d.min_windows) * self.detector.W
-        return s >= last and self.det_count[b] >= need
+    def traces(self, row: Row, s: int, early: bool) -> bool:
+        if self.fixed:
+            return False
+        first = self.first(row, early)
+        return first <= s < row.n or s == first == row.n
 
-    def _check(self, rows: torch.Tensor, due: list[bool]) -> None:
-        cooling = [due[b] and self.last_trigger[b] is not None
-                   and self.step - self.last_trigger[b] < self.spec.drift.cooldown for b in range(self.B)]
-        if any(cooling):  # windows inside the cool-down close unchecked
-            self.detector.discard(self._rows(cooling))
-            for b, flag in enumerate(cooling):
-                if flag:
-                    self.n_window[b] = 0
-            due = [d and not c for d, c in zip(due, cooling)]
-            if not any(due):
-                return
-            rows = self._rows(due)
-        cos, fired = self.detector.check(rows, self.step)
-        self.checks += sum(due)
-        values = torch.stack([fired.float(), cos, self.detector.tau]).tolist()  # one read per window
-        for b, flag in enumerate(due):
-            if not flag:
-                continue
-            self.n_window[b] = 0
-            entry = {"request": self.requests, "row": b, "step": self.step, "cosine": values[1][b], "threshold": values[2][b]}
-            self.window_log.append(entry)
-            if values[0][b] > 0.5:
-                self.triggers.append(entry)
-                self._retrace(b)
+    def fresh(self, row: Row, s: int, early: bool) -> bool:
+        """Statistics start from zero at this forward (the EMA's first update)."""
+        return s == self.first(row, early)
 
-    def _retrace(self, b: int) -> None:
-        """Drop row b's mask and statistics; it runs dense and re-traces from the next forward."""
-        self._fold([b])
-        row = self._rows([i == b for i in range(self.B)])
-        self.seg_lengths[b].append(self.step + 1 - self.restart[b])
-        self.restart[b] = self.step + 1
-        self.seg_m[b] = self.spec.retrace_len
-        self.last_trigger[b] = self.step
-        self.has_mask[b] = False
-        self.fresh[b] = True
-        self.det_done[b], self.det_count[b] = False, 0
-        for _, _, M in self.M.groups():
-            M[:, b] = 1
-        self.stats.clear_rows(row)
-        self.detector.clear_rows(row)
-        if self.B == 1:
-            self.compacted = False
-        self._cache_key = None
+    def builds_now(self, row: Row, s: int) -> bool:
+        """This forward gets the segment's masks (built before it, or inside it: in_layer)."""
+        return not self.fixed and s == row.n
+
+    def in_layer(self, row: Row) -> bool:
+        """The build happens inside the forward (a layer group whose statistics start at the build forward)."""
+        return row.n == 0 or row.early_from == row.n
+
+    def group_builds(self, row: Row, early: bool) -> bool:
+        """Whether a layer group gets a mask in this segment (depth-aware allocation: only if it and every later
+        layer traced before the build forward)."""
+        first = self.first(row, early)
+        if first > row.n:
+            return False
+        if self.global_build:
+            return first < row.n and (not early or 0 < row.n)
+        return True
+
+    def pruned(self, row: Row, s: int, step: int) -> bool:
+        """This forward runs the row's masks built before it (in-layer builds: see builds_now; not in a dense hold)."""
+        return row.has_mask and s >= row.n and (row.hold_until is None or step > row.hold_until)
+
+    # ------------------------------------------------------------------ the detector
+    def collects(self, row: Row, s: int) -> bool:
+        """This forward's monitored vector joins the row's baseline."""
+        return self.W is not None and not self.fixed and not row.base_done and s >= row.base_from
+
+    def baseline_last(self, row: Row) -> int:
+        return row.n if self.published_phase else max(row.n, 1) - 1
+
+    def baseline_ready(self, row: Row, s: int) -> bool:
+        """After forward s (its vectors counted): the baseline closes (the phase's last forward reached and enough
+        vectors)."""
+        return s >= self.baseline_last(row) and row.base_count >= self.need
+
+    def baseline_close_col(self, row: Row, s0: int) -> int:
+        """Over a run of forwards from local step s0 that each add one vector from base_from on: the run's index
+        (0 = the forward at s0) at which the baseline closes."""
+        lead = max(row.base_from - s0, 0)
+        return max(self.baseline_last(row) - s0, self.need - 1 - row.base_count + lead, lead)
+
+    def windows(self, row: Row, s: int, step: int) -> bool:
+        """This forward's vector joins the decode window being filled."""
+        return self.W is not None and row.base_done and self.pruned(row, s, step)
+
+    def checked(self, row: Row, step: int) -> bool:
+        """A window closing at `step` is compared with the baseline (not within the cool-down after a trigger)."""
+        return row.last_trigger is None or step - row.last_trigger >= self.cooldown
+
+    def press(self, row: Row, below: bool) -> bool:
+        """One checked window: the pressure counter; True when it fires (the pressure starts over)."""
+        row.pressure = row.pressure + 1 if below else max(row.pressure - 1, 0)
+        if row.pressure >= int(self.spec.drift.triggers):
+            row.pressure = 0
+            return True
+        return False
+
+    # ------------------------------------------------------------------ the timing controls
+    def fires(self, row: Row, step: int, request: int, b: int) -> bool:
+        """retrace_at=periodic / random, after a pruned forward (its `since` counted): a trigger at this forward."""
+        if self.timing == "periodic":
+            return row.since >= self.every
+        if self.timing == "random":
+            return coin(self.seed, request, b, step) < self.rate
+        return False
+
+    # ------------------------------------------------------------------ a trigger
+    def retrace(self, row: Row, t: int) -> None:
+        """What the row does after its trigger at forward t: a dense hold (on_retrace=dense, the masks kept), or the
+        segment it starts (its masks and statistics are dropped by the controller)."""
+        row.window, row.pressure, row.since, row.last_trigger = 0, 0, 0, t
+        if self.action == "dense":
+            row.hold_until = t + self.retrace_len
+            return
+        row.hold_until = None
+        row.seg_lengths.append(t + 1 - row.origin)
+        row.origin = t if self.midway else t + 1
+        row.early_from = 1 if self.midway and self.split > 0 else 0
+        row.base_from = 1 if self.midway else 0
+        row.n = self.retrace_len
+        row.has_mask = False
+        row.base_done, row.base_count = False, 0
+
+
+def coin(seed: int, request: int, row: int, step: int) -> float:
+    """A uniform number in [0, 1) from (seed, request, row, forward): splitmix64, so every driver draws the same."""
+    x = (seed * 0x9E3779B97F4A7C15 + request * 0xBF58476D1CE4E5B9 + row * 0x94D049BB133111EB + step) & (2**64 - 1)
+    x = (x + 0x9E3779B97F4A7C15) & (2**64 - 1)
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+    return (x ^ (x >> 31)) / 2**64

@@ -1,4 +1,4 @@
-"""Neuron scores (method.md section 3): a static per-neuron weight from the vocabulary projection of the down
+"""Neuron scores (docs/method.md section 3): a static per-neuron weight from the vocabulary projection of the down
 projection, times the one traced statistic.
 
     P = W_down^T E^T  (I x V, E = the INPUT embedding),  pmax_j = max_v |P_jv|,  pmean_j = mean_v |P_jv|
@@ -44,3 +44,27 @@ def scores(ranking: str, base: torch.Tensor, weight: torch.Tensor | None) -> tor
     """Scores (L, B, I) from the statistic base (L, B, I) and the static weight (L, I) or None."""
     value = base * base if ranking == "product" else base
     return value if weight is None else value * weight[:, None, :]
+
+
+@torch.no_grad()
+def cached_priors(model, embedding: torch.Tensor, w_down_ts: list[torch.Tensor], chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pmax, pmean), each (L, I) on the CPU, for every layer; cached on disk by a fingerprint of the model's
+    weights (computing them costs one pass over the vocabulary per layer)."""
+    import hashlib
+
+    from dart.paths import cache_root
+
+    L, I = len(w_down_ts), w_down_ts[0].shape[0]
+    probe = [float(t[:k].float().sum()) for t, k in [(w, 2) for w in w_down_ts] + [(embedding, 4)]]  # once
+    key = hashlib.sha1(repr((type(model).__name__, L, I, tuple(embedding.shape),
+                             [round(v, 6) for v in probe])).encode()).hexdigest()[:20]
+    path = cache_root() / "priors" / f"{key}.pt"
+    if path.is_file():
+        return torch.load(path, map_location="cpu")
+    rows = [vocab_projection_priors(w, embedding, chunk) for w in w_down_ts]  # each on its layer's device
+    pmax, pmean = torch.stack([r[0].cpu() for r in rows]), torch.stack([r[1].cpu() for r in rows])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save((pmax, pmean), tmp)
+    tmp.replace(path)
+    return pmax, pmean

@@ -1,4 +1,4 @@
-"""Tracing statistics: one fp32 accumulator per layer, row (sequence) and neuron (method.md section 3).
+"""Tracing statistics: one fp32 accumulator per layer, row (sequence) and neuron (docs/method.md section 3).
 
 Every kind is one update rule over the FFN intermediate activation `a` (B, T, I) of the traced tokens:
 

@@ -1,4 +1,5 @@
-"""Union compaction: one physical neuron order in which a whole batch runs compacted.
+"""Compaction: the physical neuron order in which a single sequence (its kept prefix) or a whole batch (the union of
+its rows' kept sets) runs compacted.
 
 A single sequence runs compacted because its kept neurons are moved, in place, to a contiguous prefix of every
 layer (dart.engine.ffn.permute_neurons). Rows of a batch hold different masks, but one physical order per layer
@@ -36,6 +37,8 @@ import time
 
 import torch
 
+from dart.engine.ffn import permute_neurons
+
 
 @dataclasses.dataclass
 class UnionState:
@@ -66,72 +69,96 @@ def swaps(keep: torch.Tensor, counts: list[int]) -> list[tuple[torch.Tensor, tor
     return out
 
 
-@torch.no_grad()
-def move(c, moves: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Apply per-layer swaps (dst, src), in place, to everything neuron-major the controller holds: the FFN weights,
-    the neuron order, the priors, the masks of every row and the statistics."""
-    for l, (dst, src) in enumerate(moves):
-        if dst.numel() == 0:
-            continue
-        ffn = c.ffns[l]
-        c.moved.add(l)
-        for t in [*ffn.w.neuron_major, c.order[l]] + ([c.weight[l]] if c.weight is not None else []):
-            t.index_copy_(0, dst, t.index_select(0, src))
-        c.M[l].index_copy_(-1, dst, c.M[l].index_select(-1, src))
-        c.stats.A[l].index_copy_(-1, dst, c.stats.A[l].index_select(-1, src))
+class Union:
+    """The union compaction of a batch, owned by the controller (its public state: rows, masks, weights)."""
 
+    def __init__(self, c):
+        self.c = c
+        self.state: UnionState | None = None
 
-def state(c) -> UnionState | None:
-    return c.__dict__.get("_union")
+    def clear(self) -> None:
+        self.state = None
 
+    def rows_differ(self) -> bool:
+        """Whether a compacted forward must mask each row inside the prefix (a batch's union of different masks)."""
+        st = self.state
+        return bool(st is not None and st.compacted and st.rows)
 
-def clear(c) -> None:
-    c.__dict__["_union"] = None
+    def keep(self) -> float | None:
+        """The current batch union's keep fraction (mean over layers), None before any union was planned."""
+        return None if self.state is None else self.state.keep
 
+    @torch.no_grad()
+    def move(self, moves: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Apply per-layer swaps (dst, src), in place, to everything neuron-major the controller holds: the FFN
+        weights, the neuron order, the priors, the masks of every row and the statistics."""
+        c = self.c
+        for l, (dst, src) in enumerate(moves):
+            if dst.numel() == 0:
+                continue
+            ffn = c.ffns[l]
+            c.moved.add(l)
+            for t in [*ffn.w.neuron_major, c.order[l]] + ([c.weight[l]] if c.weight is not None else []):
+                t.index_copy_(0, dst, t.index_select(0, src))
+            c.M[l].index_copy_(-1, dst, c.M[l].index_select(-1, src))
+            c.stats.A[l].index_copy_(-1, dst, c.stats.A[l].index_select(-1, src))
 
-def rows_differ(c) -> bool:
-    """Whether a compacted forward must mask each row inside the prefix (a batch's union of different masks)."""
-    st = state(c)
-    return bool(st is not None and st.compacted and st.rows)
+    @torch.no_grad()
+    def single(self) -> None:
+        """One sequence: its kept neurons moved to a contiguous prefix of every layer, in place (once per build)."""
+        c = self.c
+        if not c.pending_compact or not c.rows[0].has_mask:
+            return
+        c.pending_compact = False
+        self.clear()
+        t0 = time.perf_counter()
+        counts = []
+        for sl, _, M in c.M.groups():  # per device group: its layers' kept neurons first, each part in order
+            keep = M[:, 0] > 0.5  # (n, I)
+            order = (~keep).to(torch.int8).argsort(dim=-1, stable=True)
+            for i, l in enumerate(range(sl.start, sl.stop)):
+                o = order[i]
+                permute_neurons(c.ffns[l].w, o, [c.order[l]] + ([c.weight[l]] if c.weight is not None else []))
+                c.moved.add(l)
+                c.M[l, 0] = c.M[l, 0].index_select(0, o)
+                c.stats.A[l] = c.stats.A[l].index_select(-1, o)
+            counts.append(keep.sum(dim=-1))
+        c.kept_prefix = [int(k) for n in counts for k in n.tolist()]
+        c.compacted = True
+        c.stepper.invalidate()
+        c.build_seconds += time.perf_counter() - t0
 
-
-@torch.no_grad()
-def maybe_union(c) -> None:
-    """A batch (B > 1) whose rows all hold masks: put the union of their kept sets first (if it is worth it).
-    Called by the controller's _maybe_compact before each decode forward's plan; cheap when nothing changed."""
-    spec = c.spec
-    if c.B == 1 or spec.execution == "masked" or c.fixed is not None or not all(c.has_mask):
-        return
-    key = (c.requests, c.builds, c.B)
-    st = state(c)
-    if st is not None and st.key == key:
-        return
-    t0 = time.perf_counter()
-    keeps, n, same, in_place = [], [], True, True
-    for _, _, M in c.M.groups():  # one read per device group
-        on = M > 0.5  # (n, B, I), physical order
-        keep = on.any(dim=1)  # (n, I)
-        counts = keep.sum(dim=-1)
-        flags = torch.stack([(on == on[:, :1]).all(), is_prefix(keep, counts)]).to(torch.float64)
-        got = torch.cat([counts.to(torch.float64), flags]).tolist()
-        keeps.append(keep)
-        n += [int(v) for v in got[:-2]]
-        same, in_place = same and bool(got[-2]), in_place and bool(got[-1])
-    frac = sum(n) / (len(n) * c.I)
-    use = spec.execution == "compact" or frac <= float(spec.union_max_keep)
-    if use and not in_place:
-        moves = []
-        for (sl, _, _), keep in zip(c.M.groups(), keeps):
-            moves += swaps(keep, n[sl])
-        move(c, moves)
-    c.__dict__["_union"] = UnionState(key=key, rows=not same, keep=frac, compacted=use)
-    c.compacted = use
-    c.kept_prefix = n if use else None
-    c._cache_key = None
-    c.build_seconds += time.perf_counter() - t0
-
-
-def union_keep(c) -> float | None:
-    """The current batch union's keep fraction (mean over layers), None before any union was planned."""
-    st = state(c)
-    return None if st is None else st.keep
+    @torch.no_grad()
+    def update(self) -> None:
+        """A batch (B > 1) whose rows all hold masks: put the union of their kept sets first (if it is worth it).
+        Called by the controller's maybe_compact before each decode forward's plan; cheap when nothing changed."""
+        c = self.c
+        spec = c.spec
+        if c.B == 1 or spec.execution == "masked" or c.fixed is not None or not all(c.has_mask):
+            return
+        key = (c.requests, c.builds, c.B)
+        if self.state is not None and self.state.key == key:
+            return
+        t0 = time.perf_counter()
+        keeps, n, same, in_place = [], [], True, True
+        for _, _, M in c.M.groups():  # one read per device group
+            on = M > 0.5  # (n, B, I), physical order
+            keep = on.any(dim=1)  # (n, I)
+            counts = keep.sum(dim=-1)
+            flags = torch.stack([(on == on[:, :1]).all(), is_prefix(keep, counts)]).to(torch.float64)
+            got = torch.cat([counts.to(torch.float64), flags]).tolist()
+            keeps.append(keep)
+            n += [int(v) for v in got[:-2]]
+            same, in_place = same and bool(got[-2]), in_place and bool(got[-1])
+        frac = sum(n) / (len(n) * c.I)
+        use = spec.execution == "compact" or frac <= float(spec.union_max_keep)
+        if use and not in_place:
+            moves = []
+            for (sl, _, _), keep in zip(c.M.groups(), keeps):
+                moves += swaps(keep, n[sl])
+            self.move(moves)
+        self.state = UnionState(key=key, rows=not same, keep=frac, compacted=use)
+        c.compacted = use
+        c.kept_prefix = n if use else None
+        c.stepper.invalidate()
+        c.build_seconds += time.perf_counter() - t0

@@ -1,0 +1,229 @@
+"""The token-by-token driver: one Plan per forward, as `model.generate` (or dart.engine.lean) makes them, from the
+rules of dart.engine.schedule. Forward 0 is a request's prefill; every later forward one new token per row. It is
+the exact reference the chunked driver (dart.engine.forcing) is tested against.
+
+Per forward: `plan(T, valid)` before it (masks built between forwards, compaction, the plan: which rows trace,
+prune, feed the detector); `on_signal(v)` when the last monitored layer's attention output is there (the baseline
+collects, windows close and are checked; a trigger under strategy.published_quirks resets the row right there, so
+the layers after it run the rest of this forward dense and tracing: the plan's late part); `after()` once the
+forward is done (counting, the clean re-traces of rows that fired, the next step). The schedule is host-side
+Python: which row is in which phase is known without looking at the device, so the hot path never syncs; the
+only device reads are at mask builds that compact and at drift checks (one per window).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from dart.engine.plan import ROWS, Plan
+from dart.engine.stats import ema_weights
+from dart.errors import ConfigError
+
+
+class Stepper:
+    def __init__(self, c):
+        self.c = c
+        self.key, self.cached = None, None
+        self.fired: list[int] = []  # rows whose window fired this forward (clean re-trace after it)
+        self.midway: list[int] = []  # rows reset inside this forward (published_quirks)
+
+    def invalidate(self) -> None:
+        self.key = None
+
+    def _weights(self, flags: list[bool], fresh: list[bool], T: int, valid):
+        """Statistic weights (B, T) and decays of the rows in `flags` (their valid tokens)."""
+        c = self.c
+        w = c.flags(flags).to(torch.float32)[:, None].expand(c.B, T)
+        if valid is not None:
+            w = w * valid
+        w, decay = w.contiguous(), None
+        if c.spec.statistic == "ema":
+            w, decay = ema_weights(w, float(c.spec.ema_decay), c.flags(fresh))
+        return w, decay
+
+    # ------------------------------------------------------------------ before a forward
+    def plan(self, T: int, valid: torch.Tensor | None) -> Plan:
+        c, sch = self.c, self.c.schedule
+        rows, B, step = c.rows, c.B, c.step
+        released = sch.released(step)
+        s = [step - r.origin for r in rows]
+        live = not released
+        tr = {g: [live and sch.traces(r, s[b], g) for b, r in enumerate(rows)] for g in (True, False)}
+        fresh = {g: [sch.fresh(r, s[b], g) for b, r in enumerate(rows)] for g in (True, False)}
+        building = [live and sch.builds_now(r, s[b]) for b, r in enumerate(rows)]
+        inlayer = [building[b] and sch.in_layer(r) for b, r in enumerate(rows)]
+        baseline = [live and sch.collects(r, s[b]) for b, r in enumerate(rows)]
+        self.tokens = valid.sum(dim=1).long().tolist() if step == 0 and valid is not None else [T] * B
+        between = [building[b] and not inlayer[b] for b in range(B)]
+        if any(between):
+            c.builds += sum(between)
+            c.build(c.flags(between))
+            for b, flag in enumerate(between):
+                if flag:
+                    rows[b].has_mask = True
+        if any(inlayer) and sch.global_build and not any(sch.group_builds(rows[b], g) for b in range(B) if inlayer[b]
+                                                         for g in (True, False)):
+            raise ConfigError("strategy.allocation=auto needs every layer's statistics before any mask, so it cannot "
+                              "mask the prefill it traces (masking_step=0) during generation; use masking_step >= 1")
+        masked = [live and sch.pruned(r, s[b], step) for b, r in enumerate(rows)]
+        windows = [live and sch.windows(r, s[b], step) for b, r in enumerate(rows)]
+        closing = sch.midway and any(w and rows[b].window + 1 == sch.W for b, w in enumerate(windows))
+        c.maybe_compact()
+        key = (T, tuple(tr[True]), tuple(tr[False]), tuple(masked), tuple(inlayer), tuple(baseline), tuple(windows),
+               released, c.compacted, valid is None, closing)
+        if key == self.key and not any(tr[True]) and not any(tr[False]) and not any(inlayer) and not any(baseline):
+            plan = self.cached  # steady decoding: nothing changed, no new tensors
+        else:
+            builds = {g: [f and sch.group_builds(rows[b], g) for b, f in enumerate(inlayer)] for g in (True, False)}
+            plan = self._group(T, valid, tr[True], fresh[True], builds[True])
+            if (tr[True], fresh[True], builds[True]) != (tr[False], fresh[False], builds[False]):
+                plan.late, plan.split = self._group(T, valid, tr[False], fresh[False], builds[False]), sch.split
+            if any(baseline):
+                w = c.flags(baseline).to(torch.float32)[:, None].expand(B, T)
+                plan.drift_trace_w = (w * valid if valid is not None else w).contiguous()
+            if any(masked) or any(inlayer):
+                plan.prune = ROWS
+                if plan.late is not None:
+                    plan.late.prune = ROWS
+            if any(windows):
+                plan.drift_decode_rows = c.flags(windows)
+            plan.closing = closing
+            if c.compacted and all(masked):  # one sequence's kept prefix, or a batch's union (dart.engine.union)
+                plan.compact, plan.compact_rows = c.kept_prefix, c.union.rows_differ()
+            self.key, self.cached = key, plan
+        traced = [tr[True][b] or tr[False][b] for b in range(B)]
+        if any(traced):
+            c.tokens_traced += float(sum(n for n, t in zip(self.tokens, traced) if t))
+        c.builds += sum(f and any(sch.group_builds(rows[b], g) for g in (True, False)) for b, f in enumerate(inlayer))
+        c.tokens_seen += float(B * T) if valid is None else valid.sum()
+        self.pruned_now = [masked[b] or inlayer[b] for b in range(B)]
+        self.masked = masked
+        self.inlayer, self.baseline, self.windows, self.s, self.T = inlayer, baseline, windows, s, T
+        self.fired, self.midway = [], []
+        if T == 1:  # FFN weight bytes one generated token reads (a compacted prefix reads only its neurons)
+            c.tally.generated(sum(plan.compact) if plan.compact is not None else c.L * c.I, B)
+        return plan
+
+    def _group(self, T, valid, traced, fresh, builds) -> Plan:
+        c = self.c
+        p = Plan()
+        if any(traced):
+            p.trace_w, p.decay = self._weights(traced, fresh, T, valid)
+            p.align = c.stats.alignment
+        if any(builds):
+            p.build_rows = c.flags(builds)
+        return p
+
+    # ------------------------------------------------------------------ inside a forward: the drift signal
+    def on_signal(self, v: torch.Tensor) -> None:
+        c, sch, det = self.c, self.c.schedule, self.c.detector
+        p = c.plan
+        rows = c.rows
+        if p.drift_trace_w is not None:
+            det.collect_trace(v, p.drift_trace_w)
+            c.peak_detector_bytes = max(c.peak_detector_bytes, det.nbytes())
+            done = []
+            for b, r in enumerate(rows):
+                if self.baseline[b]:
+                    r.base_count += self.tokens[b]
+                    c.baseline_vectors += self.tokens[b]
+                done.append(self.baseline[b] and sch.baseline_ready(r, self.s[b]))
+            if any(done):
+                det.finalize(c.flags(done))
+                for b, flag in enumerate(done):
+                    if flag:
+                        rows[b].base_done, rows[b].window = True, 0
+        if p.drift_decode_rows is not None:
+            det.collect_decode(v, p.drift_decode_rows)
+            c.decode_signal_tokens += sum(self.windows)
+            due = []
+            for b, r in enumerate(rows):
+                r.window += int(self.windows[b])
+                due.append(self.windows[b] and r.window == sch.W)
+            if any(due):
+                self._check(due)
+        if not any(self.baseline) and det.windows.shape[1]:
+            det.drop_windows()
+
+    def _check(self, due: list[bool]) -> None:
+        c, sch, det = self.c, self.c.schedule, self.c.detector
+        step = c.step
+        cooling = [d and not sch.checked(c.rows[b], step) for b, d in enumerate(due)]
+        if any(cooling):  # windows inside the cool-down close unchecked
+            det.discard(c.flags(cooling))
+            for b, flag in enumerate(cooling):
+                if flag:
+                    c.rows[b].window = 0
+            due = [d and not k for d, k in zip(due, cooling)]
+            if not any(due):
+                return
+        cos = det.close_window(c.flags(due))
+        values = torch.stack([cos, det.tau]).tolist()  # one read per window
+        for b, flag in enumerate(due):
+            if not flag:
+                continue
+            row = c.rows[b]
+            row.window = 0
+            entry = {"request": c.requests, "row": b, "step": step, "cosine": values[0][b], "threshold": values[1][b]}
+            c.window_log.append(entry)
+            c.checks += 1
+            if sch.press(row, det.below(values[0][b], values[1][b], step)):
+                c.triggers.append(entry)
+                (self.midway if sch.midway else self.fired).append(b)
+        if self.midway:
+            self._reset_midway()
+
+    def _reset_midway(self) -> None:
+        """published_quirks: the rows that fired start their new segment inside this forward: from the split layer
+        on they run it dense and trace it (fresh statistics), the layers before it already ran it pruned."""
+        c, sch = self.c, self.c.schedule
+        split = slice(sch.split, c.L)
+        for b in self.midway:
+            c.tally.fold(c.rows, [b])
+            c.tally.set_dense(b, split)
+            for sl, _ in c.spans.within(split):
+                c.M.view(sl)[:, b] = 1
+            c.restart_row(b)
+            sch.retrace(c.rows[b], c.step)
+        flags = [b in self.midway for b in range(c.B)]
+        p = c.plan
+        late = dataclasses.replace(p.late if p.late is not None else p, compact=None, build_rows=None, late=None,
+                                   _on={})
+        T = self.T
+        old = late.trace_w if late.trace_w is not None else torch.zeros(c.B, T, device=c.device)
+        w, decay = self._weights(flags, flags, T, None)
+        late.trace_w = torch.where(c.flags(flags)[:, None], w, old)
+        if decay is not None:
+            late.decay = torch.where(c.flags(flags), decay, late.decay if late.decay is not None else torch.ones_like(decay))
+        late.align = c.stats.alignment
+        c.plan = dataclasses.replace(p, late=late, split=sch.split, _on={})
+        self.invalidate()
+
+    # ------------------------------------------------------------------ after a forward
+    def after(self) -> None:
+        c, sch = self.c, self.c.schedule
+        for b, flag in enumerate(self.inlayer):
+            if flag:
+                c.rows[b].has_mask = True
+        kind = "prefill" if c.step == 0 else "decode"
+        for b, row in enumerate(c.rows):
+            c.tally.count(row, kind, self.tokens[b], self.pruned_now[b])
+        if sch.timing != "detector":  # the timing controls: after each pruned forward, their rule
+            for b, row in enumerate(c.rows):
+                if self.masked[b]:
+                    row.since += 1
+                    if sch.fires(row, c.step, c.requests, b):
+                        c.triggers.append({"request": c.requests, "row": b, "step": c.step, "cause": sch.timing})
+                        self.fired.append(b)
+        for b in self.midway:  # the rest of the new segment's re-trace runs dense in every layer
+            c.drop_masks(b)
+        for b in self.fired:  # a clean re-trace from the next forward on (or, on_retrace=dense, a dense hold)
+            if sch.action == "remask":
+                c.drop_masks(b)
+                c.restart_row(b)
+            else:
+                self.invalidate()
+            sch.retrace(c.rows[b], c.step)
+        c.step += 1
+
