@@ -6,7 +6,7 @@ import sys
 
 
 def prepare() -> None:
-    from dart.data.texts import gensim_test_data
+    from dart.data.gensim_data import gensim_test_data
     from dart.models.embedded import prepare as prepare_model
 
     gensim_test_data()
@@ -19,14 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv != ["prepare"]:
         print("usage: python -m dart.assets prepare", file=sys.stderr)
         return 2
-    from dart.errors import DartError
+    from dart.errors import exit_status
 
-    try:
-        prepare()
-    except DartError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_status(prepare, code=1)
 
 
 if __name__ == "__main__":

@@ -35,14 +35,15 @@ def check_logger(cfg) -> None:
     mode = cfg.get("mode", "offline")
     if mode not in ("offline", "online"):
         raise choice_error("logger.mode", mode, ("offline", "online"))
-    if mode == "online" and not _wandb_key_available():
+    if mode == "online" and not wandb_key_available():
         raise UnavailableError(
             "logger.mode=online needs a W&B API key: set WANDB_API_KEY or run `wandb login`; "
             "or keep logger.mode=offline (default) and `wandb sync` later, or logger=none"
         )
 
 
-def _wandb_key_available() -> bool:
+def wandb_key_available() -> bool:
+    """A W&B API key is set (WANDB_API_KEY) or stored by `wandb login` (~/.netrc)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     netrc = os.path.join(os.path.expanduser("~"), ".netrc")

@@ -1,5 +1,9 @@
 """The project's user-facing errors: each names the bad value and the allowed ones, and is printed by the entry
 points as one clear message (no stack trace)."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
 
 
 class DartError(Exception):
@@ -17,3 +21,14 @@ class UnavailableError(DartError, RuntimeError):
 def choice_error(what: str, value, allowed) -> ConfigError:
     allowed = ", ".join(str(a) for a in allowed)
     return ConfigError(f"{what}={value!r} is not supported; allowed: {allowed}")
+
+
+def exit_status(fn: Callable[[], object], code: int = 2) -> int:
+    """An entry point's exit status: 0 once `fn()` returns; a DartError it raises is one line on stderr,
+    `error: <message>`, and exit status `code`."""
+    try:
+        fn()
+    except DartError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return code
+    return 0

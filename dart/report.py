@@ -27,7 +27,7 @@ def _fmt(v) -> str:
 def title(results: dict) -> str:
     """"Llama-3.1-8B shape, random, 2 layers | strategy=dart | sparsity=0.7 | eval=smoke"; dense never shows a
     sparsity (it ignores it)."""
-    from dart.tables.labels import model_label
+    from dart.models.names import model_label
 
     cfg = results.get("config", {})
     strategy = (cfg.get("strategy") or {}).get("name")

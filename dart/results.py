@@ -1,4 +1,4 @@
-"""results.json: one stable contract per run (documented in the README), written atomically.
+"""results.json: one stable contract per run (documented in docs/evaluations.md), written atomically.
 
 {
   "schema": 1, "status": "complete" | "failed", "error": str | null,

@@ -1,4 +1,4 @@
-"""The calibrated baselines (method.md section 8): strategy=static (one calibrated mask per layer, on the engine's
+"""The calibrated baselines (docs/method.md section 8): strategy=static (one calibrated mask per layer, on the engine's
 Controller with fixed masks) and strategy=cats (per-token thresholds on |act(gate x)|).
 
 Hand-built cases check the scores, masks, thresholds and zeroed entries against numbers computed by hand; tiny
@@ -19,12 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import run_cli, tiny_gpt2, tiny_llama  # noqa: E402
 from dart.engine.adapters import FFNWeights  # noqa: E402
 from dart.engine.calibration import (  # noqa: E402
-    CalibrationSpec, calibrate, calibration_sequences, ffn_activations, neuron_scores, quantile_threshold,
+    calibrate, ffn_activations, neuron_scores, quantile_threshold,
     sample_counts, static_masks,
 )
 from dart.engine.cats import ThresholdEngine  # noqa: E402
 from dart.errors import ConfigError  # noqa: E402
-from dart.strategies import Cats, Static  # noqa: E402
+from dart.compose import build_strategy, calibration_spec  # noqa: E402
 
 BUILDERS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
 SMALL_CAL = {"tokens": 1024, "seq_len": 256}
@@ -163,7 +163,7 @@ def test_cats_zeroes_exactly_the_entries_below_the_threshold_by_hand():
 # ------------------------------------------------------------------------------------ calibration plumbing
 def test_calibrate_matches_the_model_activations(tok):
     model = build("llama")
-    seqs = calibration_sequences(tok, CalibrationSpec(tokens=700, seq_len=256))
+    seqs = calibration_spec(tokens=700, seq_len=256).sequences(tok)
     assert [len(s) for s in seqs] == [256, 256, 188]
     cal = calibrate(model, seqs, norms=True, gate_sample=10**9)
     # the same statistics from the model's own modules: the input of down_proj and act(gate_proj x)
@@ -189,7 +189,7 @@ def test_calibrate_matches_the_model_activations(tok):
 
 def test_gate_sample_is_sized_and_deterministic(tok):
     model = build("llama")
-    seqs = calibration_sequences(tok, CalibrationSpec(tokens=700, seq_len=256))
+    seqs = calibration_spec(tokens=700, seq_len=256).sequences(tok)
     a = calibrate(model, seqs, gate_sample=5000, seed=1).gate_values
     b = calibrate(model, seqs, gate_sample=5000, seed=1).gate_values
     c = calibrate(model, seqs, gate_sample=5000, seed=2).gate_values
@@ -202,10 +202,10 @@ def test_gate_sample_is_sized_and_deterministic(tok):
 @pytest.mark.parametrize("score", ["act_norm", "wanda", "weight"])
 def test_static_masks_are_the_calibrated_top_k(tok, score):
     model = build("llama")
-    s = Static(sparsity=0.75, score=score, calibration=SMALL_CAL)
+    s = build_strategy("static", sparsity=0.75, score=score, calibration=SMALL_CAL)
     expected = s.compute_masks(model, tok)
     # recompute from the definitions on the untouched model
-    seqs = calibration_sequences(tok, CalibrationSpec(**SMALL_CAL))
+    seqs = calibration_spec(**SMALL_CAL).sequences(tok)
     act_sq = calibrate(model, seqs, norms=True).act_sq
     mlps = [layer.mlp for layer in model.model.layers]
     down_norm = torch.stack([m.down_proj.weight.float().norm(dim=0) for m in mlps])
@@ -227,7 +227,7 @@ def test_static_compacted_and_masked_agree(tok, arch):
     runs = {}
     for execution in ("auto", "masked"):
         model = build(arch)
-        s = Static(sparsity=0.5, calibration=SMALL_CAL, execution=execution)
+        s = build_strategy("static", sparsity=0.5, calibration=SMALL_CAL, execution=execution)
         s.attach(model, tok)
         single, seq1 = generate(model, prompt, 8)
         assert s.controller.compacted == (execution == "auto")
@@ -247,7 +247,7 @@ def test_static_compacted_and_masked_agree(tok, arch):
 def test_static_applies_its_mask_to_every_position_and_request(tok):
     model = build("llama")
     reference = build("llama")
-    s = Static(sparsity=0.5, score="wanda", calibration=SMALL_CAL)
+    s = build_strategy("static", sparsity=0.5, score="wanda", calibration=SMALL_CAL)
     s.attach(model, tok)
     masks = s.controller.masks()[:, 0]
     # the reference: the same mask as a 0/1 factor on the dense model's down_proj input
@@ -272,7 +272,7 @@ def test_static_applies_its_mask_to_every_position_and_request(tok):
 @pytest.mark.parametrize("strategy", ["static", "cats"])
 def test_batch_invariance(tok, strategy):
     model = build("llama")
-    s = Static(sparsity=0.6, calibration=SMALL_CAL) if strategy == "static" else Cats(sparsity=0.6, calibration=SMALL_CAL)
+    s = build_strategy("static", sparsity=0.6, calibration=SMALL_CAL) if strategy == "static" else build_strategy("cats", sparsity=0.6, calibration=SMALL_CAL)
     s.attach(model, tok)
     ids = rows(4, T=11, seed=9)
     with torch.no_grad():
@@ -290,7 +290,7 @@ def test_batch_invariance(tok, strategy):
 @pytest.mark.parametrize("arch", sorted(BUILDERS))
 def test_detach_restores_the_model_bit_for_bit(tok, strategy, arch):
     original, model = build(arch), build(arch)
-    s = Static(sparsity=0.5, calibration=SMALL_CAL) if strategy == "static" else Cats(sparsity=0.5, calibration=SMALL_CAL)
+    s = build_strategy("static", sparsity=0.5, calibration=SMALL_CAL) if strategy == "static" else build_strategy("cats", sparsity=0.5, calibration=SMALL_CAL)
     s.attach(model, tok)
     generate(model, rows(1, seed=2), 4)
     s.detach()
@@ -304,7 +304,7 @@ def test_detach_restores_the_model_bit_for_bit(tok, strategy, arch):
 
 def test_static_summary(tok):
     model = build("llama", layers=3)
-    s = Static(sparsity=0.7, score="act_norm", calibration=SMALL_CAL, ranking="max")
+    s = build_strategy("static", sparsity=0.7, score="act_norm", calibration=SMALL_CAL, ranking="max")
     s.attach(model, tok)
     generate(model, rows(1), 5)
     s.detach()
@@ -325,9 +325,9 @@ def test_static_summary(tok):
 # ------------------------------------------------------------------------------------ strategy=cats
 def test_cats_thresholds_are_the_calibration_quantile(tok):
     model = build("llama")
-    spec = CalibrationSpec(**SMALL_CAL)
-    cal = calibrate(model, calibration_sequences(tok, spec), gate_sample=10**9)
-    s = Cats(sparsity=0.4, calibration=SMALL_CAL)
+    spec = calibration_spec(**SMALL_CAL)
+    cal = calibrate(model, spec.sequences(tok), gate_sample=10**9)
+    s = build_strategy("cats", sparsity=0.4, calibration=SMALL_CAL)
     s.attach(model, tok)
     n = 1024 * 64
     k = math.floor(0.4 * n)
@@ -338,7 +338,7 @@ def test_cats_thresholds_are_the_calibration_quantile(tok):
         assert s.calibration_info["calibration_sparsity"][l] == pytest.approx(k / n)
     # run the calibration text again: layer 0 sees exactly the calibration inputs, so it zeroes exactly k of n
     with torch.no_grad():
-        for ids in calibration_sequences(tok, spec):
+        for ids in spec.sequences(tok):
             model(ids[None])
     s.detach()
     out = s.summary()
@@ -351,7 +351,7 @@ def test_cats_thresholds_are_the_calibration_quantile(tok):
 
 def test_cats_counts_only_evaluated_tokens(tok):
     model = build("llama")
-    s = Cats(sparsity=0.5, calibration=SMALL_CAL)
+    s = build_strategy("cats", sparsity=0.5, calibration=SMALL_CAL)
     s.attach(model, tok)
     e = s.engine
     ids = rows(2, T=8)
@@ -380,7 +380,7 @@ def test_cats_counts_only_evaluated_tokens(tok):
 
 def test_cats_on_a_plain_ffn_thresholds_act_fc(tok):
     model = build("gpt2")
-    s = Cats(sparsity=0.5, calibration=SMALL_CAL)
+    s = build_strategy("cats", sparsity=0.5, calibration=SMALL_CAL)
     s.attach(model, tok)
     e = s.engine
     assert isinstance(e, ThresholdEngine) and not e.ffns[0].w.gated
@@ -395,13 +395,13 @@ def test_cats_on_a_plain_ffn_thresholds_act_fc(tok):
 
 # ------------------------------------------------------------------------------------ knobs
 @pytest.mark.parametrize("make, pieces", [
-    (lambda: Static(score="magic"), ["strategy.score='magic'", "act_norm", "wanda", "weight"]),
-    (lambda: Static(calibration={"source": "news"}), ["strategy.calibration.source='news'", "calibration"]),
-    (lambda: Cats(calibration={"tokens": 0}), ["strategy.calibration.tokens=0", "integer >= 1"]),
-    (lambda: Cats(calibration={"seq_len": 1.5}), ["strategy.calibration.seq_len=1.5", "integer >= 1"]),
-    (lambda: Cats(calibration={"sample": -3}), ["strategy.calibration.sample=-3"]),
-    (lambda: Cats(sparsity=1.2), ["sparsity=1.2", "[0, 1)"]),
-    (lambda: Static(drift={"enabled": True}), ["drift.enabled", "strategy=dart"]),
+    (lambda: build_strategy("static", score="magic"), ["strategy.score='magic'", "act_norm", "wanda", "weight"]),
+    (lambda: build_strategy("static", calibration={"source": "news"}), ["strategy.calibration.source='news'", "calibration"]),
+    (lambda: build_strategy("cats", calibration={"tokens": 0}), ["strategy.calibration.tokens=0", "integer >= 1"]),
+    (lambda: build_strategy("cats", calibration={"seq_len": 1.5}), ["strategy.calibration.seq_len=1.5", "integer >= 1"]),
+    (lambda: build_strategy("cats", calibration={"sample": -3}), ["strategy.calibration.sample=-3"]),
+    (lambda: build_strategy("cats", sparsity=1.2), ["sparsity=1.2", "[0, 1)"]),
+    (lambda: build_strategy("static", drift={"enabled": True}), ["drift.enabled", "strategy=dart"]),
 ])
 def test_bad_knobs_fail_with_the_allowed_values(make, pieces):
     with pytest.raises(ConfigError) as err:
@@ -412,7 +412,7 @@ def test_bad_knobs_fail_with_the_allowed_values(make, pieces):
 
 def test_more_calibration_tokens_than_the_text_holds(tok):
     with pytest.raises(ConfigError) as err:
-        Static(calibration={"tokens": 10**7}).attach(build("llama"), tok)
+        build_strategy("static", calibration={"tokens": 10**7}).attach(build("llama"), tok)
     msg = str(err.value)
     n = len(tok(CALIBRATION_TEXT(), add_special_tokens=False)["input_ids"])
     assert "strategy.calibration.tokens=10000000" in msg and f"1..{n}" in msg

@@ -50,10 +50,11 @@ def test_unreachable_hub_is_detected_in_seconds_not_after_download_retries(monke
     from omegaconf import OmegaConf
 
     from dart.errors import UnavailableError
-    from dart.models.loading import _hub_reachable, check_hub
+    from dart.hub import hub_reachable
+    from dart.models.loading import check_hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    if _hub_reachable(timeout=3.0) is None:
+    if hub_reachable(timeout=3.0) is None:
         pytest.skip("the hub is reachable from here: nothing to fail on")
     cfg = OmegaConf.load(REPO / "conf" / "model" / "llama3_8b.yaml")
     t0 = time.perf_counter()

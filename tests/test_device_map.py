@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import REPO  # noqa: E402
+from dart.compose import build_strategy  # noqa: E402
 from dart.errors import ConfigError  # noqa: E402
 from dart.models.loading import load_model  # noqa: E402
 
@@ -59,7 +60,7 @@ def test_engine_runs_on_a_dispatched_model():
     model = placed.model
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
-    strat = Dart(sparsity=0.5, masking_step=1)
+    strat = build_strategy("dart", retrace_tokens=None, **{"drift.min_margin": 0.1}, sparsity=0.5, masking_step=1)
     strat.attach(model)
     try:
         out = model.generate(IDS, attention_mask=torch.ones_like(IDS), max_new_tokens=6, do_sample=False)

@@ -19,11 +19,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import tiny_llama  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
-from dart.engine.spec import DriftSpec, EngineSpec  # noqa: E402
+from dart.compose import auto_spec, drift_spec, engine_spec  # noqa: E402
 from dart.errors import ConfigError  # noqa: E402
 from dart.evals.base import EvalContext  # noqa: E402
 from dart.strategies import Dense  # noqa: E402
-from dart.strategies.engine_backed import Dart, Griffin, StaticPrompt  # noqa: E402
+from dart.compose import build_strategy  # noqa: E402
 
 LAYERS, INTER, VOCAB = 2, 64, 1024  # VOCAB: the tiny BPE's size
 NO_DRIFT = {"enabled": False}
@@ -58,7 +58,7 @@ class Recorder:
 
     def __init__(self, edit=None):
         self.model = model()
-        Controller(self.model, EngineSpec(drift=DriftSpec(enabled=False)))  # re-lays the weights out, attaches nothing
+        Controller(self.model, engine_spec(drift=drift_spec(enabled=False)))  # re-lays the weights out, attaches nothing
         self.edit = edit
         self.acts: list[list[torch.Tensor]] = [[] for _ in range(LAYERS)]
         for l, layer in enumerate(self.model.model.layers):
@@ -252,7 +252,7 @@ def test_dense_decode_equals_prefill(tok, tmp_path, short_news):
     assert a["news"] == p["news"]
 
 
-@pytest.mark.parametrize("make", [lambda: StaticPrompt(sparsity=0.5), lambda: Dart(sparsity=0.5, drift=NO_DRIFT)],
+@pytest.mark.parametrize("make", [lambda: build_strategy("static_prompt", sparsity=0.5), lambda: build_strategy("dart", sparsity=0.5, drift=NO_DRIFT)],
                          ids=["static_prompt", "dart"])
 def test_dynamic_decode_is_primed_by_the_prefix(tok, tmp_path, make, short_news):
     """A dynamic strategy in one prefill forward only traces (the mask is built after the forward that traced it),
@@ -298,7 +298,7 @@ def _score_batch(spec):
     for i, r in enumerate(rows):  # right padding, as the harness pads
         ids[i, : len(r)], mask[i, : len(r)] = r, 1
     m = model()
-    c = Controller(m, EngineSpec(sparsity=0.5, execution="masked", drift=DriftSpec(enabled=False), **spec)).attach()
+    c = Controller(m, engine_spec(sparsity=0.5, execution="masked", drift=drift_spec(enabled=False), **spec)).attach()
     scored = c.score(m, ids, torch.tensor(CTX_LENS), attention_mask=mask)
     with c.paused():
         dense = m(input_ids=ids, attention_mask=mask).logits
@@ -357,7 +357,7 @@ def test_harness_scores_with_the_protocol(tok):
     m = model()
     dense_lm = DartLM(m, tok, Dense(), batch_size=1)
     (dense_lp, _), = dense_lm._loglikelihood_tokens([(("", ""), ctx_ids, cont_ids)], disable_tqdm=True)
-    s = Dart(sparsity=0.5)
+    s = build_strategy("dart", retrace_tokens=None, **{"drift.min_margin": 0.1}, sparsity=0.5)
     s.attach(m)
     lm = DartLM(m, tok, s, batch_size=1)
     (lp, _), = lm._loglikelihood_tokens([(("", ""), ctx_ids, cont_ids)], disable_tqdm=True)
@@ -380,7 +380,7 @@ def test_harness_long_continuation_path(tok, protocol):
 
     ctx_ids, cont_ids = list(range(10, 22)), list(range(40, 48))  # 8 >= 1 + W = 6
     m = model()
-    s = Dart(sparsity=0.5, **({"masking_step": 0, "protocol": "compat"} if protocol == "compat" else {}))
+    s = build_strategy("dart", retrace_tokens=None, **{"drift.min_margin": 0.1}, sparsity=0.5, **({"masking_step": 0, "protocol": "compat"} if protocol == "compat" else {}))
     s.attach(m)
     lm = DartLM(m, tok, s, batch_size=1)
     (lp, _), = lm._loglikelihood_tokens([(("", ""), ctx_ids, cont_ids)], disable_tqdm=True)
@@ -402,7 +402,7 @@ def test_harness_shares_contexts(tok):
     from dart.evals.harness import DartLM
 
     m = model()
-    s = Dart(sparsity=0.5)
+    s = build_strategy("dart", retrace_tokens=None, **{"drift.min_margin": 0.1}, sparsity=0.5)
     s.attach(m)
     ctx_a, ctx_b = list(range(10, 22)), list(range(30, 40))  # prompts of 11 and 9 tokens: one batch (padding < 25%)
     reqs = [(("", ""), ctx_a, list(range(40, 48))), (("", ""), ctx_a, list(range(50, 53))),  # 8 and 3 tokens
@@ -442,7 +442,7 @@ def test_harness_few_shot_head_runs_once(tok):
     from dart.evals.harness import DartLM
 
     m = model()
-    s = Dart(sparsity=0.5, drift=dict(sigma_scale=0.0, min_margin=0.0))  # triggers wherever a window dips
+    s = build_strategy("dart", retrace_tokens=None, sparsity=0.5, drift=dict(sigma_scale=0.0, min_margin=0.0))  # triggers wherever a window dips
     s.attach(m)
     head = list(range(200, 240))
     reqs = [(("", ""), head + q, cont) for q in ([1, 2, 3], [4, 5], [6, 7, 8, 9]) for cont in ([40], [41], list(range(50, 58)))]
@@ -482,8 +482,8 @@ def harness_runs(tiny_loaded):
     loaded = tiny_loaded
     manager = offline_task_manager()
     out = {}
-    for name, make in [("dense", Dense), ("dart", lambda: Dart(sparsity=0.5)), ("griffin", lambda: Griffin(sparsity=0.5)),
-                       ("static_prompt", lambda: StaticPrompt(sparsity=0.5))]:
+    for name, make in [("dense", Dense), ("dart", lambda: build_strategy("dart", retrace_tokens=None, **{"drift.min_margin": 0.1}, sparsity=0.5)), ("griffin", lambda: build_strategy("griffin", sparsity=0.5)),
+                       ("static_prompt", lambda: build_strategy("static_prompt", sparsity=0.5))]:
         strategy = make()
         if name != "dense":
             strategy.attach(loaded.model)
@@ -532,7 +532,7 @@ def test_harness_evaluator_offline(tiny_loaded, tmp_path):
     """eval=ten's Harness evaluator (source=offline): the same metrics at batch 1 and 8, reported per stand-in."""
     from dart.evals.harness import Harness
 
-    strategy = Griffin(sparsity=0.5)
+    strategy = build_strategy("griffin", sparsity=0.5)
     ctx = context(tiny_loaded.model, tiny_loaded.tokenizer, strategy, tmp_path)
     try:
         results = []
@@ -596,7 +596,7 @@ def test_fidelity_pruned_has_positive_kl(tok, tmp_path):
 
     ev = Fidelity(**FID)
     # initializer_range 0.1 (default 0.02): sharper next-token distributions, so KL is far above float noise
-    ev.setup(context(model(initializer_range=0.1), tok, Dart(sparsity=0.5, drift=NO_DRIFT), tmp_path))
+    ev.setup(context(model(initializer_range=0.1), tok, build_strategy("dart", sparsity=0.5, drift=NO_DRIFT), tmp_path))
     outputs = [ev.step(s) for s in ev.batches()]
     for o in outputs:
         assert o["kl"].shape == o["top1"].shape == o["nll"].shape == o["nll_dense"].shape == (FID["length"],)
@@ -664,7 +664,7 @@ def test_summarization_eval(tok, tmp_path, monkeypatch):
     ev = S.Summarization(datasets=["wiki"], limit=2, max_input_tokens=48, max_new_tokens=6)
     m = model()
     m.generation_config.eos_token_id = None
-    ev.setup(context(m, tok, Dart(sparsity=0.5), tmp_path))
+    ev.setup(context(m, tok, build_strategy("dart", retrace_tokens=None, **{"drift.min_margin": 0.1}, sparsity=0.5), tmp_path))
     assert all(44 <= len(i["prompt"]) <= 48 for i in ev._items)
     outputs = [ev.step(b) for b in ev.batches()]
     rows = [r for batch in outputs for r in batch]
@@ -703,7 +703,7 @@ def test_drift_eval(tok, tmp_path, name):
     m = model()
     m.generation_config.eos_token_id = None
     # a hair-trigger detector (tau = mu, windows of 2) so that a random model re-traces
-    strategy = Dense() if name == "dense" else Dart(sparsity=0.5, drift={"window": 2, "sigma_scale": 0.0,
+    strategy = Dense() if name == "dense" else build_strategy("dart", retrace_tokens=None, sparsity=0.5, drift={"window": 2, "sigma_scale": 0.0,
                                                                           "min_margin": 0.0})
     ev = Drift(limit=2, max_new_tokens=20, chat=False)
     metrics = run(ev, context(m, tok, strategy, tmp_path))

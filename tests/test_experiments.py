@@ -135,7 +135,7 @@ def test_ten_grid_runs_dense_once_per_model():
 
 
 def test_a_grid_split_over_gpus_fills_the_same_folders():
-    """The README's multi-GPU recipe: one sweep per GPU over a part of the models, same job folders as one sweep."""
+    """The multi-GPU recipe of docs/sweeps.md: one sweep per GPU over a part of the models, same job folders as one sweep."""
     cfg0 = compose_cfg("+experiment=ten", hydra=True)
     folders = lambda *extra: {job_dirname(j, cfg0) for j in grid("ten", *extra)}  # noqa: E731
     parts = [folders("model=llama3_8b,llama2_7b"), folders("model=mistral_7b,qwen3_4b"), folders("model=llama32_3b")]

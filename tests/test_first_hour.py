@@ -287,7 +287,7 @@ def test_setup_installs_numpy_with_torch():
 def test_wandb_group_defaults_to_the_sweep_folder_name():
     from omegaconf import OmegaConf
 
-    from dart.pipeline import _sweep_name_given, wandb_group
+    from dart.pipeline import sweep_name_given, wandb_group
 
     assert wandb_group(None, multirun=False, sweep_name="x", sweep_name_given=True, sweep_dir="/a/b") is None
     assert wandb_group("mine", multirun=True, sweep_name="x", sweep_name_given=True, sweep_dir="/a/b") == "mine"
@@ -297,9 +297,9 @@ def test_wandb_group_defaults_to_the_sweep_folder_name():
     # a sweep_name that was given (on the command line or by an experiment) wins
     assert wandb_group(None, True, sweep_name="ten_offline", sweep_name_given=True, sweep_dir="/x/mysweep") == "ten_offline"
     default = OmegaConf.load(REPO / "conf" / "config.yaml")
-    assert not _sweep_name_given(default)  # ${now:...}: the timestamp default
+    assert not sweep_name_given(default)  # ${now:...}: the timestamp default
     default.sweep_name = "mine"
-    assert _sweep_name_given(default)
+    assert sweep_name_given(default)
 
 
 # ----------------------------------------------------------------------------- dart.bench
@@ -345,7 +345,7 @@ def test_random_builds_are_labelled_as_such_everywhere(monkeypatch):
 
     from dart.models.loading import load_model
     from dart.report import title
-    from dart.tables.labels import model_label, model_name, model_sort_key
+    from dart.models.names import model_label, model_name, model_sort_key
 
     rnd = {"name": "llama3_8b", "init": "random", "source": "hub", "num_layers": 2}
     assert model_label(rnd) == "Llama-3.1-8B shape, random, 2 layers"

@@ -44,12 +44,12 @@ def test_half_sparsity_is_worse_than_dense_but_far_better_than_random_masks(smol
     """50% FFN sparsity from the prompt's statistics (static_prompt: DART's mask without the detector) against
     random masks of exactly the same size per layer, on the same 128-token prompt and the same scored tokens."""
     from dart.engine.controller import Controller
-    from dart.engine.spec import DriftSpec, EngineSpec
+    from dart.compose import auto_spec, drift_spec, engine_spec
 
     model, _ = smollm2
     ids = news_ids[:, :320]
     dense = ppl(model, ids, prefix=128)
-    spec = EngineSpec(sparsity=0.5, drift=DriftSpec(enabled=False))
+    spec = engine_spec(sparsity=0.5, drift=drift_spec(enabled=False))
     c = Controller(model, spec).attach()
     try:
         traced = ppl(model, ids, prefix=128)
@@ -57,7 +57,7 @@ def test_half_sparsity_is_worse_than_dense_but_far_better_than_random_masks(smol
         assert masks.sum(-1).eq(768).all()  # 50% of 1536 in every layer
         # random masks of the same size: replace the built mask right after it is built
         gen = torch.Generator().manual_seed(0)
-        original_build = c._build
+        original_build = c.build
 
         def random_build(rows, layer=None):
             original_build(rows, layer)
@@ -66,7 +66,7 @@ def test_half_sparsity_is_worse_than_dense_but_far_better_than_random_masks(smol
             rand.scatter_(1, perm[:, :768], 1.0)
             c.M[:, 0] = rand.to(c.M.dtype)
 
-        c._build = random_build
+        c.build = random_build
         c.spec.execution = "masked"
         random_ppl = ppl(model, ids, prefix=128)
     finally:

@@ -13,7 +13,7 @@ from conftest import REPO, tiny_gpt2, tiny_llama  # noqa: E402
 from dart.bench.decode import weight_bytes_per_token  # noqa: E402
 from dart.engine.lean import LeanDecoder  # noqa: E402
 from dart.errors import ConfigError  # noqa: E402
-from dart.strategies import Dart, StaticPrompt  # noqa: E402
+from dart.compose import build_strategy  # noqa: E402
 
 IDS = torch.tensor([[5, 17, 99, 3, 42, 77, 12, 8, 64, 31], [9, 1, 2, 120, 7, 7, 55, 60, 101, 4]])
 
@@ -48,10 +48,10 @@ def test_lean_forward_matches_the_model_in_prefill_and_chunks():
 
 @pytest.mark.parametrize("make", [
     lambda: None,
-    lambda: StaticPrompt(sparsity=0.5, execution="compact"),
-    lambda: StaticPrompt(sparsity=0.7, execution="masked"),
-    lambda: Dart(sparsity=0.5, masking_step=2, drift=dict(window=3, sigma_scale=0.0, min_margin=0.0)),
-    lambda: StaticPrompt(sparsity=0.5, masking_step=2, allocation="auto", execution="compact"),  # hooks on a norm
+    lambda: build_strategy("static_prompt", sparsity=0.5, execution="compact"),
+    lambda: build_strategy("static_prompt", sparsity=0.7, execution="masked"),
+    lambda: build_strategy("dart", retrace_tokens=None, sparsity=0.5, masking_step=2, drift=dict(window=3, sigma_scale=0.0, min_margin=0.0)),
+    lambda: build_strategy("static_prompt", sparsity=0.5, masking_step=2, allocation="auto", execution="compact"),  # hooks on a norm
 ], ids=["dense", "static_compact", "static_masked", "dart_drift", "static_auto"])
 @pytest.mark.parametrize("batch", [1, 2])
 def test_lean_generate_equals_transformers_generate_with_the_engine(make, batch):
@@ -173,8 +173,8 @@ def test_compiled_steps_equal_the_eager_loop(monkeypatch):
     ran = []
     compiled_step = LeanDecoder._run_compiled
     monkeypatch.setattr(LeanDecoder, "_run_compiled", lambda self, ids, pos: (ran.append(pos), compiled_step(self, ids, pos))[1])
-    cases = [(IDS[:1], lambda: StaticPrompt(sparsity=0.5, execution="compact")),
-             (IDS, lambda: Dart(sparsity=0.5, masking_step=2, execution="compact",
+    cases = [(IDS[:1], lambda: build_strategy("static_prompt", sparsity=0.5, execution="compact")),
+             (IDS, lambda: build_strategy("dart", retrace_tokens=None, sparsity=0.5, masking_step=2, execution="compact",
                                 drift=dict(window=3, sigma_scale=0.0, min_margin=0.0)))]
     for ids, make in cases:
         eager, t_eager = _decode(m, ids, make(), compile=False)

@@ -15,7 +15,7 @@ from dart.evals import tasks as T
 
 REPO = Path(__file__).resolve().parents[1]
 OFFLINE = REPO / "dart" / "evals" / "tasks" / "offline"
-FIXTURES = REPO / "tests" / "fixtures" / "upstream"
+FIXTURES = REPO / "dart" / "evals" / "tasks" / "fixtures" / "upstream"
 FEWSHOT_TWINS = [b.offline_twin for b in T.BENCHMARKS if b.num_fewshot]
 
 # data file of each offline twin's evaluated split, how many choices (= loglikelihood requests) a row has, and
@@ -187,6 +187,13 @@ def test_fewshot_examples_never_include_the_evaluated_doc(offline, twin):
             assert prompt not in dev_texts, (name, prompt[:60])
             shots = inst.args[0][: -len(prompt)]
             assert shots.count("\nAnswer: ") == 5 and prompt not in shots, name
+
+
+def test_upstream_fixtures_ship_with_the_package():
+    """The format fixtures are package data (pyproject: evals/tasks/**/*), never read from tests/."""
+    assert T.FIXTURE_DIR == FIXTURES and {p.stem for p in FIXTURES.glob("*.jsonl")} == set(T.BENCHMARK_NAMES)
+    assert "tests" not in T.FIXTURE_DIR.relative_to(REPO).parts
+    assert '"evals/tasks/**/*"' in (REPO / "pyproject.toml").read_text()
 
 
 @pytest.mark.parametrize("bench", T.BENCHMARK_NAMES)

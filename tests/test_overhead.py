@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import tiny_llama  # noqa: E402
 from dart.engine.overhead import analytic, model_flops_per_token, summarize  # noqa: E402
-from dart.strategies import Dart  # noqa: E402
+from dart.compose import build_strategy  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +23,7 @@ def _priors_cache(tmp_path, monkeypatch):
 def test_analytic_overhead_equals_the_measured_one(ranking, allocation):
     m = tiny_llama(layers=3, hidden=32, inter=64, vocab=128)
     m.generation_config.eos_token_id = None
-    s = Dart(sparsity=0.5, ranking=ranking, allocation=allocation, drift=dict(window=4, min_margin=10.0))  # never fires
+    s = build_strategy("dart", sparsity=0.5, ranking=ranking, allocation=allocation, drift=dict(window=4, min_margin=10.0))  # never fires
     s.attach(m)
     P, N = 12, 9
     ids = torch.arange(3, 3 + P)[None]
@@ -45,7 +45,7 @@ def test_llama31_8b_overhead_is_within_the_papers_claims():
     from dart.bench.overhead import overhead
 
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["model=llama3_8b", "strategy=dart", "ranking=combined", "dtype=bfloat16"])
+        cfg = compose("bench_overhead", overrides=["model=llama3_8b", "strategy=dart", "ranking=combined", "dtype=bfloat16"])
     res = overhead(cfg, 512, 512)
     assert res["params"] == 8_030_261_248  # Llama-3.1-8B
     b = res["state_breakdown"]

@@ -184,7 +184,7 @@ def test_wandb_logger_groups_by_sweep_and_closes_a_leftover_run(tmp_path, monkey
     from hydra.types import RunMode
     from omegaconf import OmegaConf, open_dict
 
-    from dart.pipeline import _make_logger
+    from dart.pipeline import make_logger
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     GlobalHydra.instance().clear()
@@ -201,18 +201,18 @@ def test_wandb_logger_groups_by_sweep_and_closes_a_leftover_run(tmp_path, monkey
 
     try:
         as_hydra_job(RunMode.RUN, "")
-        single = _make_logger(job, tmp_path, {})
+        single = make_logger(job, tmp_path, {})
         assert single._wandb_init["group"] is None  # a single run belongs to no sweep
         assert single._wandb_init["name"] == "smollm2_135m-dart-0.7-ten"
         assert set(single._wandb_init["tags"]) == {"strategy=dart", "model=smollm2_135m", "eval=ten", "sparsity=0.7"}
 
         as_hydra_job(RunMode.MULTIRUN, "+variant=dart_70,model=smollm2_135m")
         leftover = wandb.init(mode="offline", dir=str(tmp_path), project="dart")  # as a job that failed mid-run leaves it
-        multi = _make_logger(job, tmp_path, {})
+        multi = make_logger(job, tmp_path, {})
         assert wandb.run is None and leftover._is_finished
         assert multi._wandb_init["group"] == "ten_offline"
         assert multi._wandb_init["name"] == "+variant=dart_70,model=smollm2_135m"
         job.logger.group = "mine"
-        assert _make_logger(job, tmp_path, {})._wandb_init["group"] == "mine"
+        assert make_logger(job, tmp_path, {})._wandb_init["group"] == "mine"
     finally:
         HydraConfig.instance().cfg = None  # leave no Hydra state to other tests

@@ -1,5 +1,5 @@
 """eval=switch (dart.evals.switch), the drift benchmark at scale, and the bootstrap intervals it reports
-(dart.evals.ci): pairs built from the offline real text (300 ABC news, 90 Wikipedia articles) in both orders plus
+(dart.stats): pairs built from the offline real text (300 ABC news, 90 Wikipedia articles) in both orders plus
 same-document controls; dense is exact; re-traces are counted per sample; a user's pairs file fails in one line
 naming the file and the line. Tiny random Llama with the committed 1k BPE (tests/conftest.py)."""
 from __future__ import annotations
@@ -14,10 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import run_cli, tiny_llama  # noqa: E402
 from dart.errors import ConfigError  # noqa: E402
 from dart.evals.base import EvalContext  # noqa: E402
-from dart.evals.ci import (binary_stderr, bits, bootstrap_ci, from_bits, paired_diff_ci,  # noqa: E402
+from dart.stats import (binary_stderr, bits, bootstrap_ci, from_bits, paired_diff_ci,  # noqa: E402
                            stderr)
 from dart.strategies import Dense  # noqa: E402
-from dart.strategies.engine_backed import Dart  # noqa: E402
+from dart.compose import build_strategy  # noqa: E402
 
 SMALL = dict(prefix=16, length=12)
 
@@ -123,7 +123,7 @@ def test_dense_is_exact(tok, tmp_path):
 def test_pruned_model_diverges_and_retraces_are_counted_per_sample(tok, tmp_path):
     from dart.evals.switch import Switch
 
-    strategy = Dart(sparsity=0.5)  # the drift detector on
+    strategy = build_strategy("dart", retrace_tokens=None, **{"drift.min_margin": 0.1}, sparsity=0.5)  # the drift detector on
     ev = Switch(prefix=32, length=40, limit=8)
     # initializer_range 0.1 (default 0.02): sharper next-token distributions, so KL is far above float noise
     ev.setup(context(model(initializer_range=0.1), tok, strategy, tmp_path))
@@ -219,7 +219,7 @@ def test_cli_smoke_run(tmp_path):
     assert len((tmp_path / "switch_samples.jsonl").read_text().splitlines()) == 3
 
 
-# ============================================================================ bootstrap intervals (dart.evals.ci)
+# ============================================================================ bootstrap intervals (dart.stats)
 def test_bootstrap_of_constant_data_has_zero_width():
     assert bootstrap_ci([0.25] * 30) == (0.25, 0.25)
     assert bootstrap_ci([3.0]) == (3.0, 3.0) and bootstrap_ci([]) is None

@@ -342,7 +342,7 @@ def test_unreadable_and_foreign_results_are_noted(tmp_path):
     assert md_row(md, "SmolLM2-135M", "Dense")[4] == "50.0"
 
 
-# ============================================================================ fair comparisons (method.md 9)
+# ============================================================================ fair comparisons (docs/method.md 9)
 def switch_metrics(kl: float, top1: float, lo: float, hi: float) -> dict:
     """eval=switch metrics: switch/control/all with bootstrap bounds (the control numbers are not under test)."""
     m = {}
@@ -527,7 +527,7 @@ def test_no_decomposition_without_allocation_or_protocol(ten_sweep, tmp_path):
 
 # ----------------------------------------------------------------------------- accuracies with n and 95% intervals
 def test_accuracy_intervals_from_stderr_per_document_results_or_p_and_n(tmp_path):
-    from dart.evals.ci import Z95
+    from dart.stats import Z95
 
     cfg = job_config("+experiment=ten_offline", "+variant=dart_50")
     metrics = {  # boolq: lm-eval's stderr wins; rte: from the per-document results; hellaswag: from p and n alone
@@ -590,3 +590,22 @@ def test_decomposition_with_a_failed_run_flags_nothing(tmp_path):
     section = md.split("### Decomposition")[1]
     assert md_row(section, "SmolLM2-135M", "70%", "DART", "uniform", "compat")[5:] == ["70.0"] + [MISSING] * 4  # target; effective, Avg, boolq, arc_easy
     assert "⚠" not in md and "≡ DART" not in md
+
+
+def test_evaluation_kind_is_keyed_by_eval_name_not_the_class_path():
+    """Every conf/eval config has its kind by `eval.name` (what each ran as by its class until now), and a run whose
+    `_target_` names a renamed class keeps its kind: its tables do not silently become "other"."""
+    from dart.tables.build import EVAL_KINDS, kind
+    from dart.tables.collect import Record
+
+    by_class = {"Harness": "ten", "Summarization": "summarization", "Drift": "drift", "Switch": "switch",
+                "Fidelity": "fidelity", "Perplexity": "perplexity"}
+    for path in sorted((CONF / "eval").glob("*.yaml")):
+        cfg = job_config(f"eval={path.stem}")
+        assert kind(Record(source="x", status="complete", config=cfg)) == by_class[cfg["eval"]["_target_"].rsplit(".", 1)[1]]
+        assert cfg["eval"]["name"] in EVAL_KINDS, path.name
+    cfg = job_config("eval=switch")
+    cfg["eval"]["_target_"] = "dart.evals.renamed.SwitchBenchmark"
+    assert kind(Record(source="x", status="complete", config=cfg)) == "switch"
+    cfg["eval"]["name"] = "my_own_eval"
+    assert kind(Record(source="x", status="complete", config=cfg)) == "other"

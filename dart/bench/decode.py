@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from dart.engine.lean import LeanDecoder
-from dart.strategies import Dart, StaticPrompt
+from dart.compose import build_strategy
 
 MODES = ("dense", "masked", "compacted")  # compacted at batch > 1: the rows' union (reported as mode "union")
 LOOPS = ("lean", "hf", "compiled")  # compiled: the lean loop with its steady steps through torch.compile
@@ -80,7 +80,8 @@ def _strategy(mode: str, sparsity: float):
         return None
     # compacted: a single sequence's kept prefix, or a batch's union (forced: the bench measures the union even
     # where execution=auto would run the batch masked, and reports whether it would)
-    return StaticPrompt(sparsity=sparsity, execution="masked" if mode == "masked" else "compact", masking_step=1)
+    return build_strategy("static_prompt", sparsity=sparsity, execution="masked" if mode == "masked" else "compact",
+                          masking_step=1)
 
 
 def row_mode(mode: str, batch: int) -> str:
@@ -225,7 +226,7 @@ def remask_demo(model, tokenizer, cfg, sparsity: float) -> dict[str, Any]:
     chat = bool(cfg.model.get("instruct", False))
     ids = torch.tensor([render_prompt(tokenizer, text, chat)], device=device)
     new = 200
-    strat = Dart(sparsity=sparsity, masking_step=int(cfg.remask_masking_step), execution="compact")
+    strat = build_strategy("dart", sparsity=sparsity, masking_step=int(cfg.remask_masking_step), execution="compact")
     strat.attach(model, tokenizer)
     try:
         dec = LeanDecoder(model, ids.shape[1] + new, 1, strat.controller)
@@ -239,14 +240,3 @@ def remask_demo(model, tokenizer, cfg, sparsity: float) -> dict[str, Any]:
     return {"sparsity": sparsity, "masking_step": int(cfg.remask_masking_step), "new_tokens": new,
             "prompt_tokens": ids.shape[1], "triggers": triggers, "decode_s": d, "remask_s": remask,
             "remask_share": remask / d, "tokens_per_s": (new - 1) / d}
-
-
-def machine() -> dict[str, Any]:
-    import platform
-
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "loadavg_1m": os.getloadavg()[0]}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info

@@ -2,15 +2,15 @@
 (eval, strategy), one after another on the same machine, with the load average before and after each.
 
     python -m dart.bench.evals                                   # perplexity, fidelity, drift x dense/static_prompt/dart
-    python -m dart.bench.evals --evals perplexity --strategies static_prompt,dart --out /tmp/t
+    python -m dart.bench.evals evals=[perplexity] strategies=[static_prompt,dart] out=/tmp/t   # conf/bench_evals.yaml
 
 The time is results.json `timing.eval_s` (the evaluation, without loading the model) and the ratio to
 static_prompt in the same run (the target of the fast teacher-forcing work: dynamic strategies at most 1.3x the
-static prompt mask). Writes evals.json and evals.md into --out (default benchmarks/eval_timing/).
+static prompt mask). Writes evals.json and evals.md into `out` (default benchmarks/eval_timing/). The model is
+the run's: `model=...` and any `model.<key>=...` given here reach every run.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -18,6 +18,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from dart.bench.common import Outputs, machine, run_bench
 
 REPO = Path(__file__).resolve().parents[2]
 # the README's settings of each eval (eval=drift is greedy generation: shortened here, 2 prompts x 200 tokens)
@@ -56,38 +61,39 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m dart.bench.evals", description=__doc__.split("\n\n")[0])
-    p.add_argument("--evals", default="perplexity,fidelity,drift")
-    p.add_argument("--strategies", default="dense,static_prompt,dart")
-    p.add_argument("--sparsity", default="0.5")
-    p.add_argument("--model", default="smollm2_135m")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "eval_timing")
-    a = p.parse_args(argv)
-    evals, strategies = a.evals.split(","), a.strategies.split(",")
-    bad = [e for e in evals if e not in EVAL_ARGS]
-    if bad:
-        print(f"error: --evals {','.join(bad)}: choose from {', '.join(EVAL_ARGS)}", file=sys.stderr)
-        return 2
-    from dart.bench.decode import machine
+def model_args(cfg: DictConfig) -> list[str]:
+    """The model of every run: model=<name> and the model.<key>=... overrides this bench was given."""
+    from hydra.core.hydra_config import HydraConfig
 
+    given = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return [f"model={cfg.model.name}", *(o for o in given if o.lstrip("+~").startswith("model."))]
+
+
+def bench(cfg: DictConfig) -> dict:
+    from dart.config_checks import check_sparsity
+    from dart.errors import choice_error
+
+    evals, strategies = [str(e) for e in cfg.evals], [str(s) for s in cfg.strategies]
+    for e in evals:
+        if e not in EVAL_ARGS:
+            raise choice_error("evals entry", e, EVAL_ARGS)
+    sparsity = check_sparsity(cfg.sparsity)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for ev in evals:
             for s in strategies:
                 print(f"[bench.evals] {ev} / {s} ...", flush=True)
-                rows.append(run_one(ev, s, [f"sparsity={a.sparsity}", f"model={a.model}"], Path(tmp)))
+                rows.append(run_one(ev, s, [f"sparsity={sparsity}", *model_args(cfg)], Path(tmp)))
     for r in rows:
         ref = next((x for x in rows if x["eval"] == r["eval"] and x["strategy"] == "static_prompt"), None)
         r["ratio_to_static_prompt"] = round(r["eval_s"] / ref["eval_s"], 3) if ref and ref["eval_s"] else None
-    res = {"model": a.model, "sparsity": float(a.sparsity), "machine": machine(), "rows": rows}
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "evals.json").write_text(json.dumps(res, indent=1) + "\n")
-    (a.out / "evals.md").write_text(markdown(res))
-    print(markdown(res))
-    print(f"[bench.evals] wrote {a.out / 'evals.json'}, {a.out / 'evals.md'}")
-    return 0
+    return {"model": cfg.model.name, "sparsity": sparsity, "machine": machine(), "rows": rows}
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="bench_evals")
+def main(cfg: DictConfig) -> None:
+    run_bench(cfg, bench, Outputs(json="evals.json", render=markdown, markdown="evals.md"), "bench.evals")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

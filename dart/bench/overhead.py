@@ -2,36 +2,33 @@
 FLOPs ratio for any model config, from its architecture numbers alone (a weightless "meta" model counts the
 parameters; no download, no memory). Same accounting as the measured `overhead` of results.json
 (dart.engine.overhead.analytic, checked against measured tensors in the tests). Writes
-benchmarks/overhead/<model>-<strategy>-<ranking>.json."""
+benchmarks/overhead/<model>-<strategy>-<ranking>.json (conf/bench_overhead.yaml: `out`, `prompt_tokens`,
+`new_tokens`, and the run's model, strategy and ranking groups and `sparsity`)."""
 from __future__ import annotations
-
-import json
-import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from dart.bench.common import Outputs, run_bench, strategy_of
 from dart.errors import DartError
 
 
 def overhead(cfg: DictConfig, prompt_tokens: int, new_tokens: int) -> dict:
     import torch
-    from hydra.utils import instantiate
     from transformers import AutoModelForCausalLM
 
     from dart.engine.overhead import analytic
     from dart.models.architectures import hf_config
-    from dart.models.loading import _arch, resolve_dtype
+    from dart.models.loading import architecture_numbers, resolve_dtype
 
-    strategy = instantiate(cfg.strategy, sparsity=float(cfg.sparsity), ranking=cfg.ranking.name, _convert_="all")
+    strategy = strategy_of(cfg)
     spec = getattr(strategy, "spec", None)
     if spec is None:
         raise DartError(f"strategy={cfg.strategy.name} does not run on the DART engine: it has no engine overhead")
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config(_arch(cfg.model)), dtype=dtype)
+        model = AutoModelForCausalLM.from_config(hf_config(architecture_numbers(cfg.model)), dtype=dtype)
     emb = model.get_input_embeddings().weight
     head = model.get_output_embeddings()
     tied = head is not None and head.weight is emb
@@ -46,25 +43,24 @@ def overhead(cfg: DictConfig, prompt_tokens: int, new_tokens: int) -> dict:
             "params": params + emb.numel(), **res}
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    from dart.results import write_json_atomic
+def bench(cfg: DictConfig) -> dict:
+    return overhead(cfg, int(cfg.prompt_tokens), int(cfg.new_tokens))
 
-    try:
-        res = overhead(cfg, int(cfg.get("prompt_tokens", 512)), int(cfg.get("new_tokens", 512)))
-    except DartError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    out = Path("benchmarks/overhead") / f"{res['model']}-{res['strategy']}-{res['ranking']}.json"
-    write_json_atomic(out, res)
-    print(f"{res['model']} ({res['dtype']}), strategy={res['strategy']} ranking={res['ranking']}, "
-          f"{res['prompt_tokens']}-token prompt + {res['new_tokens']} new tokens:")
-    print(f"  state_bytes {res['state_bytes'] / 1e6:.2f} MB  "
-          + ", ".join(f"{k} {v / 1e6:.2f}" for k, v in res["state_breakdown"].items() if k != "total"))
-    print(f"  flops_ratio {100 * res['flops_ratio']:.4f}%  (engine {res['engine_flops']:.3g} / model {res['model_flops']:.3g} FLOPs)")
-    print(f"[dart] {out}")
+
+def summary(res: dict) -> str:
+    return "\n".join([
+        f"{res['model']} ({res['dtype']}), strategy={res['strategy']} ranking={res['ranking']}, "
+        f"{res['prompt_tokens']}-token prompt + {res['new_tokens']} new tokens:",
+        f"  state_bytes {res['state_bytes'] / 1e6:.2f} MB  "
+        + ", ".join(f"{k} {v / 1e6:.2f}" for k, v in res["state_breakdown"].items() if k != "total"),
+        f"  flops_ratio {100 * res['flops_ratio']:.4f}%  (engine {res['engine_flops']:.3g} / model {res['model_flops']:.3g} FLOPs)",
+    ])
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="bench_overhead")
+def main(cfg: DictConfig) -> None:
+    run_bench(cfg, bench, Outputs(json="{model}-{strategy}-{ranking}.json", render=summary), "overhead")
 
 
 if __name__ == "__main__":
-    sys.argv = [a for a in sys.argv if not a.startswith("hydra.run.dir")] + ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
     main()

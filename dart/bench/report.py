@@ -1,12 +1,10 @@
-"""Bench outputs: results JSON, a markdown table and a plot of speed-up against sparsity (batch 1) and against batch
-size (the union of the rows' masks), each with its bytes-bound limit."""
+"""Outputs of python -m dart.bench (bench.json through dart.bench.common.write_results): the busy-machine warning
+and share flags, a markdown table and a plot of speed-up against sparsity (batch 1) and against batch size (the
+union of the rows' masks), each with its bytes-bound limit."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-from dart.results import write_json_atomic
-
 
 LOAD_PER_CORE_MAX = 0.5  # 1-minute load average per core above which timings on this machine are not trusted
 SHARE_FLAG = ("share of the bytes-bound limit above 100%: a measurement error (timing noise, or bytes the count "
@@ -173,14 +171,3 @@ def plot(res: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def write(res: dict[str, Any], out: Path) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "bench.json", "markdown": out / "bench.md", "plot": out / "speedup.png"}
-    write_json_atomic(paths["json"], res)
-    tmp = paths["markdown"].with_suffix(".md.tmp")
-    tmp.write_text(markdown(res))
-    tmp.replace(paths["markdown"])
-    plot(res, paths["plot"])
-    return paths

@@ -15,29 +15,17 @@ The machine may be shared: the 1-minute load average is recorded before and afte
 from __future__ import annotations
 
 import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
 
-from dart.errors import DartError
+from dart.bench import scoring_report
+from dart.bench.common import Outputs, dtype_name, load, machine, prepare, progress, run_bench, time_scoring
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def load_strategy(name: str, sparsity: float, ranking: str):
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from dart.errors import choice_error
-
-    path = REPO / "conf" / "strategy" / f"{name}.yaml"
-    if not path.is_file():
-        raise choice_error("strategies entry", name, sorted(p.stem for p in path.parent.glob("*.yaml")))
-    return instantiate(OmegaConf.load(path), sparsity=float(sparsity), ranking=ranking, _convert_="all")
+OUTPUTS = Outputs(json="scoring.json", render=scoring_report.markdown, markdown="scoring.md", plot="scoring.png",
+                  draw=scoring_report.plot)
 
 
 def lm_eval_tasks(bench: str, cfg: DictConfig) -> list[str]:
@@ -68,25 +56,12 @@ class Counter:
 
 def run_once(model, tokenizer, strategy, tasks: list[str], shots: int, limit, batch_size: int, forcing: str) -> dict[str, Any]:
     import lm_eval
-    import torch
 
     from dart.evals.lm import DartLM
     from dart.evals.tasks import offline_task_manager
 
     lm = DartLM(model, tokenizer, strategy, batch_size=batch_size, forcing=forcing)
-    inner, spent = lm._loglikelihood_tokens, [0.0]
-
-    def timed(*a, **kw):
-        if model.device.type == "cuda":
-            torch.cuda.synchronize(model.device)
-        t = time.perf_counter()
-        out = inner(*a, **kw)
-        if model.device.type == "cuda":
-            torch.cuda.synchronize(model.device)
-        spent[0] += time.perf_counter() - t
-        return out
-
-    lm._loglikelihood_tokens = timed
+    spent = time_scoring(lm, model)
     c = getattr(strategy, "controller", None)
     triggers0 = len(c.triggers) if c is not None else 0
     counter = Counter(model)
@@ -120,41 +95,27 @@ def run_once(model, tokenizer, strategy, tasks: list[str], shots: int, limit, ba
 
 
 def bench(cfg: DictConfig) -> dict[str, Any]:
-    import torch
-    from rich.progress import Progress
-
-    from dart.bench.decode import machine
+    from dart.compose import build_strategy
     from dart.config_checks import check_sparsity
     from dart.errors import ConfigError
     from dart.evals.tasks import benchmark
-    from dart.models.loading import load_model, resolve_device
-    from dart.pipeline import _quiet_libraries
 
     check_sparsity(cfg.sparsity)
     for t in cfg.tasks:
         benchmark(t)  # a clear error for an unknown name
     if not cfg.batch_sizes or any(int(b) < 1 for b in cfg.batch_sizes):
         raise ConfigError(f"batch_sizes={list(cfg.batch_sizes)} must be positive integers")
-    strategies = {name: load_strategy(name, cfg.sparsity, cfg.ranking) for name in cfg.strategies}
-    _quiet_libraries()
-    import logging
-
-    for name in ("lm_eval", "lm-eval", "datasets"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    torch.manual_seed(int(cfg.seed))
-    torch.set_grad_enabled(False)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    device = resolve_device(cfg.device)
-    loaded = load_model(cfg.model, device=device, dtype=cfg.dtype)
+    ranking = cfg.ranking.name
+    strategies = {name: build_strategy(name, sparsity=float(cfg.sparsity), ranking=ranking) for name in cfg.strategies}
+    prepare(cfg, quiet=("lm_eval", "lm-eval", "datasets"))
+    loaded, device = load(cfg)
     model, tok = loaded.model, loaded.tokenizer
     info = machine()
     rows, checks = [], []
     n_runs = len(cfg.tasks) * len(strategies) * (len(cfg.batch_sizes) + (1 if cfg.reference_limit else 0))
-    with Progress(transient=True) as bar:
-        task_bar = bar.add_task("scoring bench", total=n_runs)
+    with progress("scoring bench", n_runs, float(cfg.get("progress_s", 30))) as step:
         if cfg.warmup:
-            run_once(model, tok, strategies["dense"] if "dense" in strategies else load_strategy("dense", 0.0, cfg.ranking),
+            run_once(model, tok, strategies["dense"] if "dense" in strategies else build_strategy("dense", 0.0, ranking),
                      lm_eval_tasks(cfg.tasks[0], cfg), benchmark(cfg.tasks[0]).num_fewshot, 2, 1, "chunked")
         for bench_name in cfg.tasks:
             b = benchmark(bench_name)
@@ -171,7 +132,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
                         if name != "dense":
                             strategy.detach()
                     runs[name, int(bs)] = r
-                    bar.advance(task_bar)
+                    step()
             ref_limit = (cfg.reference_limits or {}).get(bench_name, cfg.reference_limit)
             for name, strategy in strategies.items():
                 if not ref_limit:
@@ -183,7 +144,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
                 finally:
                     if name != "dense":
                         strategy.detach()
-                bar.advance(task_bar)
+                step()
                 for bs in cfg.batch_sizes:
                     fast = runs[name, int(bs)]
                     keys = [k for k in ref["_lls"] if k in fast["_lls"]]
@@ -202,8 +163,8 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
                              "max_loglik_diff": mine[0]["max_loglik_diff"] if mine else None,
                              "same_choices_as_reference": mine[0]["same_choices"] if mine else None})
     info["loadavg_1m_end"] = os.getloadavg()[0]
-    return {"config": {"model": cfg.model.name, "device": device, "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-                       "sparsity": float(cfg.sparsity), "ranking": cfg.ranking, "limit": cfg.limit,
+    return {"config": {"model": cfg.model.name, "device": device, "dtype": dtype_name(model),
+                       "sparsity": float(cfg.sparsity), "ranking": ranking, "limit": cfg.limit,
                        "mmlu_subjects": int(cfg.mmlu_subjects), "reference_limit": cfg.reference_limit,
                        "batch_sizes": [int(b) for b in cfg.batch_sizes]},
             "machine": info, "model": loaded.info, "rows": rows, "exactness": checks}
@@ -211,16 +172,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="bench_scoring")
 def main(cfg: DictConfig) -> None:
-    from dart.bench.scoring_report import markdown, write
-
-    try:
-        res = bench(cfg)
-    except DartError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    paths = write(res, Path(cfg.out))
-    print(markdown(res))
-    print(f"[dart] scoring bench results: {paths['json']}, {paths['markdown']}, {paths['plot']}")
+    run_bench(cfg, bench, OUTPUTS, "scoring bench")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,9 @@
-"""Outputs of python -m dart.bench.scoring: scoring.json, a markdown table and a bar plot of the time ratio to
-dense per task and strategy."""
+"""Outputs of python -m dart.bench.scoring (scoring.json through dart.bench.common.write_results): a markdown table
+and a bar plot of the time ratio to dense per task and strategy."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-from dart.results import write_json_atomic
 
 
 def _f(v, spec=".2f", missing="–"):
@@ -76,14 +74,3 @@ def plot(res: dict[str, Any], path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def write(res: dict[str, Any], out: Path) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "scoring.json", "markdown": out / "scoring.md", "plot": out / "scoring.png"}
-    write_json_atomic(paths["json"], res)
-    tmp = paths["markdown"].with_suffix(".md.tmp")
-    tmp.write_text(markdown(res))
-    tmp.replace(paths["markdown"])
-    plot(res, paths["plot"])
-    return paths

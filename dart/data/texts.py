@@ -13,23 +13,9 @@ where the hub cannot be reached.
 from __future__ import annotations
 
 import functools
-import importlib.util
-from pathlib import Path
 
+from dart.data.gensim_data import gensim_test_data
 from dart.errors import UnavailableError, choice_error
-
-GENSIM_PIP = "pip install --no-deps gensim==4.4.0"
-
-
-def gensim_test_data() -> Path:
-    """Folder of gensim's bundled test data, found without importing gensim."""
-    spec = importlib.util.find_spec("gensim")
-    if spec is None or not spec.submodule_search_locations:
-        raise UnavailableError(f"the offline real texts come from the gensim package; install it with `{GENSIM_PIP}`")
-    path = Path(spec.submodule_search_locations[0]) / "test" / "test_data"
-    if not path.is_dir():
-        raise UnavailableError(f"gensim is installed but has no test data at {path}; reinstall with `{GENSIM_PIP}`")
-    return path
 
 
 @functools.lru_cache(maxsize=1)
@@ -55,6 +41,7 @@ def calibration_documents() -> tuple[str, ...]:
 
 
 def wiki_documents() -> tuple[str, ...]:
+    """The Wikipedia articles of dart.data.wiki, each as one plain text."""
     from dart.data.wiki import wiki_articles
 
     return tuple(a.text for a in wiki_articles())

@@ -22,6 +22,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Callable
 
+from dart.data.gensim_data import gensim_test_data
+
 WIKI_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
 MIN_LEAD_WORDS = 30
@@ -370,8 +372,6 @@ def _pages(path) -> "list[tuple[str, str]]":
 def wiki_articles() -> tuple[WikiArticle, ...]:
     """The real articles of the excerpt (about 90), in file order: namespace 0, no redirects, no disambiguation
     pages, lead >= 30 words and body >= 200 words after stripping."""
-    from dart.data.texts import gensim_test_data
-
     articles = []
     for title, wikitext in _pages(gensim_test_data() / WIKI_DUMP):
         if title.endswith("(disambiguation)") or _DISAMBIGUATION.search(wikitext):

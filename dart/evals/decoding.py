@@ -1,9 +1,12 @@
 """Scoring text under teacher forcing, either as one forward (prefill) or as decoding: a prefix primes the model
 (and a dynamic strategy's statistics), then every later token is fed as in generation, so masks, re-traces and
 the drift detector act exactly as they would when generating. Decoding runs through dart.engine.forcing:
-`chunked` (a few forwards, exact) by default, `reference` (one cached forward per token) for tests."""
+`chunked` (a few forwards, exact) by default, `reference` (one cached forward per token) for tests.
+`compare_with_dense` scores one sequence both ways, dense (the strategy paused) and pruned: eval=fidelity's and
+eval=switch's per-token comparison."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
@@ -54,3 +57,40 @@ def token_logprobs(model, ids: torch.Tensor, prefix_len: int | None = None, mode
 
     teacher_force(model, ids, prefix_len, take, mode=mode)
     return out
+
+
+@dataclasses.dataclass
+class DenseComparison:
+    """Per continuation token (n = T - prefix), the pruned model against the dense one."""
+
+    kl: torch.Tensor  # (n,) KL(dense || pruned)
+    top1: torch.Tensor  # (n,) 1.0 where the pruned model's top-1 token is the dense model's
+    nll: torch.Tensor  # (n,) NLL of the true token under the pruned model
+    nll_dense: torch.Tensor  # (n,) the same under the dense model
+
+
+@torch.no_grad()
+def compare_with_dense(model, strategy, ids: torch.Tensor, prefix: int, forcing: str = "chunked") -> DenseComparison:
+    """Score the continuation ids[0, prefix:] of one sequence (1, T) twice: dense (the strategy paused, one forward)
+    and pruned, as decoding for a dynamic strategy (ids[:, :prefix] the prompt, every later token teacher-forced,
+    so masks and the drift detector act as in generation), in one forward otherwise."""
+    P = prefix
+    with strategy.paused():
+        dense = model(input_ids=ids[:, :-1], use_cache=False).logits[0, P - 1 :].float().log_softmax(-1)
+    targets = ids[0, P:]
+    n = targets.numel()
+    kl, agree, nll = (torch.zeros(n, device=ids.device) for _ in range(3))
+
+    def take(rows, start, logits):  # logits[0, t] predicts ids[0, start + t + 1]; keep the continuation's (last wins)
+        lo, hi = max(start, P - 1), min(start + logits.shape[1], P - 1 + n)
+        if hi <= lo:
+            return
+        lp = logits[0, lo - start : hi - start].float().log_softmax(-1)
+        ref = dense[lo - (P - 1) : hi - (P - 1)]
+        kl[lo - (P - 1) : hi - (P - 1)] = (ref.exp() * (ref - lp)).sum(-1)
+        agree[lo - (P - 1) : hi - (P - 1)] = (ref.argmax(-1) == lp.argmax(-1)).float()
+        nll[lo - (P - 1) : hi - (P - 1)] = -lp.gather(-1, targets[lo - (P - 1) : hi - (P - 1), None]).squeeze(-1)
+
+    teacher_force(model, ids, P if getattr(strategy, "dynamic", False) else None, take, mode=forcing,
+                  prefix_logits=False)
+    return DenseComparison(kl, agree, nll, -dense.gather(-1, targets[:, None]).squeeze(-1))

@@ -1,4 +1,4 @@
-"""The knowledge-drift study (method.md section 7): two-topic prompts, long greedy generation, the dense
+"""The knowledge-drift study (docs/method.md section 7): two-topic prompts, long greedy generation, the dense
 output as the reference; ROUGE-L, BLEU and token agreement against dense; the detector's triggers per sample;
 a plot of the window cosine over time per sample. `eval=drift_demo` is one prompt with the text printed and
 the trigger points marked in it.

@@ -5,7 +5,8 @@ Each sample is a prefix of `prefix` tokens from one real document followed by `l
 same document (segment `same`) or another document (segment `switch`: the topic changes under the model).
 The dense model scores it in one forward (strategy paused); the pruned model scores it as decoding: the prefix
 is the prompt, every continuation token teacher-forced (dart.engine.forcing, `forcing` chunked or reference), so
-masks and the drift detector act as in generation. Per continuation token: KL(dense || pruned), top-1 agreement, and the NLL of the true token.
+masks and the drift detector act as in generation. Per continuation token: KL(dense || pruned), top-1 agreement,
+and the NLL of the true token (dart.evals.decoding.compare_with_dense, shared with eval=switch).
 """
 from __future__ import annotations
 
@@ -63,33 +64,13 @@ class Fidelity(Evaluator):
 
     @torch.no_grad()
     def step(self, sample):
-        from dart.evals.decoding import teacher_force
+        from dart.evals.decoding import compare_with_dense
 
         segment, index, tokens = sample
-        model, strategy = self.ctx.model, self.ctx.strategy
         ids = torch.tensor([tokens], device=self.ctx.device)
-        P = self.prefix
-        with strategy.paused():
-            dense = model(input_ids=ids[:, :-1], use_cache=False).logits[0, P - 1 :].float().log_softmax(-1)
-        targets = ids[0, P:]
-        n = targets.numel()
-        kl, agree, nll = (torch.zeros(n, device=ids.device) for _ in range(3))
-
-        def take(rows, start, logits):  # logits[0, t] predicts ids[0, start + t + 1]; keep the continuation's
-            lo, hi = max(start, P - 1), min(start + logits.shape[1], P - 1 + n)
-            if hi <= lo:
-                return
-            lp = logits[0, lo - start : hi - start].float().log_softmax(-1)
-            ref = dense[lo - (P - 1) : hi - (P - 1)]
-            kl[lo - (P - 1) : hi - (P - 1)] = (ref.exp() * (ref - lp)).sum(-1)
-            agree[lo - (P - 1) : hi - (P - 1)] = (ref.argmax(-1) == lp.argmax(-1)).float()
-            nll[lo - (P - 1) : hi - (P - 1)] = -lp.gather(-1, targets[lo - (P - 1) : hi - (P - 1), None]).squeeze(-1)
-
-        prefix = P if getattr(strategy, "dynamic", False) else None
-        teacher_force(model, ids, prefix, take, mode=self.forcing, prefix_logits=False)
-        dense_nll = -dense.gather(-1, targets[:, None]).squeeze(-1)
-        return {"segment": segment, "doc": index, "kl": kl.cpu(), "top1": agree.cpu(), "nll": nll.cpu(),
-                "nll_dense": dense_nll.cpu()}
+        c = compare_with_dense(self.ctx.model, self.ctx.strategy, ids, self.prefix, self.forcing)
+        return {"segment": segment, "doc": index, "kl": c.kl.cpu(), "top1": c.top1.cpu(), "nll": c.nll.cpu(),
+                "nll_dense": c.nll_dense.cpu()}
 
     def finalize(self, outputs):
         metrics: dict[str, float | None] = {}

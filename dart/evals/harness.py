@@ -44,7 +44,7 @@ def summarize_results(results: dict, names: list[str], metrics=("acc", "acc_norm
 def per_doc_correctness(results: dict, metrics=("acc", "acc_norm")) -> dict[str, dict[str, str]]:
     """{leaf task: {metric: "0110..."}} from lm_eval.simple_evaluate(log_samples=True)'s samples, in doc_id order;
     a metric whose per-document values are not all 0/1 is left out."""
-    from dart.evals.ci import bits
+    from dart.stats import bits
 
     out: dict[str, dict[str, str]] = {}
     for task, samples in (results.get("samples") or {}).items():
@@ -61,7 +61,7 @@ def stderr_metrics(results: dict, names: list[str], per_doc: dict, metrics=("acc
     with bootstrap_iters=0), else the sample standard deviation of the per-document values / sqrt(n) (what lm-eval
     computes for a mean); a group's macro average combines its leaves' (sqrt(sum se^2) / k), its micro average pools
     the documents."""
-    from dart.evals.ci import combined_stderr, from_bits, stderr
+    from dart.stats import combined_stderr, from_bits, stderr
 
     res = results.get("results", {})
 
@@ -133,7 +133,7 @@ class Harness(Evaluator):
         super().setup(ctx)
         from dart.evals.tasks import benchmark, offline_task_manager
 
-        from dart.data.hub import hub_reachable
+        from dart.hub import hub_reachable
 
         self._plan = []
         unreachable = hub_reachable() if self.source != "offline" else None
@@ -238,7 +238,7 @@ class Harness(Evaluator):
                 accs.append(sum(vals) / len(vals))
         metrics["average/acc"] = sum(accs) / len(accs) if accs else None
         # the average's standard error (benchmarks independent; each benchmark the mean of its tasks) and its n
-        from dart.evals.ci import combined_stderr
+        from dart.stats import combined_stderr
 
         ses = [combined_stderr([o["metrics"].get(f"{t}/acc_stderr") for t in o["tasks"]]) for o in outputs]
         metrics["average/acc_stderr"] = combined_stderr(ses) if accs and len(accs) == len(outputs) else None

@@ -1,4 +1,4 @@
-"""Summarization (method.md section 7): the published prompt "Summarize the following:\\n\\n{doc}\\n\\nSummary:",
+"""Summarization (docs/method.md section 7): the published prompt "Summarize the following:\\n\\n{doc}\\n\\nSummary:",
 the document truncated so the prompt fits `max_input_tokens` (the instruction and the cue are kept, unlike the
 published code), the chat template for instruct models, greedy decoding, ROUGE-1/2/L/Lsum with stemming
 (rouge-score). Per-sample outputs go to summaries.jsonl in the run folder.
@@ -32,7 +32,7 @@ def load_pairs(name: str, limit: int | None) -> list[dict]:
 
         pairs = summarization_pairs()
     else:
-        from dart.data.hub import load_hub_dataset
+        from dart.hub import load_hub_dataset
 
         path, config, split, doc, summ = HUB[name]
         ds = load_hub_dataset(path, config, split, f"summarization/{name}")

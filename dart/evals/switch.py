@@ -1,4 +1,4 @@
-"""The drift benchmark at scale (`eval=switch`, method.md section 9): does a pruned model stay close to the dense
+"""The drift benchmark at scale (`eval=switch`, docs/method.md section 9): does a pruned model stay close to the dense
 one when the topic changes under it?
 
 Each sample is `prefix` tokens of text A (the prompt) followed by `length` tokens of text B, teacher-forced. The
@@ -14,7 +14,7 @@ Per sample, on the B segment, as dart.evals.fidelity does: KL(dense || pruned) p
 with dense, the perplexity of the pruned and of the dense model, and the re-traces the drift detector fired
 during the sample (`strategy.drift_log()`). The dense reference is the same model with the strategy paused.
 Metrics per pair kind and over all pairs, each with a percentile-bootstrap 95% interval over samples
-(dart.evals.ci, fixed seed) and n; one row per sample in `switch_samples.jsonl` in the run folder.
+(dart.stats, fixed seed) and n; one row per sample in `switch_samples.jsonl` in the run folder.
 """
 from __future__ import annotations
 
@@ -184,40 +184,21 @@ class Switch(Evaluator):
 
     @torch.no_grad()
     def step(self, sample):
-        from dart.evals.decoding import teacher_force
+        from dart.evals.decoding import compare_with_dense
 
-        model, strategy = self.ctx.model, self.ctx.strategy
+        strategy = self.ctx.strategy
         ids = torch.tensor([sample["tokens"]], device=self.ctx.device)
-        P = self.prefix
-        with strategy.paused():
-            dense = model(input_ids=ids[:, :-1], use_cache=False).logits[0, P - 1 :].float().log_softmax(-1)
-        targets = ids[0, P:]
-        n = targets.numel()
-        kl, agree, nll = (torch.zeros(n, device=ids.device) for _ in range(3))
-
-        def take(rows, start, logits):  # logits[0, t] predicts ids[0, start + t + 1]; keep B's (the last call wins)
-            lo, hi = max(start, P - 1), min(start + logits.shape[1], P - 1 + n)
-            if hi <= lo:
-                return
-            lp = logits[0, lo - start : hi - start].float().log_softmax(-1)
-            ref = dense[lo - (P - 1) : hi - (P - 1)]
-            kl[lo - (P - 1) : hi - (P - 1)] = (ref.exp() * (ref - lp)).sum(-1)
-            agree[lo - (P - 1) : hi - (P - 1)] = (ref.argmax(-1) == lp.argmax(-1)).float()
-            nll[lo - (P - 1) : hi - (P - 1)] = -lp.gather(-1, targets[lo - (P - 1) : hi - (P - 1), None]).squeeze(-1)
-
-        checks0, triggers0 = (len(x) for x in strategy.drift_log())
-        prefix = P if getattr(strategy, "dynamic", False) else None
-        teacher_force(model, ids, prefix, take, mode=self.forcing, prefix_logits=False)
+        checks0, triggers0 = (len(x) for x in strategy.drift_log())  # the dense pass (strategy paused) logs nothing
+        c = compare_with_dense(self.ctx.model, strategy, ids, self.prefix, self.forcing)
         checks, triggers = (list(x[k:]) for x, k in zip(strategy.drift_log(), (checks0, triggers0)))
-        dense_nll = -dense.gather(-1, targets[:, None]).squeeze(-1)
         return {"index": sample["index"], "kind": sample["kind"], "order": sample["order"],
-                "a": list(sample["a"]), "b": list(sample["b"]), "tokens_scored": n,
-                "kl": float(kl.mean()), "top1": float(agree.mean()), "nll": float(nll.mean()),
-                "nll_dense": float(dense_nll.mean()), "retraces": len(triggers), "checks": len(checks),
+                "a": list(sample["a"]), "b": list(sample["b"]), "tokens_scored": c.kl.numel(),
+                "kl": float(c.kl.mean()), "top1": float(c.top1.mean()), "nll": float(c.nll.mean()),
+                "nll_dense": float(c.nll_dense.mean()), "retraces": len(triggers), "checks": len(checks),
                 "retrace_steps": [t.get("step") for t in triggers]}
 
     def finalize(self, outputs):
-        from dart.evals.ci import bootstrap_ci
+        from dart.stats import bootstrap_ci
 
         kinds = ["switch", "control"] if self.user_pairs is None else []  # built-in: both, even if one is empty
         for o in outputs:

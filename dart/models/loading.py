@@ -16,24 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from dart.errors import ConfigError, UnavailableError, choice_error
+from dart.hub import hub_cached, hub_reachable
 
 DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")  # float64: exactness checks on a CPU
 INITS = ("pretrained", "random")
 SOURCES = ("embedded", "hub", "tiny")
-
-
-@dataclasses.dataclass
-class LoadedModel:
-    model: Any
-    tokenizer: Any
-    info: dict[str, Any]
 
 
 def resolve_device(device: str) -> str:
@@ -60,7 +52,7 @@ def resolve_dtype(dtype: str, device: str):
     return getattr(torch, dtype)
 
 
-def _arch(cfg) -> dict[str, Any]:
+def architecture_numbers(cfg) -> dict[str, Any]:
     keys = (
         "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
         "head_dim", "max_position", "rope_theta", "tie_embeddings", "act", "norm_eps", "parallel_residual",
@@ -77,34 +69,11 @@ def hub_unreachable_error(cfg, why: str) -> UnavailableError:
     )
 
 
-def _hub_cached(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(repo_id, "config.json")
-        return isinstance(found, str) and os.path.isfile(found)
-    except Exception:
-        return False
-
-
-def _hub_reachable(timeout: float = 3.0) -> str | None:
-    """None if huggingface.co answers a TCP connect quickly, else the reason."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return "HF_HUB_OFFLINE is set"
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    host, _, port = endpoint.partition(":")
-    try:
-        with socket.create_connection((host, int(port or 443)), timeout=timeout):
-            return None
-    except OSError as e:
-        return f"{host} unreachable: {e.strerror or e}"
-
-
 def check_hub(cfg) -> None:
     """Fail fast for a hub model that is neither cached nor downloadable."""
-    if _hub_cached(cfg.hub_id):
+    if hub_cached(cfg.hub_id):
         return
-    why = _hub_reachable()
+    why = hub_reachable()
     if why:
         raise hub_unreachable_error(cfg, why)
 
@@ -193,7 +162,7 @@ def _tokenizer_for(cfg, source_dir: str | None):
         path = prepare(cfg.embedded)
         return AutoTokenizer.from_pretrained(path), f"embedded:{cfg.embedded}"
     # a hub model with random weights: its own tokenizer if cached or reachable, else the embedded one
-    if _hub_cached(cfg.hub_id) or _hub_reachable() is None:
+    if hub_cached(cfg.hub_id) or hub_reachable() is None:
         try:
             return AutoTokenizer.from_pretrained(cfg.hub_id), cfg.hub_id
         except Exception:
@@ -267,6 +236,15 @@ def validate_model_cfg(cfg) -> None:
         check_model_folder(cfg.path)
 
 
+@dataclasses.dataclass
+class LoadedModel:
+    """What load_model returns: the model (eval mode), its tokenizer, and results.json's model section."""
+
+    model: Any
+    tokenizer: Any
+    info: dict[str, Any]
+
+
 def load_model(cfg, device: str = "cpu", dtype: str = "auto") -> LoadedModel:
     """Load (or build) the model of `cfg` (a conf/model/*.yaml node) on `device` in `dtype`."""
     import torch
@@ -305,7 +283,7 @@ def load_model(cfg, device: str = "cpu", dtype: str = "auto") -> LoadedModel:
     if random_init and not cfg.get("path"):
         from dart.models.architectures import hf_config
 
-        hf_cfg = hf_config(_arch(cfg))
+        hf_cfg = hf_config(architecture_numbers(cfg))
         torch.manual_seed(int(cfg.get("seed", 0)))
         with torch.device(device if device_map is None else "cpu"):
             model = AutoModelForCausalLM.from_config(hf_cfg, dtype=torch_dtype)
@@ -338,7 +316,7 @@ def load_model(cfg, device: str = "cpu", dtype: str = "auto") -> LoadedModel:
         )
     info = describe(model)
     if label is None:
-        from dart.tables.labels import model_label
+        from dart.models.names import model_label
 
         label = model_label(cfg)
     info.update(name=cfg.name, label=label, init="random" if random_init and not cfg.get("path") else "pretrained",

@@ -1,4 +1,4 @@
-"""One benchmark's accuracy in one run with its uncertainty (method.md section 9: every accuracy carries n and a
+"""One benchmark's accuracy in one run with its uncertainty (docs/method.md section 9: every accuracy carries n and a
 95% interval), and differences of two runs.
 
 Sources, best first: lm-eval's stderr (`<task>/<metric>_stderr` in metrics), the per-document 0/1 results
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from dart.evals.ci import Z95, binary_stderr, combined_stderr, from_bits, stderr
+from dart.stats import Z95, binary_stderr, combined_stderr, diff_stderr, from_bits, stderr
 from dart.tables.collect import Record
 from dart.tables.render import MISSING
 
@@ -101,8 +101,8 @@ def diff(a: Estimate, b: Estimate) -> Estimate:
             task_ses.append(leaf[0] if len(leaf) == 1 else combined_stderr(leaf))
         if task_ses:
             se = task_ses[0] if len(task_ses) == 1 else combined_stderr(task_ses)
-    if se is None and a.se is not None and b.se is not None:
-        se = (a.se ** 2 + b.se ** 2) ** 0.5
+    if se is None:
+        se = diff_stderr(a.se, b.se)
     return Estimate(a.value - b.value, se, a.n)
 
 

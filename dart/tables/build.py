@@ -6,22 +6,25 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from dart.models.names import model_name, model_sort_key
+from dart.stats import INTERVAL_SUFFIXES, reported_interval
 from dart.tables import accuracy, published, sparsity
 from dart.tables.collect import Record
-from dart.tables.labels import base_label, model_name, model_sort_key
+from dart.tables.labels import base_label
 from dart.tables.render import MISSING, Table, percent, signed_points, three
 
-HARNESS = "dart.evals.harness.Harness"
-SUMMARIZATION = "dart.evals.summarization.Summarization"
-DRIFT = "dart.evals.drift.Drift"
-KINDS = {HARNESS: "ten", SUMMARIZATION: "summarization", DRIFT: "drift", "dart.evals.switch.Switch": "switch",
-         "dart.evals.fidelity.Fidelity": "fidelity", "dart.evals.perplexity.Perplexity": "perplexity"}
+# The kind of evaluation a run is, by its config's `eval.name` (conf/eval/<name>.yaml; every results.json config has
+# it): which tables and qualities apply. Never by `eval._target_`: renaming a class must not turn its runs into
+# "other". An eval config of another name (a user's own) is "other": its metrics get the generic table.
+EVAL_KINDS = {"ten": "ten", "summarization": "summarization", "drift": "drift", "drift_demo": "drift",
+              "switch": "switch", "overview": "switch", "fidelity": "fidelity", "perplexity": "perplexity",
+              "smoke": "perplexity"}
 TEN_METRICS = ("acc", "acc_norm")
-CI_SUFFIXES = ("_lo", "_hi", "_stderr")
 
 
 def kind(r: Record) -> str:
-    return KINDS.get((r.config.get("eval") or {}).get("_target_"), "other")
+    """"ten", "switch", "fidelity", "drift", "summarization", "perplexity" or "other" (see EVAL_KINDS)."""
+    return EVAL_KINDS.get(r.eval_name, "other")
 
 
 def ordered(records: Iterable[Record]) -> list[Record]:
@@ -228,23 +231,19 @@ def metric_keys(records: list[Record], eval_name: str) -> list[str]:
         for k in r.metrics:
             if k.startswith(prefix) and k[len(prefix):] not in keys:
                 keys.append(k[len(prefix):])
-    return [k for k in keys if not any(k.endswith(sfx) and k[: -len(sfx)] in keys for sfx in CI_SUFFIXES)]
+    return [k for k in keys if not any(k.endswith(sfx) and k[: -len(sfx)] in keys for sfx in INTERVAL_SUFFIXES)]
 
 
 def metric_cell(r: Record, key: str, fmt=lambda v: f"{v:.4g}"):
     """A metric with its interval where the run reports one: "0.0335 [0.0246, 0.0416]" (bounds) or
     "0.41 ± 0.05" (1.96 × stderr); the bare number otherwise (None when missing)."""
-    from dart.evals.ci import Z95
-
     v = r.metrics.get(key)
     if not isinstance(v, (int, float)) or isinstance(v, bool):
         return v
-    lo, hi, se = (r.metrics.get(key + sfx) for sfx in CI_SUFFIXES)
-    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
-        return f"{fmt(v)} [{fmt(lo)}, {fmt(hi)}]"
-    if isinstance(se, (int, float)):
-        return f"{fmt(v)} ± {fmt(Z95 * se)}"
-    return v
+    iv = reported_interval(r.metrics, key)
+    if iv is None:
+        return v
+    return f"{fmt(v)} [{fmt(iv.lo)}, {fmt(iv.hi)}]" if iv.half is None else f"{fmt(v)} ± {fmt(iv.half)}"
 
 
 def metrics_table(records: list[Record], eval_name: str) -> Table:

@@ -39,8 +39,8 @@ class Record:
 
     @property
     def display_model(self) -> str:
-        """The model as tables show it: random weights and local folders say so (labels.model_label)."""
-        from dart.tables.labels import model_label
+        """The model as tables show it: random weights and local folders say so (dart.models.names.model_label)."""
+        from dart.models.names import model_label
 
         return model_label(self.config.get("model") or {}, (self.results or {}).get("model"))
 

@@ -1,4 +1,4 @@
-"""Where a gain comes from (method.md section 9): a sweep of {static_prompt, griffin, dart} x
+"""Where a gain comes from (docs/method.md section 9): a sweep of {static_prompt, griffin, dart} x
 strategy.allocation {uniform, auto} x strategy.protocol {causal, compat} on the ten benchmarks, as two tables:
 
 - the rows: each (strategy, allocation, protocol) with its average accuracy ± 95% interval and per benchmark;
@@ -15,9 +15,10 @@ flagged (⚠) as a bug to look at.
 """
 from __future__ import annotations
 
+from dart.models.names import model_name, model_sort_key
 from dart.tables import accuracy, sparsity
 from dart.tables.collect import Record
-from dart.tables.labels import model_name, model_sort_key, strategy_name
+from dart.tables.labels import strategy_name
 from dart.tables.render import MISSING, Table
 
 STRATEGIES = ("static_prompt", "griffin", "dart")

@@ -1,4 +1,4 @@
-"""Matched compute (method.md section 9): quality against EFFECTIVE sparsity, one curve per method (strategy plus
+"""Matched compute (docs/method.md section 9): quality against EFFECTIVE sparsity, one curve per method (strategy plus
 the knobs that vary), and a table comparing methods at the same effective sparsity.
 
 Quality is whatever the sweep's evaluation reports: the ten benchmarks' average accuracy, switch's (and
@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from dart.models.names import model_name, model_sort_key
+from dart.stats import INTERVAL_SUFFIXES
 from dart.tables import sparsity
 from dart.tables.collect import Record
-from dart.tables.labels import base_label, model_name, model_sort_key, strategy_name
+from dart.tables.labels import base_label, strategy_name
 from dart.tables.render import Table
 
 OUT_OF_RANGE = "no data in range"
@@ -58,7 +60,7 @@ class Point:
 def qualities(kind: str, eval_name: str, records: list[Record]) -> list[Quality]:
     if kind == "perplexity":
         keys = sorted({k.split("/", 1)[1] for r in records for k in r.metrics
-                       if k.startswith(f"{eval_name}/") and not k.endswith(("_lo", "_hi", "_stderr"))})
+                       if k.startswith(f"{eval_name}/") and not k.endswith(INTERVAL_SUFFIXES)})
         return [Quality(k, f"perplexity {k}", False) for k in keys]
     return list(QUALITIES.get(kind, ()))
 
@@ -70,7 +72,7 @@ def series_name(r: Record) -> str:
 
 def value(r: Record, q: Quality, averages: dict | None = None) -> tuple[float | None, float | None, float | None]:
     """(y, lo, hi) of one quality in one run; lo/hi the 95% interval where the run has one."""
-    from dart.evals.ci import Z95
+    from dart.stats import normal_ci, reported_interval
 
     if not r.complete:
         return None, None, None
@@ -78,7 +80,7 @@ def value(r: Record, q: Quality, averages: dict | None = None) -> tuple[float | 
         e = averages.get(r.source)
         if e is None or e.value is None:
             return None, None, None
-        return (e.value, None, None) if e.se is None else (e.value, e.value - Z95 * e.se, e.value + Z95 * e.se)
+        return (e.value, None, None) if e.se is None else (e.value, *normal_ci(e.value, e.se))
     if q.key == "rougeL" and q.label.startswith("ROUGE-L (mean"):
         vals = [v for k, v in r.metrics.items() if k.endswith("/rougeL") and isinstance(v, (int, float))]
         return (sum(vals) / len(vals), None, None) if vals else (None, None, None)
@@ -86,12 +88,8 @@ def value(r: Record, q: Quality, averages: dict | None = None) -> tuple[float | 
     y = r.metrics.get(key)
     if not isinstance(y, (int, float)):
         return None, None, None
-    lo, hi, se = (r.metrics.get(key + s) for s in ("_lo", "_hi", "_stderr"))
-    if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
-        return float(y), float(lo), float(hi)
-    if isinstance(se, (int, float)):
-        return float(y), y - Z95 * se, y + Z95 * se
-    return float(y), None, None
+    iv = reported_interval(r.metrics, key)
+    return (float(y), None, None) if iv is None else (float(y), iv.lo, iv.hi)
 
 
 def points(records: list[Record], q: Quality, averages: dict | None = None) -> tuple[dict[str, dict[str, list[Point]]], list[Record]]:

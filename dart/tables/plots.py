@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from dart.evals.plots import draw_drift_trace
+from dart.models.names import model_name, model_sort_key
 from dart.tables.collect import Record, drift_windows
-from dart.tables.labels import base_label, model_name, model_sort_key, strategy_name
+from dart.tables.labels import base_label, strategy_name
 
 
 def _plt():

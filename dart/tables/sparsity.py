@@ -1,4 +1,4 @@
-"""Target and effective sparsity of a run, as every table shows them beside each row (method.md section 9).
+"""Target and effective sparsity of a run, as every table shows them beside each row (docs/method.md section 9).
 
 The engine writes results.json `sparsity.target` (the label), `sparsity.achieved` (the masks' mean sparsity) and
 `sparsity.effective` (the token-weighted fraction of FFN neuron evaluations skipped over the decoded /

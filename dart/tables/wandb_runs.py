@@ -26,9 +26,9 @@ def record_from_run(run: Any) -> Record:
 
 
 def collect_wandb(project: str, group: str | None = None) -> Collection:
-    from dart.config_checks import _wandb_key_available
+    from dart.config_checks import wandb_key_available
 
-    if not _wandb_key_available():
+    if not wandb_key_available():
         raise UnavailableError(
             f"reading the W&B project {project!r} needs an API key (set WANDB_API_KEY or run `wandb login`). "
             "Runs log offline by default, and every run wrote results.json beside its offline-run folder: "

@@ -51,8 +51,8 @@ Paths: lm-eval resolves a YAML's relative `data_files` against the current worki
 made absolute (the JSONL files themselves stay in the package) and indexes that folder only.
 
 `upstream_fixture_config(bench)` returns the REAL lm-eval task config (read from lm-eval's own YAML with its
-process_docs / doc_to_text functions) pointed at tests/fixtures/upstream/<bench>.jsonl, a few hand-written rows
-in the real upstream schema: format fixtures for tests, not data.
+process_docs / doc_to_text functions) pointed at ./fixtures/upstream/<bench>.jsonl (shipped with the package), a few
+hand-written rows in the real upstream schema: format fixtures for tests, not data.
 """
 from __future__ import annotations
 
@@ -67,7 +67,6 @@ from typing import Any
 import yaml
 
 from dart.errors import ConfigError, UnavailableError, choice_error
-from dart.paths import repo_root
 
 OFFLINE_DIR = Path(__file__).resolve().parent / "offline"
 
@@ -192,7 +191,7 @@ def micro_average(results: dict, group: str = "offline_mmlu", metric: str = "acc
 
 
 # ----------------------------------------------------------------------------- real-format fixtures
-FIXTURE_DIR = repo_root() / "tests" / "fixtures" / "upstream"
+FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "upstream"
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,17 +1,20 @@
-"""Confidence intervals for per-sample metrics (method.md section 9: every accuracy or fidelity figure carries n
-and a 95% interval).
+"""Statistics and confidence intervals, the one place every evaluation (dart.evals) and every table (dart.tables)
+takes them from (docs/method.md section 9: every accuracy or fidelity figure carries n and a 95% interval).
 
 - `bootstrap_ci`: percentile bootstrap of the mean over samples, with a fixed seed (the same data gives the same
   interval on every machine); `paired_diff_ci` is the same on per-item differences of two runs over the same items.
-- `stderr`, `binary_stderr`, `combined_stderr`, `normal_ci`: the normal interval from a standard error, as
-  lm-eval reports it (`acc_stderr` = sample standard deviation / sqrt(n)).
+- `stderr`, `binary_stderr`, `combined_stderr`, `diff_stderr`, `normal_ci`: the normal interval from a standard
+  error, as lm-eval reports it (`acc_stderr` = sample standard deviation / sqrt(n)).
+- `reported_interval`: the interval results.json reports beside a metric (`<key>_lo`/`_hi` bounds, else
+  `<key>_stderr`).
 
-Pure numpy (no torch): dart.tables uses it too.
+Pure numpy (no torch).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -20,6 +23,7 @@ RESAMPLES = 2000
 SEED = 0
 Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
 _CHUNK = 4_000_000  # index draws per bootstrap chunk (bounds memory for large n)
+INTERVAL_SUFFIXES = ("_lo", "_hi", "_stderr")  # results.json: `<key>_lo`, `<key>_hi`, `<key>_stderr` beside `<key>`
 
 
 def bootstrap_ci(values: Sequence[float], resamples: int = RESAMPLES, level: float = LEVEL,
@@ -82,11 +86,41 @@ def combined_stderr(stderrs: Sequence[float | None]) -> float | None:
     return math.sqrt(sum(float(s) ** 2 for s in stderrs)) / len(stderrs)
 
 
+def diff_stderr(se_a: float | None, se_b: float | None) -> float | None:
+    """Standard error of the difference of two independent estimates: sqrt(se_a^2 + se_b^2) (None if either is)."""
+    if se_a is None or se_b is None:
+        return None
+    return (se_a ** 2 + se_b ** 2) ** 0.5
+
+
 def normal_ci(value: float | None, se: float | None, z: float = Z95) -> tuple[float, float] | None:
     """value ± z se (the 95% normal interval by default); None when either is missing."""
     if value is None or se is None:
         return None
     return value - z * se, value + z * se
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    lo: float
+    hi: float
+    half: float | None = None  # z se when the interval is value ± z se (from a standard error), None for bounds
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float))
+
+
+def reported_interval(metrics: Mapping, key: str, z: float = Z95) -> Interval | None:
+    """The 95% interval results.json reports beside metric `key`: its bounds `<key>_lo`, `<key>_hi` (a bootstrap)
+    where it has both, else value ± z `<key>_stderr`; None when it has neither (or no value)."""
+    value = metrics.get(key)
+    lo, hi, se = (metrics.get(key + sfx) for sfx in INTERVAL_SUFFIXES)
+    if _number(lo) and _number(hi):
+        return Interval(float(lo), float(hi))
+    if _number(se) and _number(value):
+        return Interval(value - z * se, value + z * se, z * se)
+    return None
 
 
 def bits(values: Sequence[float]) -> str:
