@@ -27,11 +27,13 @@ INTERVAL_SUFFIXES = ("_lo", "_hi", "_stderr")  # results.json: `<key>_lo`, `<key
 
 
 def bootstrap_ci(values: Sequence[float], resamples: int = RESAMPLES, level: float = LEVEL,
-                 seed: int = SEED) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of the mean of `values` (None for no values). Resamples `len(values)` items
-    with replacement `resamples` times from numpy's PCG64 seeded with `seed`; the interval is the (1-level)/2 and
-    (1+level)/2 percentiles (linear interpolation) of the resampled means. Constant data gives a zero-width
-    interval; one value gives (value, value)."""
+                 seed: int = SEED, statistic: str = "mean") -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean (or `statistic="median"`) of `values` (None for no values).
+    Resamples `len(values)` items with replacement `resamples` times from numpy's PCG64 seeded with `seed`; the
+    interval is the (1-level)/2 and (1+level)/2 percentiles (linear interpolation) of the resampled statistics.
+    Constant data gives a zero-width interval; one value gives (value, value)."""
+    if statistic not in ("mean", "median"):
+        raise ValueError(f"statistic={statistic!r}: mean or median")
     x = np.asarray([float(v) for v in values], dtype=np.float64)
     n = x.size
     if n == 0:
@@ -45,7 +47,8 @@ def bootstrap_ci(values: Sequence[float], resamples: int = RESAMPLES, level: flo
     per = max(1, _CHUNK // n)
     for lo in range(0, int(resamples), per):
         hi = min(int(resamples), lo + per)
-        means[lo:hi] = x[rng.integers(0, n, size=(hi - lo, n))].mean(axis=1)
+        sample = x[rng.integers(0, n, size=(hi - lo, n))]
+        means[lo:hi] = sample.mean(axis=1) if statistic == "mean" else np.median(sample, axis=1)
     tail = 100.0 * (1.0 - level) / 2.0
     a, b = np.percentile(means, [tail, 100.0 - tail])
     return float(a), float(b)

@@ -598,7 +598,7 @@ def test_fidelity_pruned_has_positive_kl(tok, tmp_path):
     # initializer_range 0.1 (default 0.02): sharper next-token distributions, so KL is far above float noise
     ev.setup(context(model(initializer_range=0.1), tok, build_strategy("dart", sparsity=0.5, drift=NO_DRIFT), tmp_path))
     outputs = [ev.step(s) for s in ev.batches()]
-    for o in outputs:
+    for o in (o for batch in outputs for o in batch):
         assert o["kl"].shape == o["top1"].shape == o["nll"].shape == o["nll_dense"].shape == (FID["length"],)
         # m = 1: the first continuation token is predicted by the prompt's (dense, traced) forward; then pruned
         assert o["kl"][0].abs() < 1e-5 and o["top1"][0] == 1.0
@@ -683,6 +683,41 @@ def test_summarization_eval(tok, tmp_path, monkeypatch):
     assert ev.finalize(hand)["wiki/rouge1"] == pytest.approx((1 + 2 / 3) / 2)
 
 
+@pytest.mark.parametrize("truncation", ["document", "published"])
+def test_summarization_truncation(tok, tmp_path, monkeypatch, truncation):
+    """eval.truncation: `document` (default) cuts the document and keeps the instruction and the "Summary:" cue;
+    `published` cuts the rendered prompt on the right, as the authors' code: the cue of a long document is gone. And a
+    batch's re-traces are counted in the row they happened in, with a bootstrap interval around each ROUGE mean."""
+    import dart.evals.summarization as S
+    from dart.data.texts import news_articles
+    from dart.evals.generation import render_prompt
+
+    doc = " ".join(news_articles()[:3])
+    pairs = [{"id": str(i), "document": doc, "summary": "the cat sat"} for i in range(3)]
+    monkeypatch.setattr(S, "load_pairs", lambda name, limit: pairs[:limit])
+    ev = S.Summarization(datasets=["wiki"], limit=3, max_input_tokens=40, max_new_tokens=8, truncation=truncation,
+                         batch_size=3)
+    m = model()
+    m.generation_config.eos_token_id = None
+    strategy = build_strategy("dart", retrace_tokens=None, sparsity=0.5, drift={"min_margin": 0.0, "sigma_scale": 0.0,
+                                                                            "window": 2, "min_windows": 1})
+    ev.setup(context(m, tok, strategy, tmp_path))
+    full = render_prompt(tok, S.TEMPLATE.format(doc=doc), False)
+    for item in ev._items:
+        text = tok.decode(item["prompt"])
+        assert len(item["prompt"]) <= 40 and text.startswith("Summarize the following:")
+        if truncation == "document":
+            assert text.rstrip().endswith("Summary:")
+        else:
+            assert item["prompt"] == full[:40] and "Summary:" not in text
+    outputs = [ev.step(b) for b in ev.batches()]
+    rows = outputs[0]
+    assert sum(r["triggers"] for r in rows) == len(strategy.drift_log()[1])
+    metrics = ev.finalize(outputs)
+    assert metrics["wiki/rougeL_lo"] <= metrics["wiki/rougeL"] <= metrics["wiki/rougeL_hi"]
+    assert ev.extra["truncation"] == truncation
+
+
 # ============================================================================ 7. the drift study
 def test_token_agreement_and_marks(tok):
     from dart.evals.drift import MARK, mark_triggers, token_agreement
@@ -732,3 +767,23 @@ def test_drift_eval(tok, tmp_path, name):
         assert all(t["cosine"] < t["threshold"] for r in rows for t in r["triggers"])
         assert all((tmp_path / r["plot"]).is_file() for r in rows)
         assert metrics["token_agreement"] < 1.0
+
+
+def test_drift_eval_batches_rows(tok, tmp_path):
+    """eval.batch_size: prompts generated together (left-padded) give each row's own text, windows and triggers, as
+    one at a time."""
+    from dart.evals.drift import Drift
+
+    got = {}
+    for bs in (1, 3):
+        m = model()
+        m.generation_config.eos_token_id = None
+        strategy = build_strategy("dart", retrace_tokens=None, sparsity=0.5,
+                                  drift={"window": 2, "sigma_scale": 0.0, "min_margin": 0.0})
+        ev = Drift(limit=3, max_new_tokens=16, chat=False, batch_size=bs)
+        run(ev, context(m, tok, strategy, tmp_path / str(bs)))
+        got[bs] = [json.loads(x) for x in (tmp_path / str(bs) / "drift_samples.jsonl").read_text().splitlines()]
+    for a, b in zip(got[1], got[3]):
+        assert a["text"] == b["text"] and [t["step"] for t in a["triggers"]] == [t["step"] for t in b["triggers"]]
+        assert [w["step"] for w in a["windows"]] == [w["step"] for w in b["windows"]]
+    assert sum(len(r["triggers"]) for r in got[3]) > 0

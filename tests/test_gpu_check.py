@@ -26,7 +26,8 @@ def test_smoke_writes_decode_and_scoring_json(tmp_path):
     got = {(r["batch"], r["mode"], r["sparsity"]) for r in res["rows"]}
     assert got == {(b, m, s) for b in (1, 2) for m, s in
                    (("dense", 0.0), ("masked", 0.5), ("masked", 0.7),
-                    ("compacted" if b == 1 else "union", 0.5), ("compacted" if b == 1 else "union", 0.7))}
+                    ("compacted" if b == 1 else "union", 0.5), ("compacted" if b == 1 else "union", 0.7))} | {
+                       (2, "shared", 0.5), (2, "shared", 0.7)}
     assert all(r["tokens_per_s"] > 0 and r["bound"] >= 1.0 for r in res["rows"])
     if (REPO / "dart" / "bench" / "scoring.py").is_file():
         scoring = json.loads((tmp_path / "scoring" / "scoring.json").read_text())

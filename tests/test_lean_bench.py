@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -104,16 +105,23 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # stdout is a pipe: plain progress lines (every step with progress_s=0, the last one is the table), no bar
-    assert "[dart] decode bench: step 1/24, " in proc.stdout and "step 23/24" in proc.stdout and "step 24/24" not in proc.stdout
+    assert "[dart] decode bench: step 1/26, " in proc.stdout and "step 25/26" in proc.stdout and "step 26/26" not in proc.stdout
     res = json.loads((out / "bench.json").read_text())
     rows = {(r["batch"], r["loop"], r["mode"], r["sparsity"]): r for r in res["rows"]}
     assert set(rows) == {(1, loop, mode, s) for loop in ("lean", "hf", "compiled") for mode, s in
                          (("dense", 0.0), ("masked", 0.5), ("compacted", 0.5))} | {
-                        (3, "lean", mode, s) for mode, s in (("dense", 0.0), ("masked", 0.5), ("union", 0.5))}
+                        (3, "lean", mode, s) for mode, s in (("dense", 0.0), ("masked", 0.5), ("union", 0.5), ("shared", 0.5))}
     for r in rows.values():
         assert len(r["tokens_per_s_all"]) == 2 and r["tokens_per_s"] > 0
-        for key in ("batch", "mode", "sparsity", "speedup", "union_keep", "bound"):
+        for key in ("batch", "mode", "sparsity", "speedup", "union_keep", "bound", "loadavg_1m_end"):
             assert key in r
+        # paired: the speed-up is the median of the per-repeat ratios against dense of the same repeat, with an interval
+        assert r["speedup"] == pytest.approx(statistics.median(r["speedup_all"])) and len(r["speedup_all"]) == 2
+        assert r["speedup_ci"][0] <= r["speedup"] <= r["speedup_ci"][1]
+        assert r["interleaved"] == (r["loop"] != "compiled")
+    shared = rows[(3, "lean", "shared", 0.5)]  # one kept set for the batch: batch 1's count, one prefix
+    assert shared["union_keep"] == 0.5 and shared["achieved_sparsity"] == 0.5 and shared["compacted_ran"]
+    assert shared["bound"] == pytest.approx(rows[(1, "lean", "compacted", 0.5)]["bound"])
     # compacted and masked execution of the same mask write the same text
     assert rows[(1, "lean", "masked", 0.5)]["token_agreement_with_dense"] == rows[(1, "lean", "compacted", 0.5)]["token_agreement_with_dense"]
     assert rows[(3, "lean", "masked", 0.5)]["token_agreement_with_dense"] == rows[(3, "lean", "union", 0.5)]["token_agreement_with_dense"]
@@ -129,7 +137,8 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path):
     assert union["auto_execution"] == ("union" if union["union_keep"] <= 0.9 else "masked")
     assert rows[(3, "lean", "masked", 0.5)]["bound"] == 1.0 and rows[(1, "lean", "dense", 0.0)]["bound"] == 1.0
     md = (out / "bench.md").read_text()
-    assert md.count("| lean |") == 6 and md.count("| compiled |") == 3 and "| 3 | lean | union | 0.50 |" in md
+    assert md.count("| lean |") == 7 and md.count("| compiled |") == 3 and "| 3 | lean | union | 0.50 |" in md
+    assert "| 3 | lean | shared | 0.50 |" in md and "paired ratios" in md
     assert (out / "speedup.png").stat().st_size > 1000
 
 

@@ -130,7 +130,7 @@ def test_pruned_model_diverges_and_retraces_are_counted_per_sample(tok, tmp_path
     outputs = [ev.step(s) for s in ev.batches()]
     metrics = ev.finalize(outputs)
     triggers = strategy.drift_log()[1]
-    assert sum(o["retraces"] for o in outputs) == len(triggers) > 0  # every trigger counted once, in its sample
+    assert sum(o["retraces"] for batch in outputs for o in batch) == len(triggers) > 0  # every trigger counted once, in its sample
     assert metrics["all/retraces"] == pytest.approx(len(triggers) / 8)
     for kind in ("switch", "control"):
         assert metrics[f"{kind}/kl"] > 5e-3 and 0.0 < metrics[f"{kind}/top1"] < 1.0
@@ -249,3 +249,25 @@ def test_stderr_helpers():
     assert from_bits(bits(xs)) == [float(x) for x in xs] and bits(xs) == "1101000111"
     with pytest.raises(ValueError):
         bits([0.5])
+
+
+@pytest.mark.parametrize("batch_mask", ["per_row", "shared"])
+def test_batches_of_samples(tok, tmp_path, batch_mask):
+    """eval.batch_size: per_row masks give every sample's numbers of batch size 1 (each row its own masks), and the
+    re-traces are counted in the row they happened in; shared masks (one set for the batch) differ."""
+    from dart.evals.switch import Switch
+
+    results = {}
+    for bs in (1, 4):
+        strategy = build_strategy("dart", retrace_tokens=None, batch_mask=batch_mask, sparsity=0.5,
+                                  drift={"min_margin": 0.0, "sigma_scale": 0.0, "window": 3})
+        ev = Switch(prefix=32, length=40, limit=8, batch_size=bs)
+        ev.setup(context(model(initializer_range=0.1), tok, strategy, tmp_path / f"{batch_mask}{bs}"))
+        outputs = [o for batch in [ev.step(b) for b in ev.batches()] for o in batch]
+        assert sum(o["retraces"] for o in outputs) == len(strategy.drift_log()[1])
+        results[bs] = outputs
+        strategy.detach()
+    one, four = results[1], results[4]
+    same = all(abs(a["kl"] - b["kl"]) < 1e-4 and a["retraces"] == b["retraces"] for a, b in zip(one, four))
+    assert same == (batch_mask == "per_row")
+    assert sum(o["retraces"] for o in four) > 0

@@ -34,7 +34,7 @@ def check(cfg: DictConfig) -> list[int]:
 
 
 def bench(cfg: DictConfig) -> dict:
-    from dart.bench.decode import measure, remask_demo, weight_bytes_per_token
+    from dart.bench.decode import configs, measure, remask_demo, weight_bytes_per_token
 
     sizes = check(cfg)
     load_at_start = os.getloadavg()[0]  # before the model loads (loading itself raises the load)
@@ -46,8 +46,7 @@ def bench(cfg: DictConfig) -> dict:
     model = loaded.model
     info = machine()
     info["loadavg_1m"] = load_at_start
-    per_loop = sum(1 if m == "dense" else len(cfg.sparsities) for m in cfg.modes)
-    n_jobs = sum(per_loop * len(cfg.loops if b == 1 else (cfg.get("batch_loops") or cfg.loops)) for b in sizes)
+    n_jobs = sum(len(configs(cfg, b, list(cfg.loops if b == 1 else (cfg.get("batch_loops") or cfg.loops)))) for b in sizes)
     with progress("decode bench", n_jobs * (int(cfg.warmup) + int(cfg.repeats)), float(cfg.get("progress_s", 30))) as step:
         rows = measure(model, loaded.tokenizer, cfg, progress=step)
     res = {"config": {"model": cfg.model.name, "device": device, "dtype": dtype_name(model),

@@ -30,7 +30,8 @@ import torch
 from dart.engine.lean import LeanDecoder
 from dart.compose import build_strategy
 
-MODES = ("dense", "masked", "compacted")  # compacted at batch > 1: the rows' union (reported as mode "union")
+MODES = ("dense", "masked", "compacted", "shared")  # compacted at batch > 1: the rows' union (mode "union"); shared:
+# one kept set for the batch (batch > 1 only)
 LOOPS = ("lean", "hf", "compiled")  # compiled: the lean loop with its steady steps through torch.compile
 
 
@@ -79,9 +80,10 @@ def _strategy(mode: str, sparsity: float):
     if mode == "dense":
         return None
     # compacted: a single sequence's kept prefix, or a batch's union (forced: the bench measures the union even
-    # where execution=auto would run the batch masked, and reports whether it would)
+    # where execution=auto would run the batch masked, and reports whether it would); shared: one kept set for the
+    # batch (strategy.batch_mask=shared), compacted once, no per-row mask inside it
     return build_strategy("static_prompt", sparsity=sparsity, execution="masked" if mode == "masked" else "compact",
-                          masking_step=1)
+                          masking_step=1, batch_mask="shared" if mode == "shared" else "per_row")
 
 
 def row_mode(mode: str, batch: int) -> str:
@@ -137,79 +139,127 @@ def measure(model, tokenizer, cfg, progress=None) -> list[dict[str, Any]]:
     return rows
 
 
+def configs(cfg, B: int, loops: list[str]) -> list[tuple[str, str, float]]:
+    """(loop, mode, sparsity) of one batch size (shared is a batch's mode: at batch 1 it is `compacted`)."""
+    return [(loop, mode, float(sp)) for loop in loops for mode in cfg.modes if not (mode == "shared" and B == 1)
+            for sp in ([0.0] if mode == "dense" else list(cfg.sparsities))]
+
+
+class _Run:
+    """One (loop, mode, sparsity): its strategy attached for one generation (or, compiled, for all of them)."""
+
+    def __init__(self, model, tokenizer, key, ids, new: int, pad: int, device):
+        self.model, self.tokenizer, self.key, self.ids, self.new, self.pad, self.device = model, tokenizer, key, ids, new, pad, device
+        self.prefill, self.decode, self.remask, self.tokens, self.info = [], [], [], None, {}
+        self.strat = self.dec = None
+
+    def attach(self) -> None:
+        loop, mode, sp = self.key
+        self.strat = _strategy(mode, sp)
+        if self.strat is not None:
+            self.strat.attach(self.model, self.tokenizer)
+        ctrl = self.strat.controller if self.strat is not None else None
+        self.dec = None
+        if loop in ("lean", "compiled"):
+            self.dec = LeanDecoder(self.model, self.ids.shape[1] + self.new, self.ids.shape[0], ctrl, compile=loop == "compiled")
+
+    def detach(self) -> None:
+        if self.strat is not None:
+            self.strat.detach()
+        self.strat = self.dec = None
+
+    def once(self, timed: bool) -> None:
+        ctrl = self.strat.controller if self.strat is not None else None
+        b0 = ctrl.build_seconds if ctrl is not None else 0.0
+        if self.dec is not None:
+            p, d, self.tokens = _generate_lean(self.dec, self.ids, self.new, self.device)
+        else:
+            p, d, self.tokens = _generate_hf(self.model, self.ids, self.new, self.pad, self.device)
+        if not timed:
+            return
+        self.prefill.append(p)
+        self.decode.append(d)
+        self.remask.append((ctrl.build_seconds - b0) if ctrl is not None else 0.0)
+        kept, union_keep, ran = 1.0, 1.0, False
+        if ctrl is not None:
+            masks = ctrl.masks()  # (L, B, I), original order
+            kept, union_keep, ran = float(masks.float().mean()), float(masks.any(dim=1).float().mean()), bool(ctrl.compacted)
+        self.info = {"kept": kept, "union_keep": union_keep, "ran": ran, "mem": peak_memory(self.device),
+                     "state": ctrl.state_bytes()["total"] if ctrl is not None else 0}
+
+
 def measure_batch(model, tokenizer, cfg, B: int, loops: list[str], device, progress=None) -> list[dict[str, Any]]:
+    """Every (loop, mode, sparsity) of one batch size. The modes are INTERLEAVED within each repeat (dense, masked,
+    compacted, ..., then again), each attached for its one generation, so a speed-up is the median of per-repeat
+    PAIRED ratios against dense in the same repeat (with a bootstrap interval): a slow minute on a shared machine
+    slows both sides of a ratio. The compiled loop runs its repeats in one block (each attach would compile again)."""
+    from dart.stats import bootstrap_ci
+
     ids = prompt_ids(tokenizer, B, int(cfg.prompt_tokens), device)
     new = int(cfg.new_tokens)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     max_keep = float(cfg.get("union_max_keep", 0.9))
-    rows, reference = [], {}
-    for loop in loops:
-        for mode in cfg.modes:
-            for sp in ([0.0] if mode == "dense" else list(cfg.sparsities)):
-                load = os.getloadavg()[0]  # the machine may be shared: each row says how busy it was
-                strat = _strategy(mode, float(sp))
-                if strat is not None:
-                    strat.attach(model, tokenizer)
-                ctrl = strat.controller if strat is not None else None
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)
-                dec = None
-                if loop in ("lean", "compiled"):
-                    dec = LeanDecoder(model, ids.shape[1] + new, B, ctrl, compile=loop == "compiled")
-                prefill, decode, remask, tokens = [], [], [], None
-                try:
-                    for rep in range(int(cfg.warmup) + int(cfg.repeats)):
-                        b0 = ctrl.build_seconds if ctrl is not None else 0.0
-                        if dec is not None:
-                            p, d, tokens = _generate_lean(dec, ids, new, device)
-                        else:
-                            p, d, tokens = _generate_hf(model, ids, new, pad, device)
-                        if rep >= int(cfg.warmup):
-                            prefill.append(p)
-                            decode.append(d)
-                            remask.append((ctrl.build_seconds - b0) if ctrl is not None else 0.0)
-                        if progress is not None:
-                            progress()
-                    kept, union_keep, ran_union = 1.0, 1.0, False
-                    if ctrl is not None:
-                        masks = ctrl.masks()  # (L, B, I), original order
-                        kept = float(masks.float().mean())
-                        union_keep = float(masks.any(dim=1).float().mean())
-                        ran_union = bool(ctrl.compacted)
-                    mem = peak_memory(device)
-                    state = ctrl.state_bytes()["total"] if ctrl is not None else 0
-                finally:
-                    if strat is not None:
-                        strat.detach()
-                steps = new - 1
-                rate = statistics.median(steps * B / d for d in decode)
-                row = {"batch": B, "loop": loop, "mode": row_mode(mode, B), "sparsity": float(sp),
-                       "achieved_sparsity": 1.0 - kept, "union_keep": union_keep,
-                       "tokens_per_s": rate, "tokens_per_s_all": [steps * B / d for d in decode],
-                       "prefill_ms": 1e3 * statistics.median(prefill), "remask_ms": 1e3 * statistics.median(remask),
-                       "decode_ms_per_step": 1e3 * statistics.median(decode) / steps,
-                       "decode_ms_per_token": 1e3 * statistics.median(decode) / (steps * B), "engine_state_bytes": state,
-                       "loadavg_1m": load, **mem}
-                wb = weight_bytes_per_token(model, union_keep)
-                compact = mode == "compacted"
-                row["bytes_per_token"] = wb["pruned"] if compact else wb["dense"]  # weight bytes read per step
-                row["bytes_bound_limit"] = wb["limit"]  # what the masks allow if run compacted (a batch: its union)
-                row["bound"] = wb["limit"] if compact else 1.0  # dense bytes / the bytes this execution reads
-                if compact:
-                    row["compacted_ran"] = ran_union  # the engine really ran the prefix (forced: execution=compact)
-                    if B > 1:  # what execution=auto would do with this union
-                        row["auto_execution"] = "union" if union_keep <= max_keep else "masked"
-                if mode == "dense":
-                    reference[loop] = (rate, tokens)
-                dense_rate, dense_tokens = reference.get(loop, (None, None))
-                row["speedup"] = rate / dense_rate if dense_rate else None
-                row["share_of_limit"] = row["speedup"] / wb["limit"] if row["speedup"] and compact else None
-                if dense_tokens is not None and mode != "dense":  # how much the pruned text differs from dense
-                    row["token_agreement_with_dense"] = float((tokens == dense_tokens).float().mean())
-                rows.append(row)
-    if "lean" in reference and "hf" in reference:
+    warm, reps = int(cfg.warmup), int(cfg.repeats)
+    runs = {k: _Run(model, tokenizer, k, ids, new, pad, device) for k in configs(cfg, B, loops)}
+    load_start = os.getloadavg()[0]
+    interleaved = [r for k, r in runs.items() if k[0] != "compiled"]
+    for rep in range(warm + reps):
+        for run in interleaved:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            run.attach()
+            try:
+                run.once(timed=rep >= warm)
+            finally:
+                run.detach()
+            if progress is not None:
+                progress()
+    for run in (r for k, r in runs.items() if k[0] == "compiled"):
+        run.attach()
+        try:
+            for rep in range(warm + reps):
+                run.once(timed=rep >= warm)
+                if progress is not None:
+                    progress()
+        finally:
+            run.detach()
+    load_end = os.getloadavg()[0]
+    steps = new - 1
+    rows = []
+    for (loop, mode, sp), run in runs.items():
+        rates = [steps * B / d for d in run.decode]
+        info = run.info
+        row = {"batch": B, "loop": loop, "mode": row_mode(mode, B), "sparsity": sp,
+               "achieved_sparsity": 1.0 - info["kept"], "union_keep": info["union_keep"],
+               "tokens_per_s": statistics.median(rates), "tokens_per_s_all": rates,
+               "prefill_ms": 1e3 * statistics.median(run.prefill), "remask_ms": 1e3 * statistics.median(run.remask),
+               "decode_ms_per_step": 1e3 * statistics.median(run.decode) / steps,
+               "decode_ms_per_token": 1e3 * statistics.median(run.decode) / (steps * B),
+               "engine_state_bytes": info["state"], "loadavg_1m": load_start, "loadavg_1m_end": load_end,
+               "interleaved": loop != "compiled", **info["mem"]}
+        compact = mode in ("compacted", "shared")
+        wb = weight_bytes_per_token(model, info["union_keep"])
+        row["bytes_per_token"] = wb["pruned"] if compact else wb["dense"]  # weight bytes read per step
+        row["bytes_bound_limit"] = wb["limit"]  # what the masks allow if run compacted (a batch: its union)
+        row["bound"] = wb["limit"] if compact else 1.0  # dense bytes / the bytes this execution reads
+        if compact:
+            row["compacted_ran"] = info["ran"]  # the engine really ran the prefix (forced: execution=compact)
+            if B > 1 and mode == "compacted":  # what execution=auto would do with this union
+                row["auto_execution"] = "union" if info["union_keep"] <= max_keep else "masked"
+        dense = runs.get((loop, "dense", 0.0))
+        ratios = [a / b for a, b in zip(rates, [steps * B / d for d in dense.decode])] if dense is not None else []
+        row["speedup"] = statistics.median(ratios) if ratios else None
+        row["speedup_all"] = ratios
+        row["speedup_ci"] = list(bootstrap_ci(ratios, statistic="median")) if len(ratios) > 1 else None
+        row["share_of_limit"] = row["speedup"] / wb["limit"] if row["speedup"] and compact else None
+        if dense is not None and dense.tokens is not None and mode != "dense":  # how much the text differs from dense
+            row["token_agreement_with_dense"] = float((run.tokens == dense.tokens).float().mean())
+        rows.append(row)
+    hf = runs.get(("hf", "dense", 0.0))
+    if hf is not None and ("lean", "dense", 0.0) in runs:
+        hf_rate = statistics.median(steps * B / d for d in hf.decode)
         for r in rows:
-            r["speedup_vs_hf_dense"] = r["tokens_per_s"] / reference["hf"][0]
+            r["speedup_vs_hf_dense"] = r["tokens_per_s"] / hf_rate
     return rows
 
 

@@ -62,6 +62,12 @@ def _share(r: dict[str, Any]) -> str:
     return text + " (!)" if r.get("flag") else text
 
 
+def _speedup(r: dict[str, Any]) -> str:
+    ci = r.get("speedup_ci")
+    text = f"{_fmt(r.get('speedup'))}x"
+    return text + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and r.get("mode") != "dense" else "")
+
+
 def _batches(res: dict[str, Any]) -> list[int]:
     c = res["config"]
     return [int(b) for b in (c.get("batch_sizes") or [c.get("batch_size", 1)])]
@@ -74,7 +80,8 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         f"Model `{c['model']}` ({c['dtype']}, {c['device']}), {batch}, {c['prompt_tokens']}-token "
         f"prompt{'s (row b starts at news article b)' if len(sizes) > 1 else ''}, {c['new_tokens']} new tokens, "
-        f"median of {c['repeats']} after {c['warmup']} warm-up. "
+        f"{c['repeats']} repeats after {c['warmup']} warm-up, the modes interleaved within each repeat; speed-up: the "
+        "median of the per-repeat paired ratios against dense of the same repeat [bootstrap 95% interval]. "
         f"Machine: {m['processor']}, {m['cpu_count']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
         + (f", {m['gpu']}" if m.get("gpu") else "") + f", load {m['loadavg_1m']:.2f} at start"
         + (f", {m['loadavg_1m_end']:.2f} at the end" if m.get("loadavg_1m_end") is not None else "") + ".",
@@ -87,7 +94,7 @@ def markdown(res: dict[str, Any]) -> str:
         keep = r.get("union_keep") if r["mode"] != "dense" else None
         lines.append(
             f"| {r.get('batch', default_batch)} | {r['loop']} | {r['mode']} | {r['sparsity']:.2f} | {_fmt(keep)} | "
-            f"{r['tokens_per_s']:.1f} | {_fmt(r['speedup'])}x | "
+            f"{r['tokens_per_s']:.1f} | {_speedup(r)} | "
             f"{r['bytes_bound_limit']:.2f}x | {_share(r)} | "
             f"{r['prefill_ms']:.0f} | {r['remask_ms']:.1f} | {_fmt(r.get('token_agreement_with_dense'))} |")
     if any(r.get("flag") for r in res["rows"]):
@@ -100,7 +107,9 @@ def markdown(res: dict[str, Any]) -> str:
                       "dense bytes / union-compacted bytes (a share above 100% there means the step is partly "
                       "compute-bound: the union removes FFN compute too). `auto_execution` in the JSON says whether "
                       f"execution=auto would run the union (union keep <= union_max_keep = {c.get('union_max_keep', 0.9)}) "
-                      "or masked."]
+                      "or masked. `shared`: strategy.batch_mask=shared, one kept set for the batch (the top-k of the "
+                      "rows' normalised scores, the per-row count): one compacted prefix, no per-row mask, so its "
+                      "bytes-bound limit is batch 1's."]
     hf = [r for r in res["rows"] if r["loop"] == "hf" and r["mode"] == "dense" and r.get("batch", 1) == 1]
     if hf:
         lines += ["", f"transformers `generate` dense: {hf[0]['tokens_per_s']:.1f} tok/s; every row's "
@@ -153,6 +162,9 @@ def plot(res: dict[str, Any], path: Path) -> None:
             col = colours[i % len(colours)]
             fast = sorted((r["batch"], r["speedup"], r["bytes_bound_limit"]) for r in res["rows"]
                           if r["loop"] == "lean" and r["mode"] in ("compacted", "union") and r["sparsity"] == sp)
+            shared = sorted((r["batch"], r["speedup"]) for r in res["rows"]
+                            if r["loop"] == "lean" and r["mode"] in ("compacted", "shared") and r["sparsity"] == sp
+                            and (r["mode"] == "shared" or r["batch"] == 1))
             slow = sorted((r["batch"], r["speedup"]) for r in res["rows"]
                           if r["loop"] == "lean" and r["mode"] == "masked" and r["sparsity"] == sp)
             if fast:
@@ -160,6 +172,9 @@ def plot(res: dict[str, Any], path: Path) -> None:
                 ax.plot([p[0] for p in fast], [p[2] for p in fast], "--", color=col, label=f"bytes bound of the union, {sp:.0%}")
             if slow:
                 ax.plot([p[0] for p in slow], [p[1] for p in slow], ":", marker="x", color=col, label=f"masked, {sp:.0%}")
+            if len(shared) > 1:
+                ax.plot([p[0] for p in shared], [p[1] for p in shared], "-.", marker="s", color=col,
+                        label=f"shared mask, {sp:.0%}")
         ax.axhline(1.0, color="grey", linewidth=0.5)
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes)

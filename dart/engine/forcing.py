@@ -75,6 +75,9 @@ def force(model, prefixes: Sequence[Sequence[int]], forced: Sequence[Sequence[in
     c = controller_of(model)
     if c is not None and c.is_paused:
         c = None
+    if c is not None and c.spec.batch_mask == "shared" and len(forced) > 1:
+        # one mask for the batch: every row's re-trace changes every row's mask, so the rows run in lockstep
+        return _lockstep(model, prefixes, forced, group, take, prefix_logits)
     if has_sliding_window(getattr(model, "config", None)):  # no hidden cache columns: one row at a time
         for b in range(len(forced)):
             Rounds(Chunked(model, c, [prefixes[group[b]]], [forced[b]], [0], [b], take, prefix_logits, pad_id,
@@ -104,6 +107,25 @@ def _reference(model, prefixes, forced, group, take, prefix_logits) -> None:
         for j, t in enumerate(toks):
             out = model(input_ids=torch.tensor([[t]], device=dev), past_key_values=cache, use_cache=True).logits
             take([b], j, out)
+
+
+def _lockstep(model, prefixes, forced, group, take, prefix_logits) -> None:
+    """Every row in one batch, one forward per token: token-by-token decoding of the whole batch (the rows share the
+    engine's batch state, such as strategy.batch_mask=shared). The rows need equal prompt and forced lengths."""
+    from transformers import DynamicCache
+
+    rows = [list(prefixes[g]) for g in group]
+    if len({len(p) for p in rows}) > 1 or len({len(f) for f in forced}) > 1:
+        raise ConfigError("strategy.batch_mask=shared teacher-forces a batch in lockstep (one mask for all rows): its "
+                          "rows need equal prompt and continuation lengths; use batch size 1 or batch_mask=per_row")
+    dev = device_of(model)
+    B, P = len(rows), len(rows[0])
+    cache = DynamicCache()
+    out = model(input_ids=torch.tensor(rows, device=dev), past_key_values=cache, use_cache=True).logits
+    take(list(range(B)), -P, out) if prefix_logits else take(list(range(B)), -1, out[:, -1:])
+    for j in range(len(forced[0])):
+        ids = torch.tensor([[f[j]] for f in forced], device=dev)
+        take(list(range(B)), j, model(input_ids=ids, past_key_values=cache, use_cache=True).logits)
 
 
 class Chunked:

@@ -4,6 +4,7 @@ controller's masks from its statistics: the rows' scores (dart.engine.scoring, b
 under prior_mix), the keep counts (uniform, a list, the depth-aware allocation, or the effective budget), the rule."""
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -46,11 +47,33 @@ def keep_counts(c, rows: torch.Tensor, layer: int | None):
     return keep
 
 
+def shared_mask(sc: torch.Tensor, keep, contrib: torch.Tensor, I: int, shared_keep: float | None) -> torch.Tensor:
+    """strategy.batch_mask=shared: one kept set per layer (n, I) for the whole batch, the top-k of the contributing
+    rows' scores, each row's normalised by its mean (no row dominates by scale), summed. k: shared_keep * I, else the
+    contributing rows' mean keep count of the layer. keep: a per-layer list or (B, n); contrib (B,) bool."""
+    w = contrib.to(sc.dtype)[None, :, None]
+    total = (sc / sc.mean(dim=-1, keepdim=True).clamp_min(1e-30) * w).sum(dim=1)  # (n, I)
+    if shared_keep is not None:
+        k = [max(1, math.floor(float(shared_keep) * I + 1e-9))] * total.shape[0]
+    elif isinstance(keep, list):
+        k = list(keep)
+    else:  # (B, n) per-row counts: their mean over the contributing rows
+        k = ((keep.to(torch.float64) * contrib.to(torch.float64)[:, None]).sum(0) / contrib.sum().clamp_min(1)).round().long()
+        k = k.tolist()
+    return topk_mask(total[:, None, :], k)[:, 0]
+
+
 @torch.no_grad()
 def build_masks(c, rows: torch.Tensor, layer: int | None = None) -> None:
-    """The masks of rows (B,) bool: of every layer (layer None, between forwards) or of one layer (inside a forward)."""
+    """The masks of rows (B,) bool: of every layer (layer None, between forwards) or of one layer (inside a forward).
+    Under batch_mask=shared (a batch of more than one row) every row holding masks, and every row built now, gets the
+    batch's one shared set, rebuilt from all of them."""
     t0 = time.perf_counter()
-    if layer is None:
+    shared = c.spec.batch_mask == "shared" and c.B > 1
+    new = rows  # the rows whose masks are built (the run's achieved sparsity counts their builds)
+    if shared:  # the rows that hold masks take the new shared set too
+        rows = rows | c.flags(r.has_mask for r in c.rows)
+    if layer is None or shared:
         c.tally.fold(c.rows, [b for b, f in enumerate(rows.tolist()) if f])
     keep_all = None if c.spec.mask_rule == "mean" else keep_counts(c, rows, layer)
     for sl, dev in c.spans.within(layer):  # once per device group (one group on a single device)
@@ -65,10 +88,10 @@ def build_masks(c, rows: torch.Tensor, layer: int | None = None) -> None:
             mask = mean_mask(sc)
         else:
             keep = keep_all[sl] if isinstance(keep_all, list) else keep_all[:, sl].to(dev)
-            mask = topk_mask(sc, keep)
+            mask = topk_mask(sc, keep) if not shared else shared_mask(sc, keep, r, c.I, c.spec.shared_keep)[:, None, :].expand_as(sc)
         M = c.M.view(sl)
         M.copy_(torch.where(r[None, :, None], mask.to(c.dtype), M))
-        c.kept_sum.view(sl).add_((mask.sum(dim=-1).to(torch.float64) * r[None, :]).sum(dim=1))
+        c.kept_sum.view(sl).add_((mask.sum(dim=-1).to(torch.float64) * new.to(dev)[None, :]).sum(dim=1))
         c.tally.note_kept(r, sl, mask)
     c.pending_compact = c.B == 1 and c.spec.execution != "masked"
     c.stepper.invalidate()

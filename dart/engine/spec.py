@@ -21,6 +21,7 @@ DRIFT_PHASES = ("published", "before_mask")
 BUDGETS = ("mask", "effective")
 RETRACE_AT = ("detector", "periodic", "random")
 ON_RETRACE = ("remask", "dense")
+BATCH_MASKS = ("per_row", "shared")
 
 
 @dataclasses.dataclass
@@ -114,6 +115,11 @@ class EngineSpec:
     retrace_rate: float
     retrace_seed: int
     on_retrace: str
+    # per_row: every row of a batch its own masks (exact at any batch size); shared: one kept set per layer for the
+    # whole batch, the top-k of the rows' normalised scores summed (k: the per-row count, or shared_keep * I), so a
+    # batch runs one compacted prefix (dart.engine.masks)
+    batch_mask: str
+    shared_keep: float | None
 
     def __post_init__(self):
         if isinstance(self.auto, dict):
@@ -176,6 +182,18 @@ class EngineSpec:
             raise ConfigError(f"strategy.retrace_seed={self.retrace_seed!r} must be an integer")
         if self.on_retrace == "dense" and self.retrace_len < 1:
             raise ConfigError("strategy.on_retrace=dense runs retrace_tokens forwards dense: it needs retrace_tokens >= 1")
+        if self.batch_mask not in BATCH_MASKS:
+            raise choice_error("strategy.batch_mask", self.batch_mask, BATCH_MASKS)
+        if self.shared_keep is not None:
+            try:
+                keep = float(self.shared_keep)
+            except (TypeError, ValueError):
+                keep = -1.0
+            if not 0.0 < keep <= 1.0:
+                raise ConfigError(f"strategy.shared_keep={self.shared_keep!r} must be a keep fraction in (0, 1] or null")
+        if self.batch_mask == "shared" and (self.mask_rule != "topk" or self.budget != "mask"):
+            raise ConfigError("strategy.batch_mask=shared keeps a count of neurons for the batch: it needs "
+                              "strategy.mask_rule=topk and strategy.budget=mask")
         if self.budget not in BUDGETS:
             raise choice_error("strategy.budget", self.budget, BUDGETS)
         if self.budget == "effective" and (self.mask_rule != "topk" or self.allocation != "uniform"):

@@ -61,36 +61,38 @@ def token_logprobs(model, ids: torch.Tensor, prefix_len: int | None = None, mode
 
 @dataclasses.dataclass
 class DenseComparison:
-    """Per continuation token (n = T - prefix), the pruned model against the dense one."""
+    """Per continuation token (n = T - prefix) of each row, the pruned model against the dense one."""
 
-    kl: torch.Tensor  # (n,) KL(dense || pruned)
-    top1: torch.Tensor  # (n,) 1.0 where the pruned model's top-1 token is the dense model's
-    nll: torch.Tensor  # (n,) NLL of the true token under the pruned model
-    nll_dense: torch.Tensor  # (n,) the same under the dense model
+    kl: torch.Tensor  # (B, n) KL(dense || pruned)
+    top1: torch.Tensor  # (B, n) 1.0 where the pruned model's top-1 token is the dense model's
+    nll: torch.Tensor  # (B, n) NLL of the true token under the pruned model
+    nll_dense: torch.Tensor  # (B, n) the same under the dense model
 
 
 @torch.no_grad()
 def compare_with_dense(model, strategy, ids: torch.Tensor, prefix: int, forcing: str = "chunked") -> DenseComparison:
-    """Score the continuation ids[0, prefix:] of one sequence (1, T) twice: dense (the strategy paused, one forward)
-    and pruned, as decoding for a dynamic strategy (ids[:, :prefix] the prompt, every later token teacher-forced,
-    so masks and the drift detector act as in generation), in one forward otherwise."""
+    """Score the continuations ids[:, prefix:] of B sequences (B, T) twice: dense (the strategy paused, one forward)
+    and pruned, as decoding for a dynamic strategy (ids[:, :prefix] the prompts, every later token teacher-forced,
+    so masks and the drift detector act as in generation; the rows as one batch), in one forward otherwise."""
     P = prefix
     with strategy.paused():
-        dense = model(input_ids=ids[:, :-1], use_cache=False).logits[0, P - 1 :].float().log_softmax(-1)
-    targets = ids[0, P:]
-    n = targets.numel()
-    kl, agree, nll = (torch.zeros(n, device=ids.device) for _ in range(3))
+        dense = model(input_ids=ids[:, :-1], use_cache=False).logits[:, P - 1 :].float().log_softmax(-1)
+    targets = ids[:, P:]
+    B, n = targets.shape
+    kl, agree, nll = (torch.zeros(B, n, device=ids.device) for _ in range(3))
 
-    def take(rows, start, logits):  # logits[0, t] predicts ids[0, start + t + 1]; keep the continuation's (last wins)
+    def take(rows, start, logits):  # logits[i, t] predicts ids[rows[i], start + t + 1]; keep the continuation's
         lo, hi = max(start, P - 1), min(start + logits.shape[1], P - 1 + n)
         if hi <= lo:
             return
-        lp = logits[0, lo - start : hi - start].float().log_softmax(-1)
-        ref = dense[lo - (P - 1) : hi - (P - 1)]
-        kl[lo - (P - 1) : hi - (P - 1)] = (ref.exp() * (ref - lp)).sum(-1)
-        agree[lo - (P - 1) : hi - (P - 1)] = (ref.argmax(-1) == lp.argmax(-1)).float()
-        nll[lo - (P - 1) : hi - (P - 1)] = -lp.gather(-1, targets[lo - (P - 1) : hi - (P - 1), None]).squeeze(-1)
+        r = torch.tensor(rows, device=ids.device)
+        lp = logits[:, lo - start : hi - start].float().log_softmax(-1)
+        ref = dense[r, lo - (P - 1) : hi - (P - 1)]
+        span = slice(lo - (P - 1), hi - (P - 1))
+        kl[r, span] = (ref.exp() * (ref - lp)).sum(-1)
+        agree[r, span] = (ref.argmax(-1) == lp.argmax(-1)).float()
+        nll[r, span] = -lp.gather(-1, targets[r, span, None]).squeeze(-1)
 
     teacher_force(model, ids, P if getattr(strategy, "dynamic", False) else None, take, mode=forcing,
                   prefix_logits=False)
-    return DenseComparison(kl, agree, nll, -dense.gather(-1, targets[:, None]).squeeze(-1))
+    return DenseComparison(kl, agree, nll, -dense.gather(-1, targets[..., None]).squeeze(-1))

@@ -86,8 +86,13 @@ class Drift(Evaluator):
     name = "drift"
 
     def __init__(self, limit=4, max_new_tokens=500, prompts_file=None, chat="auto", reference=True,
-                 print_text=False, name=None, **kwargs):
+                 print_text=False, batch_size=1, name=None, **kwargs):
         super().__init__(name=name, limit=limit)
+        from dart.errors import ConfigError
+
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"eval.batch_size={batch_size!r} must be an integer >= 1")
+        self.batch_size = batch_size
         self.prompts = load_prompts(prompts_file)
         self.max_new_tokens, self.chat, self.reference, self.print_text = int(max_new_tokens), chat, bool(reference), bool(print_text)
 
@@ -100,24 +105,29 @@ class Drift(Evaluator):
         self._items = [(i, p, render_prompt(ctx.tokenizer, p, chat)) for i, p in enumerate(self.prompts[:n])]
 
     def batches(self):
-        return self._items
+        """The prompts in batches of eval.batch_size (one generate call each: left-padded, every row its own masks
+        and detector)."""
+        return [self._items[i : i + self.batch_size] for i in range(0, len(self._items), self.batch_size)]
 
-    def step(self, item):
+    def step(self, batch):
         from dart.evals.generation import greedy
 
-        index, text, prompt = item
         model, tok, strategy = self.ctx.model, self.ctx.tokenizer, self.ctx.strategy
-        dense = None
+        prompts = [prompt for _, _, prompt in batch]
+        dense = [None] * len(batch)
         if self.reference:
             with strategy.paused():
-                dense = greedy(model, tok, [prompt], self.max_new_tokens, self.ctx.device)[0]
+                dense = greedy(model, tok, prompts, self.max_new_tokens, self.ctx.device)
         windows0, triggers0 = (len(x) for x in strategy.drift_log())
-        out = greedy(model, tok, [prompt], self.max_new_tokens, self.ctx.device)[0]
-        windows, triggers = (x[n:] for x, n in zip(strategy.drift_log(), (windows0, triggers0)))
-        return {"index": index, "prompt": text, "tokens": out, "dense": dense, "windows": list(windows),
-                "triggers": list(triggers)}
+        outs = greedy(model, tok, prompts, self.max_new_tokens, self.ctx.device)
+        windows, triggers = (x[n:] for x, n in zip(strategy.drift_log(), (windows0, triggers0)))  # one request, rows 0..B-1
+        return [{"index": index, "prompt": text, "tokens": out, "dense": ref,
+                 "windows": [dict(e, row=0) for e in windows if int(e.get("row", 0)) == i],
+                 "triggers": [dict(e, row=0) for e in triggers if int(e.get("row", 0)) == i]}
+                for i, ((index, text, _), out, ref) in enumerate(zip(batch, outs, dense))]
 
     def finalize(self, outputs):
+        outputs = [o for batch in outputs for o in batch]
         import sacrebleu
 
         from dart.evals.plots import plot_drift_trace

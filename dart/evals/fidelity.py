@@ -24,8 +24,13 @@ class Fidelity(Evaluator):
     name = "fidelity"
 
     def __init__(self, documents="wiki", prefix=256, length=256, limit=8, segments=SEGMENTS, forcing="chunked",
-                 name=None, **kwargs):
+                 batch_size=1, name=None, **kwargs):
         super().__init__(name=name, limit=limit)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            from dart.errors import ConfigError
+
+            raise ConfigError(f"eval.batch_size={batch_size!r} must be an integer >= 1")
+        self.batch_size = batch_size
         from dart.engine.forcing import MODES as FORCING
 
         if forcing not in FORCING:
@@ -60,19 +65,20 @@ class Fidelity(Evaluator):
                 self._samples.append(("switch", i, a[: self.prefix] + b[: self.length]))
 
     def batches(self):
-        return self._samples
+        """Samples in batches of eval.batch_size rows (every row its own masks unless strategy.batch_mask=shared)."""
+        return [self._samples[i : i + self.batch_size] for i in range(0, len(self._samples), self.batch_size)]
 
     @torch.no_grad()
-    def step(self, sample):
+    def step(self, batch):
         from dart.evals.decoding import compare_with_dense
 
-        segment, index, tokens = sample
-        ids = torch.tensor([tokens], device=self.ctx.device)
+        ids = torch.tensor([tokens for _, _, tokens in batch], device=self.ctx.device)
         c = compare_with_dense(self.ctx.model, self.ctx.strategy, ids, self.prefix, self.forcing)
-        return {"segment": segment, "doc": index, "kl": c.kl.cpu(), "top1": c.top1.cpu(), "nll": c.nll.cpu(),
-                "nll_dense": c.nll_dense.cpu()}
+        return [{"segment": segment, "doc": index, "kl": c.kl[i].cpu(), "top1": c.top1[i].cpu(), "nll": c.nll[i].cpu(),
+                 "nll_dense": c.nll_dense[i].cpu()} for i, (segment, index, _) in enumerate(batch)]
 
     def finalize(self, outputs):
+        outputs = [o for batch in outputs for o in batch]
         metrics: dict[str, float | None] = {}
         per_sample = []
         for seg in self.segments:

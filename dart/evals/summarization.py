@@ -1,7 +1,12 @@
 """Summarization (docs/method.md section 7): the published prompt "Summarize the following:\\n\\n{doc}\\n\\nSummary:",
-the document truncated so the prompt fits `max_input_tokens` (the instruction and the cue are kept, unlike the
-published code), the chat template for instruct models, greedy decoding, ROUGE-1/2/L/Lsum with stemming
-(rouge-score). Per-sample outputs go to summaries.jsonl in the run folder.
+the chat template for instruct models, greedy decoding in batches of `batch_size` documents, ROUGE-1/2/L/Lsum with
+stemming (rouge-score) and a 95% bootstrap interval over the samples of each data set. Per-sample outputs (prediction,
+reference, scores, new tokens, re-traces) go to summaries.jsonl in the run folder.
+
+Truncation to `max_input_tokens` (eval.truncation): `document` (default) cuts the DOCUMENT so the whole prompt fits,
+keeping the instruction and the "Summary:" cue; `published` cuts the rendered prompt on the right, as the authors'
+code does, which for a long document drops the cue (and an instruct model's assistant header) and leaves the model to
+continue the document.
 
 Data sets (hub): cnn_dailymail 3.0.0, xsum, multi_news, gov_report. Offline: `wiki`, the real Wikipedia
 article body -> lead section pairs (an offline stand-in, reported under its own name).
@@ -24,6 +29,7 @@ HUB = {
 }
 DATASETS = (*HUB, "wiki")
 ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+TRUNCATIONS = ("document", "published")
 
 
 def load_pairs(name: str, limit: int | None) -> list[dict]:
@@ -52,7 +58,7 @@ class Summarization(Evaluator):
     name = "summarization"
 
     def __init__(self, datasets=("wiki",), limit=100, max_input_tokens=1024, max_new_tokens=128, template=TEMPLATE,
-                 chat="auto", batch_size=1, name=None, **kwargs):
+                 chat="auto", batch_size=1, truncation="document", resamples=2000, seed=0, name=None, **kwargs):
         super().__init__(name=name, limit=limit)
         for d in datasets:
             if d not in DATASETS:
@@ -61,6 +67,9 @@ class Summarization(Evaluator):
             raise choice_error("eval.template (must contain {doc})", template, [TEMPLATE])
         if chat not in ("auto", True, False):
             raise choice_error("eval.chat", chat, ("auto", True, False))
+        if truncation not in TRUNCATIONS:
+            raise choice_error("eval.truncation", truncation, TRUNCATIONS)
+        self.truncation, self.resamples, self.seed = truncation, int(resamples), int(seed)
         self.datasets, self.template, self.chat = list(datasets), template, chat
         self.max_input_tokens, self.max_new_tokens, self.batch_size = int(max_input_tokens), int(max_new_tokens), int(batch_size)
 
@@ -68,7 +77,7 @@ class Summarization(Evaluator):
         super().setup(ctx)
         chat = bool(ctx.model_cfg.get("instruct", False)) if self.chat == "auto" and ctx.model_cfg is not None else self.chat is True
         self.use_chat = chat
-        from dart.evals.generation import fit_document
+        from dart.evals.generation import fit_document, render_prompt
 
         self._items = []
         for name in self.datasets:
@@ -78,7 +87,10 @@ class Summarization(Evaluator):
                 self.notes.append(f"not run: {e}")
                 continue
             for p in pairs:
-                ids = fit_document(ctx.tokenizer, self.template, p["document"], self.max_input_tokens, chat)
+                if self.truncation == "published":  # the rendered prompt cut on the right: the cue goes first
+                    ids = render_prompt(ctx.tokenizer, self.template.format(doc=p["document"]), chat)[: self.max_input_tokens]
+                else:
+                    ids = fit_document(ctx.tokenizer, self.template, p["document"], self.max_input_tokens, chat)
                 self._items.append({"dataset": name, "id": p["id"], "prompt": ids, "reference": p["summary"]})
 
     def batches(self):
@@ -89,12 +101,15 @@ class Summarization(Evaluator):
 
         log_before = len(self.ctx.strategy.drift_log()[1])
         outs = greedy(self.ctx.model, self.ctx.tokenizer, [b["prompt"] for b in batch], self.max_new_tokens, self.ctx.device)
-        triggers = len(self.ctx.strategy.drift_log()[1]) - log_before
+        new = self.ctx.strategy.drift_log()[1][log_before:]  # one generate call: one request, its rows 0..B-1
         texts = [self.ctx.tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
-        return [dict(b, prediction=t, new_tokens=len(o), triggers=triggers if len(batch) == 1 else None)
-                for b, t, o in zip(batch, texts, outs)]
+        return [dict(b, prediction=t, new_tokens=len(o), triggers=sum(int(e.get("row", 0)) == i for e in new),
+                     prompt_tokens=len(b["prompt"]))
+                for i, (b, t, o) in enumerate(zip(batch, texts, outs))]
 
     def finalize(self, outputs):
+        from dart.stats import bootstrap_ci
+
         rows = [r for batch in outputs for r in batch]
         metrics: dict[str, float | None] = {}
         path = self.ctx.run_dir / "summaries.jsonl"
@@ -106,12 +121,18 @@ class Summarization(Evaluator):
                     continue
                 scores = rouge_scores([r["prediction"] for r in mine], [r["reference"] for r in mine])
                 for k in ROUGE:
-                    metrics[f"{name}/{k}"] = sum(s[k] for s in scores) / len(scores)
+                    vals = [s[k] for s in scores]
+                    metrics[f"{name}/{k}"] = sum(vals) / len(vals)
+                    metrics[f"{name}/{k}_lo"], metrics[f"{name}/{k}_hi"] = bootstrap_ci(vals, resamples=self.resamples,
+                                                                                       seed=self.seed)
                 metrics[f"{name}/n"] = float(len(mine))
+                metrics[f"{name}/retraces"] = sum(r["triggers"] for r in mine) / len(mine)
                 for r, s in zip(mine, scores):
                     f.write(json.dumps({"dataset": name, "id": r["id"], "prediction": r["prediction"],
                                         "reference": r["reference"], "new_tokens": r["new_tokens"],
-                                        "triggers": r["triggers"], **s}) + "\n")
+                                        "triggers": r["triggers"], "prompt_tokens": r["prompt_tokens"],
+                                        **s}) + "\n")
         self.extra["per_sample"] = path.name
         self.extra["chat_template"] = self.use_chat
+        self.extra["truncation"] = self.truncation
         return metrics

@@ -128,24 +128,30 @@ def builtin_pairs(news: list[list[int]], wiki: list[list[int]], prefix: int, len
     return interleave(groups)
 
 
+def row_of(entry: dict, request0: int, lockstep: bool) -> int:
+    """The batch row a drift-log entry belongs to: a lockstep batch (batch_mask=shared) is one request with rows
+    0..B-1; the chunked and reference drivers run each row as its own request (numbered after request0, row 0)."""
+    return int(entry["row"]) if lockstep else int(entry["request"]) - request0 - 1
+
+
 # ----------------------------------------------------------------------------- the evaluator
 class Switch(Evaluator):
     name = "switch"
 
     def __init__(self, prefix=200, length=200, pairs=None, switch_pairs=120, controls=40, limit=None, seed=0,
-                 resamples=2000, forcing="chunked", name=None, **kwargs):
+                 resamples=2000, forcing="chunked", batch_size=1, name=None, **kwargs):
         super().__init__(name=name, limit=limit)
         from dart.engine.forcing import MODES as FORCING
 
         if forcing not in FORCING:
             raise choice_error("eval.forcing", forcing, FORCING)
         for key, v, low in (("prefix", prefix, 1), ("length", length, 2), ("switch_pairs", switch_pairs, 0),
-                            ("controls", controls, 0), ("resamples", resamples, 1)):
+                            ("controls", controls, 0), ("resamples", resamples, 1), ("batch_size", batch_size, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"eval.{key}={v!r} must be an integer >= {low}")
         if pairs is None and switch_pairs + controls == 0:
             raise ConfigError("eval.switch_pairs=0 and eval.controls=0: no pairs to evaluate")
-        self.prefix, self.length, self.forcing = prefix, length, forcing
+        self.prefix, self.length, self.forcing, self.batch_size = prefix, length, forcing, batch_size
         self.n_switch, self.n_control, self.seed, self.resamples = switch_pairs, controls, int(seed), resamples
         self.pairs_file = pairs
         self.user_pairs = read_pairs_file(pairs) if pairs is not None else None  # fails before any model loads
@@ -180,26 +186,36 @@ class Switch(Evaluator):
                                "prefix": self.prefix, "length": self.length, "seed": self.seed, "counts": counts}
 
     def batches(self):
-        return self._samples
+        """Samples in batches of eval.batch_size rows (consecutive samples: interleaved kinds and topics)."""
+        return [self._samples[i : i + self.batch_size] for i in range(0, len(self._samples), self.batch_size)]
 
     @torch.no_grad()
-    def step(self, sample):
+    def step(self, batch):
         from dart.evals.decoding import compare_with_dense
 
         strategy = self.ctx.strategy
-        ids = torch.tensor([sample["tokens"]], device=self.ctx.device)
+        ids = torch.tensor([s["tokens"] for s in batch], device=self.ctx.device)
         checks0, triggers0 = (len(x) for x in strategy.drift_log())  # the dense pass (strategy paused) logs nothing
+        ctrl = getattr(strategy, "controller", None)
+        request0 = ctrl.requests if ctrl is not None else 0
+        lockstep = ctrl is not None and ctrl.spec.batch_mask == "shared" and len(batch) > 1
         c = compare_with_dense(self.ctx.model, strategy, ids, self.prefix, self.forcing)
         checks, triggers = (list(x[k:]) for x, k in zip(strategy.drift_log(), (checks0, triggers0)))
-        return {"index": sample["index"], "kind": sample["kind"], "order": sample["order"],
-                "a": list(sample["a"]), "b": list(sample["b"]), "tokens_scored": c.kl.numel(),
-                "kl": float(c.kl.mean()), "top1": float(c.top1.mean()), "nll": float(c.nll.mean()),
-                "nll_dense": float(c.nll_dense.mean()), "retraces": len(triggers), "checks": len(checks),
-                "retrace_steps": [t.get("step") for t in triggers]}
+        stats = torch.stack([c.kl.mean(1), c.top1.mean(1), c.nll.mean(1), c.nll_dense.mean(1)], 1).tolist()
+        out = []
+        for i, sample in enumerate(batch):  # a batch's triggers and checks by row (one request per row when chunked)
+            mine = [t for t in triggers if row_of(t, request0, lockstep) == i]
+            out.append({"index": sample["index"], "kind": sample["kind"], "order": sample["order"],
+                        "a": list(sample["a"]), "b": list(sample["b"]), "tokens_scored": c.kl.shape[1],
+                        "kl": stats[i][0], "top1": stats[i][1], "nll": stats[i][2], "nll_dense": stats[i][3],
+                        "retraces": len(mine), "checks": sum(row_of(e, request0, lockstep) == i for e in checks),
+                        "retrace_steps": [t.get("step") for t in mine]})
+        return out
 
     def finalize(self, outputs):
         from dart.stats import bootstrap_ci
 
+        outputs = [o for batch in outputs for o in batch]
         kinds = ["switch", "control"] if self.user_pairs is None else []  # built-in: both, even if one is empty
         for o in outputs:
             if o["kind"] not in kinds:
