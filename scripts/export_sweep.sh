@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Copy finished sweeps into benchmarks/sweeps/ for committing: each job's results.json (and the sweep's
-# multirun.yaml, so `python -m dart.tables` knows which jobs were planned), nothing else (no W&B, logs, samples).
+# Copy finished sweeps into benchmarks/sweeps/ for committing: each job's results.json and its small per-sample
+# files (switch_samples.jsonl, summaries.jsonl, drift_samples.jsonl), and the sweep's multirun.yaml (so
+# `python -m dart.tables` knows which jobs were planned); nothing else (no W&B, logs, plots).
 #   bash scripts/export_sweep.sh multirun/switch_offline multirun/ablation_gain_offline
 #   python -m dart.tables benchmarks/sweeps/switch_offline ...      # the tables from the committed copies
 set -euo pipefail
@@ -20,6 +21,7 @@ for src in "$@"; do
     mkdir -p "$dst/$(dirname "$rel")"
     cp "$f" "$dst/$rel"
     n=$((n + 1))
-  done < <(find "$src" -name results.json -not -path "*/wandb/*" -print0)
-  echo "[export] $src -> $dst ($n results.json)"
+  done < <(find "$src" \( -name results.json -o -name switch_samples.jsonl -o -name summaries.jsonl \
+                -o -name drift_samples.jsonl \) -not -path "*/wandb/*" -print0)
+  echo "[export] $src -> $dst ($n files)"
 done

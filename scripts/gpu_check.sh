@@ -37,7 +37,7 @@ if [ "$smoke" = 1 ]; then
   decode=(model=tiny_llama device=cpu dtype=float32 "batch_sizes=[1,2]" "sparsities=[0.5,0.7]" "loops=[lean]"
           "batch_loops=[lean]" new_tokens=6 prompt_tokens=16 warmup=0 repeats=1 remask_demo=false threads=1)
   scoring=(model=tiny_llama device=cpu dtype=float32 "tasks=[boolq]" "strategies=[dense,dart]" "batch_sizes=[1,2]"
-           limit=2 reference_limit=1 warmup=false threads=1)
+           limit=2 reference_limit=1 warmup=false repeats=2 threads=1)
 else
   out="${out:-benchmarks/gpu}"
   if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then

@@ -743,8 +743,12 @@ def test_drift_eval(tok, tmp_path, name):
     ev = Drift(limit=2, max_new_tokens=20, chat=False)
     metrics = run(ev, context(m, tok, strategy, tmp_path))
     keys = {"rougeL_vs_dense", "bleu_vs_dense", "token_agreement", "first_difference", "triggers_per_sample",
-            "new_tokens"}
+            "new_tokens", "n"}
+    keys |= {f"{k}_{e}" for k in ("rougeL_vs_dense", "bleu_vs_dense", "token_agreement", "triggers_per_sample")
+             for e in ("lo", "hi")}
     assert set(metrics) == keys and all(isinstance(v, float) for v in metrics.values())
+    for k in ("rougeL_vs_dense", "token_agreement"):  # bootstrap intervals around the means, over the 2 samples
+        assert metrics[f"{k}_lo"] <= metrics[k] <= metrics[f"{k}_hi"]
     rows = [json.loads(x) for x in (tmp_path / "drift_samples.jsonl").read_text().splitlines()]
     assert [r["index"] for r in rows] == [0, 1] and all(r["new_tokens"] == 20 for r in rows)
     assert metrics["new_tokens"] == 20.0

@@ -32,6 +32,9 @@ def test_smoke_writes_decode_and_scoring_json(tmp_path):
     if (REPO / "dart" / "bench" / "scoring.py").is_file():
         scoring = json.loads((tmp_path / "scoring" / "scoring.json").read_text())
         assert {r["strategy"] for r in scoring["rows"]} == {"dense", "dart"}
+        for r in scoring["rows"]:  # two interleaved repeats: paired ratios against dense of the same repeat
+            assert len(r["score_s_all"]) == len(r["ratio_all"]) == 2
+            assert r["ratio_ci"][0] <= r["ratio_to_dense"] <= r["ratio_ci"][1]
         assert "[gpu_check] done in" in proc.stdout
 
 

@@ -192,3 +192,25 @@ def test_compiled_steps_equal_the_eager_loop(monkeypatch):
         assert len(ran) >= 10  # most steps ran compiled (tracing and mask-building steps run eager)
         assert (eager - compiled).abs().max() <= 1e-5 and t_eager == t_compiled
         assert ids.shape[0] == 1 or len(t_eager) >= 2  # the batch re-traces: its masked and union steps both ran
+
+
+def test_profile_bench_splits_the_step(tmp_path):
+    """python -m dart.bench.profile: per mode the step's FFN time and the rest, and the overhead-aware limit."""
+    import subprocess
+
+    out = tmp_path / "profile"
+    proc = subprocess.run([sys.executable, "-m", "dart.bench.profile", "model=tiny_llama", "new_tokens=6",
+                           "prompt_tokens=16", "repeats=2", "warmup=0", "sparsities=[0.5]", f"out={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "profile.json").read_text())
+    rows = {(r["mode"], r["sparsity"]): r for r in res["rows"]}
+    assert set(rows) == {("dense", 0.0), ("compacted", 0.5)}
+    dense, comp = rows["dense", 0.0], rows["compacted", 0.5]
+    assert dense["speedup"] == 1.0 and 0 < dense["ffn_ms"] < dense["ms_per_step"]
+    assert comp["rest_ms"] == pytest.approx(comp["ms_per_step"] - comp["ffn_ms"])
+    # the overhead-aware limit by its formula: dense time over the dense rest + the kept share of the dense FFN time
+    assert comp["overhead_aware_limit"] == pytest.approx(dense["ms_per_step"] / (dense["rest_ms"] + 0.5 * dense["ffn_ms"]))
+    # ... which is 1 / (1 - f (1 - kept)) with f the FFN's share of the dense step (the bytes bound: f its share of bytes)
+    assert comp["overhead_aware_limit"] == pytest.approx(1 / (1 - dense["ffn_share_of_step"] * 0.5))
+    assert "overhead-aware limit" in (out / "profile.md").read_text()

@@ -609,3 +609,34 @@ def test_evaluation_kind_is_keyed_by_eval_name_not_the_class_path():
     assert kind(Record(source="x", status="complete", config=cfg)) == "switch"
     cfg["eval"]["name"] = "my_own_eval"
     assert kind(Record(source="x", status="complete", config=cfg)) == "other"
+
+
+def test_controls_table_pairs_each_control_with_the_detector(tmp_path):
+    """Runs that vary strategy.retrace_at / on_retrace get the controls table: each row's Δ KL against the detector's
+    run is the mean of the per-sample differences over the same two-topic samples, with a paired interval."""
+    sweep = tmp_path / "controls"
+    kl = {"dart": [1.0, 2.0, 3.0, 4.0], "random": [1.5, 2.5, 2.5, 4.5], "hold": [1.2, 2.6, 3.4, 4.8]}
+
+    def run(name, strategy, *ov, key):
+        samples = [{"index": i, "kind": "switch", "kl": v, "top1": 0.5, "retraces": 1} for i, v in enumerate(kl[key])]
+        samples.append({"index": 9, "kind": "control", "kl": 9.0, "top1": 0.5, "retraces": 0})  # not a switch pair
+        mean = sum(kl[key]) / 4
+        metrics = {"switch/switch/kl": mean, "switch/switch/kl_lo": mean - 0.1, "switch/switch/kl_hi": mean + 0.1,
+                   "switch/switch/top1": 0.5, "switch/switch/retraces": 1.0, "switch/all/n": 5.0}
+        write_job(sweep, name, job_config(f"strategy={strategy}", "eval=switch", "sparsity=0.5", *ov), metrics,
+                  eval={"samples": samples}, sparsity={"target": 0.5, "effective": 0.45, "dense_tokens": {"decode": 100}})
+
+    run("dart", "dart", key="dart")
+    run("random", "dart", "strategy.retrace_at=random", "strategy.retrace_rate=0.005", key="random")
+    run("hold", "dart", "strategy.on_retrace=dense", key="hold")
+    md = make_report(collect_folders([sweep]), tmp_path / "t", figures=False).markdown
+    assert "### Re-trace controls: eval=switch" in md
+    rows = {r[4]: r for r in (md_row(md, "SmolLM2-135M", "200", "50.0", lab) for lab in
+                               ("DART 50% (on_retrace=remask, retrace_at=random, retrace_rate=0.005)",
+                                "DART 50% (on_retrace=dense, retrace_at=detector, retrace_rate=0.02)",
+                                "DART 50% (on_retrace=remask, retrace_at=detector, retrace_rate=0.02)"))}
+    assert set(rows) == {"random, new mask", "the detector, dense tokens only, same mask", "the detector, new mask"}
+    assert rows["the detector, new mask"][-1] == "–"
+    assert rows["random, new mask"][-1].startswith("+0.250 [")  # mean of (+0.5, +0.5, -0.5, +0.5)
+    assert rows["the detector, dense tokens only, same mask"][-1].startswith("+0.500 [")  # (+0.2, +0.6, +0.4, +0.8)
+    assert rows["random, new mask"][6] == "20"  # dense tokens per sample: 100 over 5 samples

@@ -76,7 +76,7 @@ def prompt_ids(tokenizer, batch: int, tokens: int, device) -> torch.Tensor:
     return torch.tensor(rows, device=device)
 
 
-def _strategy(mode: str, sparsity: float):
+def bench_strategy(mode: str, sparsity: float):
     if mode == "dense":
         return None
     # compacted: a single sequence's kept prefix, or a batch's union (forced: the bench measures the union even
@@ -155,7 +155,7 @@ class _Run:
 
     def attach(self) -> None:
         loop, mode, sp = self.key
-        self.strat = _strategy(mode, sp)
+        self.strat = bench_strategy(mode, sp)
         if self.strat is not None:
             self.strat.attach(self.model, self.tokenizer)
         ctrl = self.strat.controller if self.strat is not None else None

@@ -5,7 +5,9 @@ arc_easy and hellaswag), batch size and strategy: one `lm_eval.simple_evaluate` 
 chunked teacher forcing. Reported per run: the time inside the loglikelihood path (`score_s`: tokenised requests
 to log-likelihoods, what the strategy and the batch size change) and the whole call (`wall_s`), requests per
 second, the model forwards and input positions run (padding included), the re-trace rounds caused by drift
-triggers, accuracy, and the ratio of `score_s` to dense in the same run. Exactness: the first `reference_limit`
+triggers, accuracy, and the time relative to dense: the strategies are INTERLEAVED within each of `repeats` repeats
+(dense, static_prompt, ..., then again), so `ratio_to_dense` is the median of the per-repeat PAIRED ratios against
+dense of the same repeat, with a bootstrap 95% interval (`ratio_ci`). Exactness: the first `reference_limit`
 documents of every task are scored again one request at a time, one forward per token (`forcing=reference`), and
 `max_loglik_diff` is the largest |difference| of any log-likelihood (fp32) between the two; `same_choices` says
 whether every document's chosen answer is the same.
@@ -15,6 +17,7 @@ The machine may be shared: the 1-minute load average is recorded before and afte
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from typing import Any
 
@@ -111,8 +114,11 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     loaded, device = load(cfg)
     model, tok = loaded.model, loaded.tokenizer
     info = machine()
+    from dart.stats import bootstrap_ci
+
+    reps = int(cfg.get("repeats", 1))
     rows, checks = [], []
-    n_runs = len(cfg.tasks) * len(strategies) * (len(cfg.batch_sizes) + (1 if cfg.reference_limit else 0))
+    n_runs = len(cfg.tasks) * len(strategies) * (len(cfg.batch_sizes) * reps + (1 if cfg.reference_limit else 0))
     with progress("scoring bench", n_runs, float(cfg.get("progress_s", 30))) as step:
         if cfg.warmup:
             run_once(model, tok, strategies["dense"] if "dense" in strategies else build_strategy("dense", 0.0, ranking),
@@ -122,17 +128,20 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
             tasks = lm_eval_tasks(bench_name, cfg)
             kind = "one-token" if bench_name in cfg.one_token else "multi-token"
             runs: dict[tuple, dict] = {}
+            times: dict[tuple, list[float]] = {}
             for bs in cfg.batch_sizes:
-                for name, strategy in strategies.items():
-                    if name != "dense":
-                        strategy.attach(model, tok)
-                    try:
-                        r = run_once(model, tok, strategy, tasks, b.num_fewshot, cfg.limit, int(bs), "chunked")
-                    finally:
+                for rep in range(reps):  # interleaved: every strategy once per repeat
+                    for name, strategy in strategies.items():
                         if name != "dense":
-                            strategy.detach()
-                    runs[name, int(bs)] = r
-                    step()
+                            strategy.attach(model, tok)
+                        try:
+                            r = run_once(model, tok, strategy, tasks, b.num_fewshot, cfg.limit, int(bs), "chunked")
+                        finally:
+                            if name != "dense":
+                                strategy.detach()
+                        runs.setdefault((name, int(bs)), r)
+                        times.setdefault((name, int(bs)), []).append(r["score_s"])
+                        step()
             ref_limit = (cfg.reference_limits or {}).get(bench_name, cfg.reference_limit)
             for name, strategy in strategies.items():
                 if not ref_limit:
@@ -154,18 +163,23 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
                                    "same_choices": all(ref["_choice"][k] == fast["_choice"][k] for k in keys),
                                    "reference_score_s": ref["score_s"], "reference_forwards": ref["forwards"]})
             for (name, bs), r in runs.items():
-                dense = runs.get(("dense", bs))
                 mine = [ch for ch in checks if ch["task"] == bench_name and ch["strategy"] == name and ch["batch_size"] == bs]
+                own, dense = times[name, bs], times.get(("dense", bs))
+                ratios = [a / d for a, d in zip(own, dense) if d] if dense else []
+                ci = bootstrap_ci(ratios, statistic="median") if len(ratios) > 1 else None
                 rows.append({"task": bench_name, "kind": kind, "lm_eval_tasks": tasks, "strategy": name,
                              "sparsity": 0.0 if name == "dense" else float(cfg.sparsity),
                              **{k: v for k, v in r.items() if not k.startswith("_")},
-                             "ratio_to_dense": round(r["score_s"] / dense["score_s"], 3) if dense and dense["score_s"] else None,
+                             "score_s": round(statistics.median(own), 3), "score_s_all": own,
+                             "ratio_to_dense": round(statistics.median(ratios), 3) if ratios else None,
+                             "ratio_all": [round(x, 4) for x in ratios],
+                             "ratio_ci": [round(ci[0], 3), round(ci[1], 3)] if ci else None,
                              "max_loglik_diff": mine[0]["max_loglik_diff"] if mine else None,
                              "same_choices_as_reference": mine[0]["same_choices"] if mine else None})
     info["loadavg_1m_end"] = os.getloadavg()[0]
     return {"config": {"model": cfg.model.name, "device": device, "dtype": dtype_name(model),
                        "sparsity": float(cfg.sparsity), "ranking": ranking, "limit": cfg.limit,
-                       "mmlu_subjects": int(cfg.mmlu_subjects), "reference_limit": cfg.reference_limit,
+                       "mmlu_subjects": int(cfg.mmlu_subjects), "reference_limit": cfg.reference_limit, "repeats": reps,
                        "batch_sizes": [int(b) for b in cfg.batch_sizes]},
             "machine": info, "model": loaded.info, "rows": rows, "exactness": checks}
 

@@ -10,12 +10,19 @@ def _f(v, spec=".2f", missing="–"):
     return missing if v is None else format(v, spec)
 
 
+def _ratio(r: dict[str, Any]) -> str:
+    ci = r.get("ratio_ci")
+    return _f(r.get("ratio_to_dense")) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and r.get("strategy") != "dense" else "")
+
+
 def markdown(res: dict[str, Any]) -> str:
     c, m = res["config"], res["machine"]
     lines = [
         f"Model `{c['model']}` ({c['dtype']}, {c['device']}), sparsity {c['sparsity']}, ranking {c['ranking']}, "
         f"lm-eval through `DartLM` (chunked teacher forcing, shared prompts), up to {c['limit']} documents per task "
-        f"(mmlu: its first {c['mmlu_subjects']} subjects). Machine: {m['processor']}, {m['cpu_count']} cores, "
+        f"(mmlu: its first {c['mmlu_subjects']} subjects); {c.get('repeats', 1)} repeats with the strategies interleaved, "
+        "× dense: the median of the per-repeat paired time ratios [bootstrap 95% interval]. "
+        f"Machine: {m['processor']}, {m['cpu_count']} cores, "
         f"torch {m['torch']} ({m['torch_threads']} threads)" + (f", {m['gpu']}" if m.get("gpu") else "")
         + f", load {m['loadavg_1m']:.2f} at start, {m.get('loadavg_1m_end', 0):.2f} at the end.",
         "",
@@ -25,7 +32,7 @@ def markdown(res: dict[str, Any]) -> str:
     for r in res["rows"]:
         lines.append(
             f"| {r['task']} | {r['kind']} | {r['batch_size']} | {r['strategy']} | {r['docs']} | {r['requests']} | "
-            f"{r['score_s']:.1f} | {_f(r['requests_per_s'], '.1f')} | {_f(r['ratio_to_dense'])} | {r['forwards']} | "
+            f"{r['score_s']:.1f} | {_f(r['requests_per_s'], '.1f')} | {_ratio(r)} | {r['forwards']} | "
             f"{r['positions']} | {r['triggers']} | {_f(r['acc'], '.3f')} | {_f(r['max_loglik_diff'], '.1e')} | "
             f"{'yes' if r['same_choices_as_reference'] else ('–' if r['same_choices_as_reference'] is None else 'NO')} |")
     lines += ["", "Exactness: the first documents of each task (mmlu: the first per subject) scored one request at a "

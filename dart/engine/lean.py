@@ -17,6 +17,8 @@ of the per-op overhead that a small model's step pays on a CPU (see README "Perf
 """
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 
@@ -42,11 +44,13 @@ def _hooked(mod) -> bool:
 
 class LeanDecoder:
     def __init__(self, model, max_len: int, batch: int = 1, controller=None, compile: bool = False,
-                 compile_mode: str | None = None):
+                 compile_mode: str | None = None, time_ffn: bool = False):
         """compile: run steady single-token steps (no tracing or mask build inside that forward) through one
         torch.compile'd function over the whole preallocated cache (dynamic=False: one compilation per FFN shape,
         i.e. per kept prefix, about a minute each on a 2-core CPU; cached on disk by inductor); other forwards run
-        eager. Tested to give the eager loop's tokens and triggers. README "Performance" has what it gained."""
+        eager. Tested to give the eager loop's tokens and triggers. docs/performance.md has what it gained.
+        time_ffn: add the wall time of every FFN call to `ffn_seconds` (dart.bench.profile; a CPU measurement: no
+        device synchronisation)."""
         cfg = model.config
         if cfg.model_type not in SUPPORTED:
             raise ConfigError(f"the lean decode loop supports model types {', '.join(SUPPORTED)}, not "
@@ -68,6 +72,7 @@ class LeanDecoder:
         norms = [m for layer in self.layers for m in (layer.input_layernorm, layer.post_attention_layernorm)]
         self._rms = {id(m): _plain_rms_norm(m) for m in norms + [model.model.norm]}
         self._step = None
+        self.time_ffn, self.ffn_seconds = bool(time_ffn), 0.0
         if compile:
             self._pos = torch.zeros(1, dtype=torch.long, device=w.device)
             self._arange = torch.arange(max_len, device=w.device)
@@ -132,7 +137,10 @@ class LeanDecoder:
             x = x + a
             h = self._norm(layer.post_attention_layernorm, x)
             # the engine's FFN directly (what layer.mlp, its PrunableFFN, calls), else the model's own
+            t0 = time.perf_counter() if self.time_ffn else 0.0
             x = x + (c.run_ffn(c.ffns[l], h) if c is not None and not _hooked(layer.mlp) else layer.mlp(h))
+            if self.time_ffn:
+                self.ffn_seconds += time.perf_counter() - t0
         if c is not None:
             c.end_forward()
         x = self._norm(self.model.model.norm, x[:, -1:] if last_only else x)

@@ -160,8 +160,16 @@ class Drift(Evaluator):
         with open(run_dir / "drift_samples.jsonl", "w") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
+        from dart.stats import bootstrap_ci
+
         mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
         self.extra["per_sample"] = "drift_samples.jsonl"
-        return {"rougeL_vs_dense": mean(rouge_l), "bleu_vs_dense": mean(bleu), "token_agreement": mean(agree),
-                "first_difference": mean(first_diff), "triggers_per_sample": mean([len(r["triggers"]) for r in rows]),
-                "new_tokens": mean([r["new_tokens"] for r in rows])}
+        out = {"rougeL_vs_dense": mean(rouge_l), "bleu_vs_dense": mean(bleu), "token_agreement": mean(agree),
+               "first_difference": mean(first_diff), "triggers_per_sample": mean([len(r["triggers"]) for r in rows]),
+               "new_tokens": mean([r["new_tokens"] for r in rows])}
+        for key, vals in (("rougeL_vs_dense", rouge_l), ("bleu_vs_dense", bleu), ("token_agreement", agree),
+                          ("triggers_per_sample", [len(r["triggers"]) for r in rows])):
+            ci = bootstrap_ci(vals) if vals else None  # a 95% percentile bootstrap over the samples
+            out[f"{key}_lo"], out[f"{key}_hi"] = ci if ci else (None, None)
+        out["n"] = float(len(rows))
+        return out

@@ -231,6 +231,9 @@ class Switch(Evaluator):
                            nll_dense=o["nll_dense"])
                 f.write(json.dumps(row) + "\n")
         self.extra["per_sample"] = SAMPLES_FILE
+        # compact per-sample figures in results.json too, for paired comparisons between runs (dart.tables.controls)
+        self.extra["samples"] = [{"index": o["index"], "kind": o["kind"], "kl": round(o["kl"], 6),
+                                  "top1": round(o["top1"], 6), "retraces": o["retraces"]} for o in outputs]
         self.extra["bootstrap"] = {"method": "percentile", "resamples": self.resamples, "seed": self.seed,
                                    "level": 0.95, "unit": "sample"}
         return metrics

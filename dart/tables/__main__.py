@@ -27,21 +27,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.add_argument("--readme", type=Path, metavar="FILE",
                    help="also write the tables and figures into FILE, between the lines "
-                        f"'{BEGIN}' and '{END}' (what is between them is replaced)")
+                        f"'{markers()[0]}' and '{markers()[1]}' (what is between them is replaced)")
+    p.add_argument("--block", metavar="NAME", default=None,
+                   help="with --readme: the block named NAME ('<!-- dart.tables:begin NAME -->' ... "
+                        "'<!-- dart.tables:end NAME -->'), so that one page holds several generated blocks")
     return p
 
 
-BEGIN = "<!-- dart.tables:begin -->"
-END = "<!-- dart.tables:end -->"
+def markers(name: str | None = None) -> tuple[str, str]:
+    tag = f" {name}" if name else ""
+    return f"<!-- dart.tables:begin{tag} -->", f"<!-- dart.tables:end{tag} -->"
 
 
-def write_readme(path: Path, markdown: str, out: Path, command: str) -> None:
-    """Replace the generated block of a README (between BEGIN and END) with the report, its figure links made
-    relative to the README's folder. Atomic."""
+def write_readme(path: Path, markdown: str, out: Path, command: str, block: str | None = None) -> None:
+    """Replace a generated block of a page (between its BEGIN and END lines; `block` names one of several) with the
+    report, its figure links made relative to the page's folder. Atomic."""
     import os
 
     from dart.errors import DartError
 
+    BEGIN, END = markers(block)
     if not path.is_file():
         raise DartError(f"--readme {path}: no such file")
     text = path.read_text()
@@ -87,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         report = make_report(collection, out, metric=args.metric, figures=not args.no_plots)
         if args.readme is not None:
             write_readme(args.readme, report.markdown, out,
-                         "python -m dart.tables " + " ".join(sys.argv[1:] if argv is None else argv))
+                         "python -m dart.tables " + " ".join(sys.argv[1:] if argv is None else argv), args.block)
+        elif args.block is not None:
+            raise DartError("--block names a block of the --readme page: give --readme FILE too")
     except DartError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@ import dataclasses
 from pathlib import Path
 
 from dart.errors import ConfigError
-from dart.tables import build, decomposition, pareto, plots
+from dart.tables import build, controls, decomposition, pareto, plots
 from dart.tables.collect import Collection, dedupe
 from dart.tables.labels import assign_labels
 from dart.tables.render import Table, to_latex, to_markdown
@@ -63,6 +63,8 @@ def make_report(collection: Collection, out: Path, metric: str = "acc", figures:
                 figs.append(plots.rouge_bars(bars, out / f"rougeL_bars{suffix}.png"))
         else:
             tables.append(build.metrics_table(group, eval_name))
+            if kind == "switch" and controls.applies(group):
+                tables.append(controls.table(group))
             if figures and kind == "drift":
                 for r in build.ordered(group):
                     slug = "".join(ch if ch.isalnum() else "_" for ch in f"{r.model}_{r.label}").strip("_")
