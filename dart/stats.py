@@ -2,7 +2,8 @@
 takes them from (docs/method.md section 9: every accuracy or fidelity figure carries n and a 95% interval).
 
 - `bootstrap_ci`: percentile bootstrap of the mean over samples, with a fixed seed (the same data gives the same
-  interval on every machine); `paired_diff_ci` is the same on per-item differences of two runs over the same items.
+  interval on every machine); `paired_diff_ci` is the same on per-item differences of two runs over the same items;
+  `paired_ratio` the median of per-repeat ratios of two interleaved timings, with a bootstrap interval (dart.bench).
 - `stderr`, `binary_stderr`, `combined_stderr`, `diff_stderr`, `normal_ci`: the normal interval from a standard
   error, as lm-eval reports it (`acc_stderr` = sample standard deviation / sqrt(n)).
 - `reported_interval`: the interval results.json reports beside a metric (`<key>_lo`/`_hi` bounds, else
@@ -60,6 +61,14 @@ def paired_diff_ci(a: Sequence[float], b: Sequence[float], resamples: int = RESA
     if len(a) != len(b):
         raise ValueError(f"paired samples differ in length ({len(a)} vs {len(b)})")
     return bootstrap_ci([float(x) - float(y) for x, y in zip(a, b)], resamples, level, seed)
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> tuple[float | None, list[float], tuple[float, float] | None]:
+    """Paired ratios of two measurements taken in the same repeats (a[i] / b[i]; a zero b[i] is skipped): their
+    median, the ratios, and the bootstrap interval of the median (None with fewer than two ratios)."""
+    ratios = [float(x) / float(y) for x, y in zip(a, b) if y]
+    med = float(np.median(ratios)) if ratios else None
+    return med, ratios, (bootstrap_ci(ratios, statistic="median") if len(ratios) > 1 else None)
 
 
 def mean(values: Sequence[float]) -> float | None:

@@ -15,7 +15,7 @@ from conftest import run_cli, tiny_llama  # noqa: E402
 from dart.errors import ConfigError  # noqa: E402
 from dart.evals.base import EvalContext  # noqa: E402
 from dart.stats import (binary_stderr, bits, bootstrap_ci, from_bits, paired_diff_ci,  # noqa: E402
-                           stderr)
+                           paired_ratio, stderr)
 from dart.strategies import Dense  # noqa: E402
 from dart.compose import build_strategy  # noqa: E402
 
@@ -224,6 +224,14 @@ def test_bootstrap_of_constant_data_has_zero_width():
     assert bootstrap_ci([0.25] * 30) == (0.25, 0.25)
     assert bootstrap_ci([3.0]) == (3.0, 3.0) and bootstrap_ci([]) is None
     assert paired_diff_ci([1, 0, 1], [1, 0, 1]) == (0.0, 0.0)
+
+
+def test_paired_ratio_is_the_median_of_per_repeat_ratios():
+    # repeats of 2.0 s, 4.0 s, 3.0 s against 1.0 s, 2.0 s, 2.0 s: ratios 2, 2, 1.5 (a zero denominator is skipped)
+    med, ratios, ci = paired_ratio([2.0, 4.0, 3.0, 5.0], [1.0, 2.0, 2.0, 0.0])
+    assert ratios == [2.0, 2.0, 1.5] and med == 2.0
+    assert ci == bootstrap_ci([2.0, 2.0, 1.5], statistic="median") and 1.5 <= ci[0] <= ci[1] == 2.0
+    assert paired_ratio([1.0], [2.0]) == (0.5, [0.5], None) and paired_ratio([], []) == (None, [], None)
 
 
 def test_bootstrap_of_two_values_by_hand():

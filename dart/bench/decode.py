@@ -193,7 +193,7 @@ def measure_batch(model, tokenizer, cfg, B: int, loops: list[str], device, progr
     compacted, ..., then again), each attached for its one generation, so a speed-up is the median of per-repeat
     PAIRED ratios against dense in the same repeat (with a bootstrap interval): a slow minute on a shared machine
     slows both sides of a ratio. The compiled loop runs its repeats in one block (each attach would compile again)."""
-    from dart.stats import bootstrap_ci
+    from dart.stats import paired_ratio
 
     ids = prompt_ids(tokenizer, B, int(cfg.prompt_tokens), device)
     new = int(cfg.new_tokens)
@@ -247,10 +247,8 @@ def measure_batch(model, tokenizer, cfg, B: int, loops: list[str], device, progr
             if B > 1 and mode == "compacted":  # what execution=auto would do with this union
                 row["auto_execution"] = "union" if info["union_keep"] <= max_keep else "masked"
         dense = runs.get((loop, "dense", 0.0))
-        ratios = [a / b for a, b in zip(rates, [steps * B / d for d in dense.decode])] if dense is not None else []
-        row["speedup"] = statistics.median(ratios) if ratios else None
-        row["speedup_all"] = ratios
-        row["speedup_ci"] = list(bootstrap_ci(ratios, statistic="median")) if len(ratios) > 1 else None
+        med, ratios, ci = paired_ratio(rates, [steps * B / d for d in dense.decode] if dense is not None else [])
+        row["speedup"], row["speedup_all"], row["speedup_ci"] = med, ratios, list(ci) if ci else None
         row["share_of_limit"] = row["speedup"] / wb["limit"] if row["speedup"] and compact else None
         if dense is not None and dense.tokens is not None and mode != "dense":  # how much the text differs from dense
             row["token_agreement_with_dense"] = float((run.tokens == dense.tokens).float().mean())

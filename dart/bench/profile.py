@@ -28,6 +28,7 @@ def bench(cfg: DictConfig) -> dict:
     from dart.bench.decode import bench_strategy, prompt_ids, weight_bytes_per_token
     from dart.config_checks import check_sparsity
     from dart.engine.lean import LeanDecoder
+    from dart.stats import paired_ratio
 
     for s in cfg.sparsities:
         check_sparsity(s)
@@ -67,13 +68,13 @@ def bench(cfg: DictConfig) -> dict:
         kept = 1.0 - sp
         wb = weight_bytes_per_token(model, kept)
         rest = m["step"] - m["ffn"]
-        ratios = [a / b for a, b in zip(runs["dense", 0.0]["step"], runs[mode, sp]["step"])]
+        speedup, ratios, ci = paired_ratio(runs["dense", 0.0]["step"], runs[mode, sp]["step"])
         aware = d["step"] / (rest_dense + kept * d["ffn"])
         rows.append({"mode": mode, "sparsity": sp, "ms_per_step": m["step"], "ffn_ms": m["ffn"], "rest_ms": rest,
                      "ffn_share_of_step": m["ffn"] / m["step"], "ffn_bytes_share": wb["ffn"] * kept / wb["pruned"],
-                     "bytes_bound_limit": wb["limit"], "speedup": statistics.median(ratios), "speedup_all": ratios,
-                     "share_of_bytes_bound": statistics.median(ratios) / wb["limit"],
-                     "overhead_aware_limit": aware, "share_of_overhead_aware_limit": statistics.median(ratios) / aware,
+                     "bytes_bound_limit": wb["limit"], "speedup": speedup, "speedup_all": ratios,
+                     "speedup_ci": list(ci) if ci else None, "share_of_bytes_bound": speedup / wb["limit"],
+                     "overhead_aware_limit": aware, "share_of_overhead_aware_limit": speedup / aware,
                      "ffn_share_of_its_bound": kept * d["ffn"] / m["ffn"] if m["ffn"] else None,
                      "rest_vs_dense": rest / rest_dense, "ms_per_step_all": runs[mode, sp]["step"],
                      "ffn_ms_all": runs[mode, sp]["ffn"]})

@@ -114,7 +114,7 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
     loaded, device = load(cfg)
     model, tok = loaded.model, loaded.tokenizer
     info = machine()
-    from dart.stats import bootstrap_ci
+    from dart.stats import paired_ratio
 
     reps = int(cfg.get("repeats", 1))
     rows, checks = [], []
@@ -164,14 +164,15 @@ def bench(cfg: DictConfig) -> dict[str, Any]:
                                    "reference_score_s": ref["score_s"], "reference_forwards": ref["forwards"]})
             for (name, bs), r in runs.items():
                 mine = [ch for ch in checks if ch["task"] == bench_name and ch["strategy"] == name and ch["batch_size"] == bs]
-                own, dense = times[name, bs], times.get(("dense", bs))
-                ratios = [a / d for a, d in zip(own, dense) if d] if dense else []
-                ci = bootstrap_ci(ratios, statistic="median") if len(ratios) > 1 else None
+                own = times[name, bs]
+                score_s = statistics.median(own)
+                med, ratios, ci = paired_ratio(own, times.get(("dense", bs)) or [])
                 rows.append({"task": bench_name, "kind": kind, "lm_eval_tasks": tasks, "strategy": name,
                              "sparsity": 0.0 if name == "dense" else float(cfg.sparsity),
                              **{k: v for k, v in r.items() if not k.startswith("_")},
-                             "score_s": round(statistics.median(own), 3), "score_s_all": own,
-                             "ratio_to_dense": round(statistics.median(ratios), 3) if ratios else None,
+                             "score_s": round(score_s, 3), "score_s_all": own,
+                             "requests_per_s": round(r["requests"] / score_s, 2) if score_s > 0 else None,
+                             "ratio_to_dense": round(med, 3) if med is not None else None,
                              "ratio_all": [round(x, 4) for x in ratios],
                              "ratio_ci": [round(ci[0], 3), round(ci[1], 3)] if ci else None,
                              "max_loglik_diff": mine[0]["max_loglik_diff"] if mine else None,
