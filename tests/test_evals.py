@@ -569,8 +569,9 @@ def test_fidelity_samples_switch_documents(tok, tmp_path, news_tokens):
     ev = Fidelity(**FID)
     ev.setup(context(model(), tok, Dense(), tmp_path))
     P, L = FID["prefix"], FID["length"]
-    assert [(s, i) for s, i, _ in ev._samples] == [("same", 0), ("switch", 0), ("same", 1), ("switch", 1)]
-    for segment, i, tokens in ev._samples:
+    assert [(s, i, d) for s, i, _, d in ev._samples] == [("same", 0, {0}), ("switch", 0, {0, 1}), ("same", 1, {1}),
+                                                          ("switch", 1, {1, 2})]
+    for segment, i, tokens, _ in ev._samples:
         a, b = news_tokens[i], news_tokens[i + 1]
         assert len(tokens) == P + L and tokens[:P] == a[:P]
         if segment == "same":
@@ -586,6 +587,7 @@ def test_fidelity_dense_is_exact(tok, tmp_path):
     metrics = run(ev, context(model(), tok, Dense(), tmp_path))
     for seg in ("same", "switch"):
         assert metrics[f"{seg}/kl"] == 0.0 and metrics[f"{seg}/top1"] == 1.0
+        assert metrics[f"{seg}/n"] == 2.0 and metrics[f"{seg}/kl_lo"] == metrics[f"{seg}/kl_hi"] == 0.0
         assert metrics[f"{seg}/ppl"] == pytest.approx(metrics[f"{seg}/ppl_dense"], rel=1e-6)
         assert 100 < metrics[f"{seg}/ppl_dense"] < 10000
     assert [s["kl"] for s in ev.extra["samples"]] == [0.0] * 4
@@ -606,6 +608,8 @@ def test_fidelity_pruned_has_positive_kl(tok, tmp_path):
     metrics = ev.finalize(outputs)
     for seg in ("same", "switch"):
         assert metrics[f"{seg}/kl"] > 5e-3
+        per = [float(o["kl"].mean()) for b in outputs for o in b if o["segment"] == seg]
+        assert min(per) <= metrics[f"{seg}/kl_lo"] <= metrics[f"{seg}/kl"] <= metrics[f"{seg}/kl_hi"] <= max(per)
         assert 0.0 < metrics[f"{seg}/top1"] < 1.0
         assert abs(metrics[f"{seg}/ppl"] / metrics[f"{seg}/ppl_dense"] - 1) > 1e-3
 

@@ -279,3 +279,76 @@ def test_batches_of_samples(tok, tmp_path, batch_mask):
     same = all(abs(a["kl"] - b["kl"]) < 1e-4 and a["retraces"] == b["retraces"] for a, b in zip(one, four))
     assert same == (batch_mask == "per_row")
     assert sum(o["retraces"] for o in four) > 0
+
+
+# ============================================================================ eval.batching
+def test_make_batches_by_hand():
+    """consecutive: list order; clean: one group per batch, no document twice, first fit in list order."""
+    from dart.evals.batching import make_batches
+
+    s = [("g", {1, 2}), ("g", {2, 3}), ("h", {4}), ("g", {4, 5}), ("g", {1, 6}), ("h", {5}), ("g", {7, 8})]
+    assert make_batches(s, 3) == [s[0:3], s[3:6], s[6:]]
+    clean = make_batches(s, 3, "clean", group=lambda x: x[0], documents=lambda x: x[1])
+    # s1 shares doc 2 with s0 -> a new batch; s3 joins s0; s4 (doc 1) cannot join s0's, joins s1's; s6 fills s0's
+    assert clean == [[s[0], s[3], s[6]], [s[1], s[4]], [s[2], s[5]]]
+    assert make_batches(s, 1, "clean", group=lambda x: x[0], documents=lambda x: x[1]) == \
+        [[s[0]], [s[1]], [s[3]], [s[4]], [s[6]], [s[2]], [s[5]]]
+    with pytest.raises(ConfigError, match=r"eval.batching='mixed'.*consecutive, clean"):
+        make_batches(s, 3, "mixed")
+    with pytest.raises(ConfigError, match=r"eval.batch_size=0 must be an integer >= 1"):
+        make_batches(s, 0)
+
+
+def test_clean_batches_of_builtin_pairs(tok, tmp_path):
+    """Built-in pairs under eval.batching=clean: every sample once, each batch one pair order and no document read
+    twice; the default (consecutive) batches mix orders (a row's continuation genre among other rows' prompts)."""
+    from dart.evals.switch import Switch
+
+    leaks = {}
+    for batching in ("consecutive", "clean"):
+        ev = Switch(**SMALL, limit=48, batch_size=8, batching=batching)
+        ev.setup(context(model(), tok, Dense(), tmp_path))
+        batches = ev.batches()
+        assert sorted(s["index"] for b in batches for s in b) == list(range(48))
+        assert max(len(b) for b in batches) == 8
+        mixed = sum(len({s["order"] for s in b}) > 1 for b in batches)
+        twice = sum(len({d for s in b for d in {tuple(s["a"]), tuple(s["b"])}}) <
+                    sum(len({tuple(s["a"]), tuple(s["b"])}) for s in b) for b in batches)
+        leaks[batching] = (mixed, twice)
+        assert ev.extra["pairs"]["batching"] == batching
+        assert ev.extra["pairs"]["batch_sizes"] == [len(b) for b in batches]
+    assert leaks["clean"] == (0, 0)
+    assert leaks["consecutive"][0] == 6  # all 6 consecutive batches of 8 mix orders
+
+
+def test_per_row_numbers_do_not_depend_on_batching(tok, tmp_path):
+    """per_row masks: clean batches of 4 give every sample its batch-1 numbers (the batching only prices shared)."""
+    from dart.evals.switch import Switch
+
+    by = {}
+    for bs, batching in ((1, "consecutive"), (4, "clean")):
+        strategy = build_strategy("dart", retrace_tokens=None, sparsity=0.5,
+                                  drift={"min_margin": 0.0, "sigma_scale": 0.0, "window": 3})
+        ev = Switch(prefix=32, length=40, limit=8, batch_size=bs, batching=batching)
+        ev.setup(context(model(initializer_range=0.1), tok, strategy, tmp_path / f"{batching}{bs}"))
+        by[batching] = {o["index"]: o for b in ev.batches() for o in ev.step(b)}
+        strategy.detach()
+    assert by["clean"].keys() == by["consecutive"].keys()
+    for i, o in by["consecutive"].items():
+        assert abs(o["kl"] - by["clean"][i]["kl"]) < 1e-4 and o["retraces"] == by["clean"][i]["retraces"]
+
+
+def test_fidelity_clean_batches(tok, tmp_path):
+    """eval=fidelity consecutive batches put a switch row beside the row whose prompt it continues into; clean ones
+    hold one segment and no document twice."""
+    from dart.evals.fidelity import Fidelity
+
+    for batching in ("consecutive", "clean"):
+        ev = Fidelity(documents="news", prefix=16, length=12, limit=8, batch_size=4, batching=batching)
+        ev.setup(context(model(), tok, Dense(), tmp_path))
+        batches = ev.batches()
+        assert sorted((s[0], s[1]) for b in batches for s in b) == sorted((s[0], s[1]) for s in ev._samples)
+        clean = all(len({s[0] for s in b}) == 1 and sum(len(s[3]) for s in b) == len(set().union(*(s[3] for s in b)))
+                    for b in batches)
+        assert clean == (batching == "clean")
+    assert [len(b) for b in batches] == [4, 4, 4, 4]  # first fit: switch rows {0,1},{2,3},{4,5},{6,7} and the rest

@@ -24,13 +24,16 @@ class Fidelity(Evaluator):
     name = "fidelity"
 
     def __init__(self, documents="wiki", prefix=256, length=256, limit=8, segments=SEGMENTS, forcing="chunked",
-                 batch_size=1, name=None, **kwargs):
+                 batch_size=1, batching="consecutive", resamples=2000, seed=0, name=None, **kwargs):
         super().__init__(name=name, limit=limit)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        from dart.evals import batching as batching_rule
+
+        batching_rule.check(batching, batch_size)
+        if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
             from dart.errors import ConfigError
 
-            raise ConfigError(f"eval.batch_size={batch_size!r} must be an integer >= 1")
-        self.batch_size = batch_size
+            raise ConfigError(f"eval.resamples={resamples!r} must be an integer >= 1")
+        self.batch_size, self.batching, self.resamples, self.seed = batch_size, batching, resamples, int(seed)
         from dart.engine.forcing import MODES as FORCING
 
         if forcing not in FORCING:
@@ -58,31 +61,42 @@ class Fidelity(Evaluator):
         n = min(int(self.limit or len(docs)), len(docs))
         self._samples = []
         for i in range(n):
-            a, b = docs[i], docs[(i + 1) % len(docs)]
-            if "same" in self.segments:
-                self._samples.append(("same", i, a[:need]))
+            j = (i + 1) % len(docs)
+            a, b = docs[i], docs[j]
+            if "same" in self.segments:  # (segment, document, tokens, documents read)
+                self._samples.append(("same", i, a[:need], {i}))
             if "switch" in self.segments:  # the continuation comes from the start of the next document
-                self._samples.append(("switch", i, a[: self.prefix] + b[: self.length]))
+                self._samples.append(("switch", i, a[: self.prefix] + b[: self.length], {i, j}))
+        self.extra["batching"] = {"mode": self.batching, "batch_sizes": [len(b) for b in self.batches()]}
 
     def batches(self):
-        """Samples in batches of eval.batch_size rows (every row its own masks unless strategy.batch_mask=shared)."""
-        return [self._samples[i : i + self.batch_size] for i in range(0, len(self._samples), self.batch_size)]
+        """Samples in batches of eval.batch_size rows by eval.batching (dart.evals.batching): consecutive (a
+        document's same and switch samples side by side, and the switch row's continuation is the next row's
+        prompt), or clean (one segment per batch, no document read twice). Every row has its own masks unless
+        strategy.batch_mask=shared."""
+        from dart.evals.batching import make_batches
+
+        return make_batches(self._samples, self.batch_size, self.batching, group=lambda s: s[0],
+                            documents=lambda s: s[3])
 
     @torch.no_grad()
     def step(self, batch):
         from dart.evals.decoding import compare_with_dense
 
-        ids = torch.tensor([tokens for _, _, tokens in batch], device=self.ctx.device)
+        ids = torch.tensor([tokens for _, _, tokens, _ in batch], device=self.ctx.device)
         c = compare_with_dense(self.ctx.model, self.ctx.strategy, ids, self.prefix, self.forcing)
         return [{"segment": segment, "doc": index, "kl": c.kl[i].cpu(), "top1": c.top1[i].cpu(), "nll": c.nll[i].cpu(),
-                 "nll_dense": c.nll_dense[i].cpu()} for i, (segment, index, _) in enumerate(batch)]
+                 "nll_dense": c.nll_dense[i].cpu()} for i, (segment, index, _, _) in enumerate(batch)]
 
     def finalize(self, outputs):
+        from dart.stats import bootstrap_ci
+
         outputs = [o for batch in outputs for o in batch]
         metrics: dict[str, float | None] = {}
         per_sample = []
         for seg in self.segments:
             rows = [o for o in outputs if o["segment"] == seg]
+            metrics[f"{seg}/n"] = float(len(rows))
             if not rows:
                 for k in ("kl", "top1", "ppl", "ppl_dense"):
                     metrics[f"{seg}/{k}"] = None
@@ -90,10 +104,15 @@ class Fidelity(Evaluator):
             cat = lambda key: torch.cat([r[key] for r in rows])  # noqa: E731
             metrics[f"{seg}/kl"] = float(cat("kl").mean())
             metrics[f"{seg}/top1"] = float(cat("top1").mean())
+            for key in ("kl", "top1"):  # every sample scores `length` tokens: the token mean is the sample mean
+                lo, hi = bootstrap_ci([float(r[key].mean()) for r in rows], resamples=self.resamples, seed=self.seed)
+                metrics[f"{seg}/{key}_lo"], metrics[f"{seg}/{key}_hi"] = lo, hi
             metrics[f"{seg}/ppl"] = math.exp(float(cat("nll").mean()))
             metrics[f"{seg}/ppl_dense"] = math.exp(float(cat("nll_dense").mean()))
         for o in outputs:
             per_sample.append({"segment": o["segment"], "doc": o["doc"], "kl": float(o["kl"].mean()),
                                "top1": float(o["top1"].mean())})
         self.extra["samples"] = per_sample
+        self.extra["bootstrap"] = {"method": "percentile", "resamples": self.resamples, "seed": self.seed,
+                                   "level": 0.95, "unit": "sample"}
         return metrics

@@ -139,19 +139,22 @@ class Switch(Evaluator):
     name = "switch"
 
     def __init__(self, prefix=200, length=200, pairs=None, switch_pairs=120, controls=40, limit=None, seed=0,
-                 resamples=2000, forcing="chunked", batch_size=1, name=None, **kwargs):
+                 resamples=2000, forcing="chunked", batch_size=1, batching="consecutive", name=None, **kwargs):
         super().__init__(name=name, limit=limit)
         from dart.engine.forcing import MODES as FORCING
+        from dart.evals import batching as batching_rule
 
         if forcing not in FORCING:
             raise choice_error("eval.forcing", forcing, FORCING)
+        batching_rule.check(batching, batch_size)
         for key, v, low in (("prefix", prefix, 1), ("length", length, 2), ("switch_pairs", switch_pairs, 0),
-                            ("controls", controls, 0), ("resamples", resamples, 1), ("batch_size", batch_size, 1)):
+                            ("controls", controls, 0), ("resamples", resamples, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"eval.{key}={v!r} must be an integer >= {low}")
         if pairs is None and switch_pairs + controls == 0:
             raise ConfigError("eval.switch_pairs=0 and eval.controls=0: no pairs to evaluate")
         self.prefix, self.length, self.forcing, self.batch_size = prefix, length, forcing, batch_size
+        self.batching = batching
         self.n_switch, self.n_control, self.seed, self.resamples = switch_pairs, controls, int(seed), resamples
         self.pairs_file = pairs
         self.user_pairs = read_pairs_file(pairs) if pairs is not None else None  # fails before any model loads
@@ -183,11 +186,17 @@ class Switch(Evaluator):
             key = s["kind"] if s["order"] == "user" else s["order"]
             counts[key] = counts.get(key, 0) + 1
         self.extra["pairs"] = {"source": "builtin" if self.user_pairs is None else str(self.pairs_file),
-                               "prefix": self.prefix, "length": self.length, "seed": self.seed, "counts": counts}
+                               "prefix": self.prefix, "length": self.length, "seed": self.seed, "counts": counts,
+                               "batching": self.batching, "batch_sizes": [len(b) for b in self.batches()]}
 
     def batches(self):
-        """Samples in batches of eval.batch_size rows (consecutive samples: interleaved kinds and topics)."""
-        return [self._samples[i : i + self.batch_size] for i in range(0, len(self._samples), self.batch_size)]
+        """Samples in batches of eval.batch_size rows by eval.batching (dart.evals.batching): consecutive samples
+        (interleaved kinds and topics), or clean batches of one pair order without a document read twice."""
+        from dart.evals.batching import make_batches
+
+        return make_batches(self._samples, self.batch_size, self.batching,
+                            group=lambda s: s["kind"] if s["order"] == "user" else s["order"],
+                            documents=lambda s: {tuple(s["a"]), tuple(s["b"])})
 
     @torch.no_grad()
     def step(self, batch):
