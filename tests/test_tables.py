@@ -640,3 +640,18 @@ def test_controls_table_pairs_each_control_with_the_detector(tmp_path):
     assert rows["random, new mask"][-1].startswith("+0.250 [")  # mean of (+0.5, +0.5, -0.5, +0.5)
     assert rows["the detector, dense tokens only, same mask"][-1].startswith("+0.500 [")  # (+0.2, +0.6, +0.4, +0.8)
     assert rows["random, new mask"][6] == "20"  # dense tokens per sample: 100 over 5 samples
+
+
+def test_labels_fill_eval_keys_a_run_predates():
+    """A run made before an eval knob existed reads as the knob's default (conf/eval/*.yaml), not as a different
+    setting; a run that set the knob otherwise is labelled with it."""
+    from dart.tables.labels import assign_labels
+
+    def cfg(**ev):
+        return {"strategy": {"name": "dart"}, "sparsity": 0.5, "eval": {"name": "switch", "limit": 48, **ev}}
+
+    old, new = cfg(), cfg(batching="consecutive")
+    assert [label for label, _ in assign_labels([old, new])] == ["DART 50%", "DART 50%"]
+    labels = [label for label, _ in assign_labels([old, cfg(batching="clean")])]
+    assert labels == ["DART 50% (eval.batching=consecutive)", "DART 50% (eval.batching=clean)"]
+    assert "batching" not in old["eval"]  # the run's own config is not changed

@@ -3,6 +3,7 @@ runs of one strategy inside a sweep ("DART 70% (ranking=max)"), and the order ro
 names and order are dart.models.names')."""
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, Iterable
 
@@ -53,6 +54,31 @@ def base_label(strategy: str, sparsity: float | None) -> str:
     return f"{strategy_name(strategy)} {round(float(sparsity) * 100):g}%"
 
 
+def with_eval_defaults(config: dict) -> dict:
+    """The config with the eval keys it lacks filled from conf/eval/<eval.name>.yaml: a run made before a knob
+    existed ran the behaviour the knob's default keeps (new knobs default to the old behaviour), so it must not
+    read as a different setting (e.g. `eval.batching=null` beside `consecutive`). Keys present are never touched."""
+    ev = config.get("eval")
+    if not isinstance(ev, dict) or not ev.get("name"):
+        return config
+    defaults = _eval_defaults(str(ev["name"]))
+    missing = {k: v for k, v in defaults.items() if k not in ev and not k.startswith("_") and k != "defaults"}
+    return {**config, "eval": {**ev, **missing}} if missing else config
+
+
+@functools.lru_cache(maxsize=None)
+def _eval_defaults(name: str) -> dict:
+    import yaml
+
+    from dart.paths import repo_root
+
+    path = repo_root() / "conf" / "eval" / f"{name}.yaml"
+    if "/" in name or not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    return {k: v for k, v in data.items() if not isinstance(v, str) or "${" not in v}
+
+
 def varying_knobs(configs: Iterable[dict]) -> list[str]:
     """Config keys (flattened) whose value differs between the given configs, knobs only."""
     flats = [flatten(c) for c in configs]
@@ -70,6 +96,7 @@ def assign_labels(configs: list[dict]) -> list[tuple[str, tuple]]:
     """(label, sort key) per config. Knobs are the keys that vary between configs of the SAME strategy, so that
     a sweep over e.g. `ranking` labels its rows "DART 70% (ranking=max)", while the ten-benchmark table's rows
     stay "DART 70%" although GRIFFIN and DART differ in many strategy keys."""
+    configs = [with_eval_defaults(c) for c in configs]
     by_strategy: dict[str, list[int]] = {}
     for i, c in enumerate(configs):
         by_strategy.setdefault((c.get("strategy") or {}).get("name", "?"), []).append(i)
