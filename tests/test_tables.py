@@ -655,3 +655,18 @@ def test_labels_fill_eval_keys_a_run_predates():
     labels = [label for label, _ in assign_labels([old, cfg(batching="clean")])]
     assert labels == ["DART 50% (eval.batching=consecutive)", "DART 50% (eval.batching=clean)"]
     assert "batching" not in old["eval"]  # the run's own config is not changed
+
+
+def test_drift_traces_one_per_sample_of_a_batch():
+    """A batch generated together is one request: its windows and triggers are split by row, one trace per sample
+    (not the rows' checks interleaved in one line)."""
+    from types import SimpleNamespace
+
+    from dart.tables.collect import drift_key, drift_windows
+
+    w = [{"request": 1, "row": r, "step": s, "cosine": 0.9 - 0.1 * r, "threshold": 0.5} for s in (55, 60) for r in (0, 1)]
+    rec = SimpleNamespace(results={"drift": {"windows": w + [{"request": 2, "step": 55, "cosine": 1.0, "threshold": 0.5}]}})
+    by = drift_windows(rec)
+    assert sorted(by) == [(1, 0), (1, 1), (2, 0)]
+    assert [x["cosine"] for x in by[(1, 1)]] == pytest.approx([0.8, 0.8]) and len(by[(1, 0)]) == 2
+    assert drift_key({"request": 3, "row": 7, "step": 90}) == (3, 7)

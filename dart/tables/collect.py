@@ -222,9 +222,14 @@ def _mtime(r: Record) -> float:
         return 0.0
 
 
-def drift_windows(r: Record) -> dict[int, list[dict[str, Any]]]:
-    """results.json drift.windows grouped by request."""
-    out: dict[int, list[dict]] = {}
+def drift_key(entry: dict[str, Any]) -> tuple[int, int]:
+    """(request, row) of a drift-log entry: a batch generated together is one request whose rows are the samples."""
+    return int(entry.get("request", 0)), int(entry.get("row", 0))
+
+
+def drift_windows(r: Record) -> dict[tuple[int, int], list[dict[str, Any]]]:
+    """results.json drift.windows grouped by (request, row): one sample's trace each."""
+    out: dict[tuple[int, int], list[dict]] = {}
     for w in ((r.results.get("drift") or {}).get("windows") or []):
-        out.setdefault(int(w.get("request", 0)), []).append(w)
+        out.setdefault(drift_key(w), []).append(w)
     return out

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dart.evals.plots import draw_drift_trace
 from dart.models.names import model_name, model_sort_key
-from dart.tables.collect import Record, drift_windows
+from dart.tables.collect import Record, drift_key, drift_windows
 from dart.tables.labels import base_label, strategy_name
 
 
@@ -95,20 +95,23 @@ def rouge_bars(bars: dict, path: Path, metric: str = "rougeL") -> Path | None:
 
 
 def drift_traces(record: Record, path: Path, max_panels: int = 12) -> Path | None:
-    """The window cosine against the threshold over decode steps, one panel per request, triggers marked."""
-    by_request = drift_windows(record)
-    if not by_request:
+    """The window cosine against the threshold over decode steps, one panel per sample (a request's row: a batch
+    generated together is one request), its own triggers marked."""
+    by_sample = drift_windows(record)
+    if not by_sample:
         return None
-    triggers = {}
+    triggers: dict[tuple[int, int], list[dict]] = {}
     for t in ((record.results.get("drift") or {}).get("triggers") or []):
-        triggers.setdefault(int(t.get("request", 0)), []).append(t)
-    requests = sorted(by_request)[:max_panels]
+        triggers.setdefault(drift_key(t), []).append(t)
+    samples = sorted(by_sample)[:max_panels]
+    batched = len({row for _, row in by_sample}) > 1
     plt = _plt()
-    fig, axes = plt.subplots(len(requests), 1, figsize=(8, 2.4 * len(requests)), squeeze=False)
-    for ax, req in zip(axes[:, 0], requests):
-        ws = sorted(by_request[req], key=lambda w: w["step"])
-        draw_drift_trace(ax, ws, [t["step"] for t in triggers.get(req, [])])
-        ax.set_title(f"{model_name(record.model)} / {record.label}: request {req}", fontsize=9)
+    fig, axes = plt.subplots(len(samples), 1, figsize=(8, 2.4 * len(samples)), squeeze=False)
+    for ax, key in zip(axes[:, 0], samples):
+        ws = sorted(by_sample[key], key=lambda w: w["step"])
+        draw_drift_trace(ax, ws, [t["step"] for t in triggers.get(key, [])])
+        which = f"request {key[0]}, row {key[1]}" if batched else f"request {key[0]}"
+        ax.set_title(f"{model_name(record.model)} / {record.label}: {which}", fontsize=9)
         ax.set_ylabel("cosine")
         ax.legend(fontsize=7, loc="best")
     axes[-1, 0].set_xlabel("forward (decode step)")
