@@ -18,6 +18,12 @@ class UnavailableError(DartError, RuntimeError):
     """Something the run needs (a model, a data set, an API key, an optional package) cannot be had here."""
 
 
+def check_integer(what: str, value, low: int) -> None:
+    """A ConfigError "<what>=<value> must be an integer >= <low>" unless value is an int (not a bool) >= low."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{what}={value!r} must be an integer >= {low}")
+
+
 def choice_error(what: str, value, allowed) -> ConfigError:
     allowed = ", ".join(str(a) for a in allowed)
     return ConfigError(f"{what}={value!r} is not supported; allowed: {allowed}")

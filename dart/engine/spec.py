@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from dart.errors import ConfigError, choice_error
+from dart.errors import ConfigError, check_integer, choice_error
 
 STATISTICS = ("l2", "ema", "griffin")
 RANKINGS = ("magnitude", "max", "mean", "combined", "product")
@@ -170,8 +170,7 @@ class EngineSpec:
             raise choice_error("strategy.retrace_at", self.retrace_at, RETRACE_AT)
         if self.on_retrace not in ON_RETRACE:
             raise choice_error("strategy.on_retrace", self.on_retrace, ON_RETRACE)
-        if isinstance(self.retrace_every, bool) or not isinstance(self.retrace_every, int) or self.retrace_every < 1:
-            raise ConfigError(f"strategy.retrace_every={self.retrace_every!r} must be an integer >= 1")
+        check_integer("strategy.retrace_every", self.retrace_every, 1)
         try:
             rate = float(self.retrace_rate)
         except (TypeError, ValueError):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Callable, Hashable, Iterable, Sequence
 
-from dart.errors import ConfigError, choice_error
+from dart.errors import check_integer, choice_error
 
 MODES = ("consecutive", "clean")
 
@@ -25,8 +25,7 @@ def check(mode: str, batch_size) -> None:
     """One-line errors for a bad eval.batching or eval.batch_size, before any model loads."""
     if mode not in MODES:
         raise choice_error("eval.batching", mode, MODES)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"eval.batch_size={batch_size!r} must be an integer >= 1")
+    check_integer("eval.batch_size", batch_size, 1)
 
 
 def make_batches(samples: Sequence, size: int, mode: str = "consecutive",

@@ -88,10 +88,9 @@ class Drift(Evaluator):
     def __init__(self, limit=4, max_new_tokens=500, prompts_file=None, chat="auto", reference=True,
                  print_text=False, batch_size=1, name=None, **kwargs):
         super().__init__(name=name, limit=limit)
-        from dart.errors import ConfigError
+        from dart.errors import check_integer
 
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"eval.batch_size={batch_size!r} must be an integer >= 1")
+        check_integer("eval.batch_size", batch_size, 1)
         self.batch_size = batch_size
         self.prompts = load_prompts(prompts_file)
         self.max_new_tokens, self.chat, self.reference, self.print_text = int(max_new_tokens), chat, bool(reference), bool(print_text)

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from dart.errors import choice_error
+from dart.errors import check_integer, choice_error
 from dart.evals.base import Evaluator
 
 SEGMENTS = ("same", "switch")
@@ -29,10 +29,7 @@ class Fidelity(Evaluator):
         from dart.evals import batching as batching_rule
 
         batching_rule.check(batching, batch_size)
-        if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
-            from dart.errors import ConfigError
-
-            raise ConfigError(f"eval.resamples={resamples!r} must be an integer >= 1")
+        check_integer("eval.resamples", resamples, 1)
         self.batch_size, self.batching, self.resamples, self.seed = batch_size, batching, resamples, int(seed)
         from dart.engine.forcing import MODES as FORCING
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from dart.errors import ConfigError, choice_error
+from dart.errors import ConfigError, check_integer, choice_error
 from dart.evals.base import Evaluator
 
 SAMPLES_FILE = "switch_samples.jsonl"
@@ -149,8 +149,7 @@ class Switch(Evaluator):
         batching_rule.check(batching, batch_size)
         for key, v, low in (("prefix", prefix, 1), ("length", length, 2), ("switch_pairs", switch_pairs, 0),
                             ("controls", controls, 0), ("resamples", resamples, 1)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ConfigError(f"eval.{key}={v!r} must be an integer >= {low}")
+            check_integer(f"eval.{key}", v, low)
         if pairs is None and switch_pairs + controls == 0:
             raise ConfigError("eval.switch_pairs=0 and eval.controls=0: no pairs to evaluate")
         self.prefix, self.length, self.forcing, self.batch_size = prefix, length, forcing, batch_size
