@@ -204,11 +204,15 @@ def test_summarization_table_puts_the_paper_beside_ours(tmp_path):
 def test_offline_summarization_has_no_paper_columns(tmp_path):
     exp = ("+experiment=summarization_offline",)
     for variant, v in (("dense", 0.2), ("dart_50", 0.18)):
-        write_job(tmp_path, variant, job_config(*exp, f"+variant={variant}"), {"summarization/wiki/rougeL": v})
+        write_job(tmp_path, variant, job_config(*exp, f"+variant={variant}"),
+                  {"summarization/wiki/rougeL": v, "summarization/wiki/rougeL_lo": v - 0.02, "summarization/wiki/rougeL_hi": v + 0.03})
     md = make_report(collect_folders([tmp_path]), tmp_path / "out", figures=False).markdown
     assert md_row(md, "Model", "Data set") == ["Model", "Data set", "Dense", "DART 50%"]
     assert md_row(md, "SmolLM2-135M", "wiki")[2:] == ["0.200", "0.180"]
     assert "offline stand-in" in md
+    # and one row per run with every metric and its interval
+    assert md_row(md, "Model", "Method") == ["Model", "Method", "target %", "effective %", "wiki/rougeL"]
+    assert md_row(md, "SmolLM2-135M", "DART 50%") == ["SmolLM2-135M", "DART 50%", "50.0", MISSING, "0.18 [0.16, 0.21]"]
 
 
 def test_ablation_rows_are_labelled_by_the_knobs_that_vary(tmp_path):

@@ -58,7 +58,7 @@ def make_report(collection: Collection, out: Path, metric: str = "acc", figures:
                                                        out / f"accuracy_vs_sparsity{suffix}.png", metric))
         elif kind == "summarization":
             t, bars = build.summarization_table(group)
-            tables.append(t)
+            tables += [t, build.metrics_table(group, eval_name)]  # the paper's layout, then every ROUGE with its interval
             if figures:
                 figs.append(plots.rouge_bars(bars, out / f"rougeL_bars{suffix}.png"))
         else:
