@@ -674,3 +674,29 @@ def test_drift_traces_one_per_sample_of_a_batch():
     assert sorted(by) == [(1, 0), (1, 1), (2, 0)]
     assert [x["cosine"] for x in by[(1, 1)]] == pytest.approx([0.8, 0.8]) and len(by[(1, 0)]) == 2
     assert drift_key({"request": 3, "row": 7, "step": 90}) == (3, 7)
+
+
+def test_summarization_gaps_pair_each_run_with_the_run_it_differs_from_by_one_thing(tmp_path):
+    """Hand-built per-document ROUGE-L: each gap is the mean of the per-document differences against the right
+    reference (the calibration mask, the prompt's mask, the same run with the default truncation)."""
+    exp = ("+experiment=summarization_offline",)
+    per_doc = {"static_50": (0.1, 0.2), "static_prompt_50": (0.2, 0.4), "dart_50": (0.3, 0.4),
+               "static_prompt_50_cut": (0.1, 0.1)}
+    for variant, (a, b) in per_doc.items():
+        d = write_job(tmp_path, variant, job_config(*exp, f"+variant={variant}"),
+                      {"summarization/wiki/rougeL": (a + b) / 2})
+        (d / "summaries.jsonl").write_text("".join(json.dumps({"dataset": "wiki", "id": doc, "rougeL": v}) + "\n"
+                                                   for doc, v in (("A", a), ("B", b))))
+    md = make_report(collect_folders([tmp_path]), tmp_path / "out", figures=False).markdown
+    table = md.split("where the gaps come from")[1].split("\n\n")[1]
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")[2:5]): [c.strip() for c in line.strip("|").split("|")[7:]]
+            for line in table.splitlines()[2:]}
+    prompt = "Static (prompt) 50% (eval.truncation=document)"
+    assert rows[("DART 50%", prompt, "re-tracing")][:3] == ["0.350", "0.300", "1.17x"]
+    assert rows[("DART 50%", prompt, "re-tracing")][3].startswith("+0.050 [+0.000, +0.100]")
+    assert rows[("DART 50%", "Static (calib.) 50%", "re-tracing, over the calibration mask")][:3] == ["0.350", "0.150", "2.33x"]
+    assert rows[(prompt, "Static (calib.) 50%", "the prompt's mask instead of the calibration mask")][2:] == [
+        "2.00x", "+0.150 [+0.100, +0.200]", "2"]
+    cut = rows[("Static (prompt) 50% (eval.truncation=published)", prompt, "eval.truncation=published (the cue can be cut)")]
+    assert cut[:3] == ["0.100", "0.300", "0.33x"] and cut[3].startswith("-0.200 [-0.300, -0.100]")
+    assert len(rows) == 4  # no row for the calibration mask itself: it is the reference

@@ -7,6 +7,8 @@
     sparsity.py     target and effective sparsity beside every row, marked where effective falls below target
     accuracy.py     accuracies with n and 95% intervals (lm-eval stderr, per-document results), paired differences
     build.py        the tables: ten benchmarks, DART-vs-GRIFFIN gain, summarization ROUGE-L, any other metrics
+    summary_gaps.py where a summarization gap comes from: each run against the run it differs from by one thing, paired
+    controls.py     the re-trace controls (eval=switch): timing and dense fallback against the detector, paired
     pareto.py       matched compute: quality vs effective sparsity per method, the matched-sparsity table
     decomposition.py  strategy x allocation x protocol: what re-tracing, allocation and protocol each add
     render.py       Markdown and LaTeX

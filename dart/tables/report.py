@@ -5,7 +5,7 @@ import dataclasses
 from pathlib import Path
 
 from dart.errors import ConfigError
-from dart.tables import build, controls, decomposition, pareto, plots
+from dart.tables import build, controls, decomposition, pareto, plots, summary_gaps
 from dart.tables.collect import Collection, dedupe
 from dart.tables.labels import assign_labels
 from dart.tables.render import Table, to_latex, to_markdown
@@ -59,6 +59,9 @@ def make_report(collection: Collection, out: Path, metric: str = "acc", figures:
         elif kind == "summarization":
             t, bars = build.summarization_table(group)
             tables += [t, build.metrics_table(group, eval_name)]  # the paper's layout, then every ROUGE with its interval
+            gaps = summary_gaps.table(group)  # each gap against the run it differs from by one thing, paired
+            if gaps is not None:
+                tables.append(gaps)
             if figures:
                 figs.append(plots.rouge_bars(bars, out / f"rougeL_bars{suffix}.png"))
         else:
