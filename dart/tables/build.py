@@ -200,7 +200,10 @@ def summarization_table(records: list[Record], metric: str = "rougeL") -> tuple[
                     for lab in labels}
             paper = {name: published.summarization_rouge_l(m, d, s, sp) for (s, sp), name in published.SUMMARIZATION_METHODS}
             rows.append([model_name(m), d] + [vals[lab] for lab in labels] + [paper[c] for c in paper_cols])
-            bars[(m, d)] = {"ours": vals, "paper": {c: paper[c] for c in paper_cols if paper[c] is not None}}
+            ci = {lab: reported_interval(mine[lab].metrics, f"{mine[lab].eval_name}/{d}/{metric}")
+                  for lab in labels if vals[lab] is not None}
+            bars[(m, d)] = {"ours": vals, "ci": {k: v for k, v in ci.items() if v is not None},
+                            "paper": {c: paper[c] for c in paper_cols if paper[c] is not None}}
         for i, what in enumerate(sparsity.HEADERS):  # target and effective sparsity of each method's run
             rows.append([model_name(m), f"sparsity: {what}"]
                         + [sparsity.cells(mine[lab])[i] if lab in mine else MISSING for lab in labels]

@@ -63,34 +63,41 @@ def accuracy_vs_sparsity(records: list[Record], averages: dict[str, float | None
 
 
 def rouge_bars(bars: dict, path: Path, metric: str = "rougeL") -> Path | None:
-    """Grouped bars per data set: ours per method, the paper's (hatched) where it has a number; one panel per model."""
+    """Horizontal bars, one row per method (ours, then the paper's hatched where it has a number) and one bar per
+    data set in it, with each run's 95% interval; one panel per model. Rows read top to bottom in the tables' order."""
     models = sorted({m for m, _ in bars}, key=model_sort_key)
     if not any(v is not None for cell in bars.values() for v in cell["ours"].values()):
         return None
     plt = _plt()
-    fig, axes = plt.subplots(len(models), 1, figsize=(9, 3.4 * len(models)), squeeze=False)
+    rows_per = {m: len(next(bars[(mm, d)] for mm, d in bars if mm == m)["ours"]) + 3 for m in models}
+    fig, axes = plt.subplots(len(models), 1, squeeze=False,
+                             figsize=(9, sum(0.32 * n + 0.8 for n in rows_per.values())),
+                             gridspec_kw={"height_ratios": [rows_per[m] for m in models]})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, m in zip(axes[:, 0], models):
         datasets = [d for mm, d in bars if mm == m]
-        series = []  # (name, values per data set, hatched)
-        labels = list(next(bars[(m, d)] for d in datasets)["ours"]) if datasets else []
-        for lab in labels:
-            series.append((lab, [bars[(m, d)]["ours"].get(lab) for d in datasets], False))
-        paper_names = [c for d in datasets for c in bars[(m, d)]["paper"]]
-        for c in dict.fromkeys(paper_names):
-            series.append((f"paper: {c}", [bars[(m, d)]["paper"].get(c) for d in datasets], True))
-        width = 0.8 / max(len(series), 1)
-        for i, (name, vals, hatched) in enumerate(series):
-            xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(datasets))]
-            ys = [v if v is not None else 0.0 for v in vals]
-            bars_ = ax.bar(xs, ys, width, label=name, hatch="//" if hatched else None, alpha=0.6 if hatched else 1.0)
-            for b, v in zip(bars_, vals):
-                if v is None:  # missing: no bar, a marker instead of a zero-height bar that reads as 0
-                    b.set_visible(False)
-                    ax.text(b.get_x() + b.get_width() / 2, 0, "–", ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(datasets)), datasets)
-        ax.set_ylabel(metric)
+        cells = [bars[(m, d)] for d in datasets]
+        rows = [(lab, False) for lab in cells[0]["ours"]]
+        rows += [(c, True) for c in dict.fromkeys(c for cell in cells for c in cell["paper"])]
+        height = 0.8 / max(len(datasets), 1)
+        for k, (d, cell) in enumerate(zip(datasets, cells)):
+            for i, (name, paper) in enumerate(rows):
+                v = (cell["paper"] if paper else cell["ours"]).get(name)
+                y = i + (k - (len(datasets) - 1) / 2) * height
+                if v is None:  # missing: a dash, not a zero-length bar that reads as 0
+                    ax.text(0, y, "–", va="center", fontsize=8)
+                    continue
+                iv = None if paper else cell.get("ci", {}).get(name)
+                err = [[v - iv.lo], [iv.hi - v]] if iv is not None else None
+                ax.barh(y, v, height, xerr=err, color=colors[k % len(colors)], hatch="//" if paper else None,
+                        alpha=0.55 if paper else 1.0, error_kw={"elinewidth": 0.8, "capsize": 2},
+                        label=d if i == 0 else None)
+        ax.set_yticks(range(len(rows)), [f"paper: {n}" if paper else n for n, paper in rows], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{metric} (bars: 95% interval)")
         ax.set_title(model_name(m), fontsize=10)
-        ax.legend(fontsize=7, ncol=2)
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=8, title="data set", title_fontsize=8, loc="lower right")
     return _save(fig, path)
 
 
