@@ -56,12 +56,12 @@ def wandb_key_available() -> bool:
 
 def check_config(cfg) -> None:
     """Every cheap check on a composed run config."""
-    from dart.models.loading import DTYPES, validate_model_cfg
+    from dart.models.loading import validate_model_cfg
+    from dart.models.precision import check_dtype
 
     check_sparsity(cfg.sparsity)
     check_device(cfg.device)
-    if cfg.dtype not in DTYPES:
-        raise choice_error("dtype", cfg.dtype, DTYPES)
+    check_dtype(cfg.dtype)
     validate_model_cfg(cfg.model)
     check_logger(cfg.logger)
     strategy = cfg.get("strategy") or {}

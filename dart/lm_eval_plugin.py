@@ -15,7 +15,7 @@ model_args:
                  dense); default dart, composed as `python -m dart.run strategy=<name>` composes it (dart.compose)
     sparsity     in [0, 1); default 0.5
     ranking      magnitude (default), max, mean, combined, product
-    dtype        auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16
+    dtype        auto (bfloat16 on CUDA and on CPUs with native bf16, else float32), float32, bfloat16, float16
     any knob of the strategy's config, dotted for nested ones: masking_step=5, drift.enabled=False, ...
     the rest (max_length, forcing, ...) goes to dart.evals.lm.DartLM / lm-eval's HFLM.
 """

@@ -18,7 +18,7 @@ from dart.errors import DartError
 from dart.results import RESULTS, SCHEMA, config_hash, is_complete, read_results, write_json_atomic
 
 # keys that change where or how a run is reported, not what it computes: left out of the resume hash
-NON_RESULT_KEYS = ("sweep_name", "resume", "print_table", "progress_s", "logger", "device")
+NON_RESULT_KEYS = ("sweep_name", "resume", "print_table", "progress_s", "logger", "device", "dense_cache")
 
 
 def result_config(cfg: DictConfig) -> dict[str, Any]:
@@ -187,8 +187,13 @@ def _run(cfg: DictConfig, run_dir: Path, results: dict, t0: float) -> dict[str, 
     loaded = load_model(cfg.model, device=device, dtype=cfg.dtype)
     t_loaded = time.perf_counter()
     signals.check()
+    dense_cache = None
+    if cfg.get("dense_cache"):  # fingerprinted now, before the strategy attaches (compaction reorders weights)
+        from dart.evals.dense_cache import DenseCache
+
+        dense_cache = DenseCache(loaded.model)
     ctx = EvalContext(model=loaded.model, tokenizer=loaded.tokenizer, strategy=strategy, run_dir=run_dir,
-                      model_cfg=cfg.model, device=device)
+                      model_cfg=cfg.model, device=device, dense_cache=dense_cache)
     module = EvalModule(loaded.model, evaluator, ctx)
     logger = make_logger(cfg, run_dir, results["config"])
     accelerator, devices = _trainer_device(device)
@@ -216,6 +221,8 @@ def _run(cfg: DictConfig, run_dir: Path, results: dict, t0: float) -> dict[str, 
         results["eval"] = evaluator.extra
     results["timing"] = {"load_s": round(t_loaded - t0, 3), "eval_s": round(t_done - t_loaded, 3),
                          "total_s": round(time.perf_counter() - t0, 3), **summary.get("timing", {})}
+    if dense_cache is not None:
+        results["timing"]["dense_cache"] = dense_cache.summary()
     results["notes"] = ([note] if note else []) + list(evaluator.notes)
     results["versions"] = versions()
     write_json_atomic(run_dir / RESULTS, results)

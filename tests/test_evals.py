@@ -463,12 +463,14 @@ TASKS = ["offline_arc_easy", "offline_boolq"]  # multi-token answer texts (some 
 
 @pytest.fixture(scope="module")
 def tiny_loaded():
-    """model=tiny_llama as a run loads it (4 layers, the committed 1k BPE)."""
+    """model=tiny_llama as a run loads it (4 layers, the committed 1k BPE), in fp32: the 1e-4 claims below are fp32's
+    (bf16: tests/test_bf16_exactness.py)."""
     from omegaconf import OmegaConf
 
     from dart.models.loading import load_model
 
-    return load_model(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/model/tiny_llama.yaml"))
+    return load_model(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/model/tiny_llama.yaml"),
+                      dtype="float32")
 
 
 @pytest.fixture(scope="module")

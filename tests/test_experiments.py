@@ -95,8 +95,11 @@ def test_every_job_of_every_experiment_composes_and_instantiates(name):
         strategy = instantiate(cfg.strategy, sparsity=float(cfg.sparsity), ranking=cfg.ranking.name, _convert_="all")
         evaluator = instantiate(cfg.eval, _convert_="all")
         assert strategy.name == cfg.strategy.name and evaluator.name == cfg.eval.name
-        if name.endswith("_offline"):  # the embedded models only (the second architecture, Gemma, is optional)
-            assert cfg.model.name == ("gemma3_270m" if "gemma" in name else "smollm2_135m")
+        if name.endswith("_offline"):  # the embedded models only (Gemma and the 1.5B Qwen are optional)
+            model = "gemma3_270m" if "gemma" in name else "qwen25_coder_1p5b" if "qwen" in name else "smollm2_135m"
+            assert cfg.model.name == model
+            # pinned: the committed SmolLM2/Gemma results were computed in fp32; the 1.5B model runs in bf16 only
+            assert cfg.dtype == ("bfloat16" if model == "qwen25_coder_1p5b" else "float32")
             assert cfg.eval.get("source", "offline") == "offline"
             assert set(cfg.eval.get("datasets") or ["wiki"]) == {"wiki"}
         else:

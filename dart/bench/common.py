@@ -64,7 +64,9 @@ def load(cfg):
 
 
 def dtype_name(model) -> str:
-    return str(next(model.parameters()).dtype).replace("torch.", "")
+    from dart.models.precision import dtype_name as name
+
+    return name(next(model.parameters()).dtype)
 
 
 def strategy_of(cfg):

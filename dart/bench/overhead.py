@@ -19,7 +19,8 @@ def overhead(cfg: DictConfig, prompt_tokens: int, new_tokens: int) -> dict:
 
     from dart.engine.overhead import analytic
     from dart.models.architectures import hf_config
-    from dart.models.loading import architecture_numbers, resolve_dtype
+    from dart.models.loading import architecture_numbers
+    from dart.models.precision import resolve_dtype
 
     strategy = strategy_of(cfg)
     spec = getattr(strategy, "spec", None)

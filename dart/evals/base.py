@@ -22,6 +22,7 @@ class EvalContext:
     run_dir: Path
     model_cfg: Any = None
     device: str = "cpu"
+    dense_cache: Any = None  # dart.evals.dense_cache.DenseCache (run setting dense_cache=true), else None
 
 
 class Evaluator:

@@ -13,6 +13,8 @@ import torch
 
 from dart.engine.forcing import force
 
+SPAN = 16  # positions per fp32 log-softmax when comparing with dense (a 150k vocabulary: 10 MB, cache-sized)
+
 
 @torch.no_grad()
 def teacher_force(
@@ -59,6 +61,11 @@ def token_logprobs(model, ids: torch.Tensor, prefix_len: int | None = None, mode
     return out
 
 
+def dense_logits(model, ids: torch.Tensor, prefix: int) -> torch.Tensor:
+    """The model's raw logits (its own dtype) at the positions that predict ids[:, prefix:], from one forward."""
+    return model(input_ids=ids[:, :-1], use_cache=False).logits[:, prefix - 1 :]
+
+
 @dataclasses.dataclass
 class DenseComparison:
     """Per continuation token (n = T - prefix) of each row, the pruned model against the dense one."""
@@ -70,29 +77,38 @@ class DenseComparison:
 
 
 @torch.no_grad()
-def compare_with_dense(model, strategy, ids: torch.Tensor, prefix: int, forcing: str = "chunked") -> DenseComparison:
+def compare_with_dense(model, strategy, ids: torch.Tensor, prefix: int, forcing: str = "chunked",
+                       dense_cache=None) -> DenseComparison:
     """Score the continuations ids[:, prefix:] of B sequences (B, T) twice: dense (the strategy paused, one forward)
     and pruned, as decoding for a dynamic strategy (ids[:, :prefix] the prompts, every later token teacher-forced,
-    so masks and the drift detector act as in generation; the rows as one batch), in one forward otherwise."""
+    so masks and the drift detector act as in generation; the rows as one batch), in one forward otherwise.
+    dense_cache (dart.evals.dense_cache.DenseCache): the dense logits from disk when this batch was scored before."""
     P = prefix
-    with strategy.paused():
-        dense = model(input_ids=ids[:, :-1], use_cache=False).logits[:, P - 1 :].float().log_softmax(-1)
+
+    def compute():
+        with strategy.paused():
+            return dense_logits(model, ids, P)
+
+    raw = compute() if dense_cache is None else dense_cache.logits(ids, P, compute)
     targets = ids[:, P:]
     B, n = targets.shape
-    kl, agree, nll = (torch.zeros(B, n, device=ids.device) for _ in range(3))
+    kl, agree, nll, nll_dense = (torch.zeros(B, n, device=ids.device) for _ in range(4))
+    for j in range(0, n, SPAN):  # the dense NLL; fp32 log-softmax a few positions at a time (cache-sized)
+        ref = raw[:, j : j + SPAN].float().log_softmax(-1)
+        nll_dense[:, j : j + SPAN] = -ref.gather(-1, targets[:, j : j + SPAN, None]).squeeze(-1)
 
     def take(rows, start, logits):  # logits[i, t] predicts ids[rows[i], start + t + 1]; keep the continuation's
         lo, hi = max(start, P - 1), min(start + logits.shape[1], P - 1 + n)
-        if hi <= lo:
-            return
         r = torch.tensor(rows, device=ids.device)
-        lp = logits[:, lo - start : hi - start].float().log_softmax(-1)
-        ref = dense[r, lo - (P - 1) : hi - (P - 1)]
-        span = slice(lo - (P - 1), hi - (P - 1))
-        kl[r, span] = (ref.exp() * (ref - lp)).sum(-1)
-        agree[r, span] = (ref.argmax(-1) == lp.argmax(-1)).float()
-        nll[r, span] = -lp.gather(-1, targets[r, span, None]).squeeze(-1)
+        for a in range(lo, hi, SPAN):  # row-wise operations: the same numbers as over the whole span at once
+            b = min(a + SPAN, hi)
+            lp = logits[:, a - start : b - start].float().log_softmax(-1)
+            span = slice(a - (P - 1), b - (P - 1))
+            ref = raw[r, span].float().log_softmax(-1)
+            kl[r, span] = (ref.exp() * (ref - lp)).sum(-1)
+            agree[r, span] = (ref.argmax(-1) == lp.argmax(-1)).float()
+            nll[r, span] = -lp.gather(-1, targets[r, span, None]).squeeze(-1)
 
     teacher_force(model, ids, P if getattr(strategy, "dynamic", False) else None, take, mode=forcing,
                   prefix_logits=False)
-    return DenseComparison(kl, agree, nll, -dense.gather(-1, targets[..., None]).squeeze(-1))
+    return DenseComparison(kl, agree, nll, nll_dense)

@@ -65,6 +65,11 @@ class Fidelity(Evaluator):
             if "switch" in self.segments:  # the continuation comes from the start of the next document
                 self._samples.append(("switch", i, a[: self.prefix] + b[: self.length], {i, j}))
         self.extra["batching"] = {"mode": self.batching, "batch_sizes": [len(b) for b in self.batches()]}
+        if ctx.dense_cache is not None:
+            ctx.dense_cache.warm(ctx.model, [self.batch_ids(b) for b in self.batches()], self.prefix)
+
+    def batch_ids(self, batch) -> torch.Tensor:
+        return torch.tensor([tokens for _, _, tokens, _ in batch], device=self.ctx.device)
 
     def batches(self):
         """Samples in batches of eval.batch_size rows by eval.batching (dart.evals.batching): consecutive (a
@@ -80,8 +85,9 @@ class Fidelity(Evaluator):
     def step(self, batch):
         from dart.evals.decoding import compare_with_dense
 
-        ids = torch.tensor([tokens for _, _, tokens, _ in batch], device=self.ctx.device)
-        c = compare_with_dense(self.ctx.model, self.ctx.strategy, ids, self.prefix, self.forcing)
+        ids = self.batch_ids(batch)
+        c = compare_with_dense(self.ctx.model, self.ctx.strategy, ids, self.prefix, self.forcing,
+                               self.ctx.dense_cache)
         return [{"segment": segment, "doc": index, "kl": c.kl[i].cpu(), "top1": c.top1[i].cpu(), "nll": c.nll[i].cpu(),
                  "nll_dense": c.nll_dense[i].cpu()} for i, (segment, index, _, _) in enumerate(batch)]
 

@@ -187,6 +187,11 @@ class Switch(Evaluator):
         self.extra["pairs"] = {"source": "builtin" if self.user_pairs is None else str(self.pairs_file),
                                "prefix": self.prefix, "length": self.length, "seed": self.seed, "counts": counts,
                                "batching": self.batching, "batch_sizes": [len(b) for b in self.batches()]}
+        if ctx.dense_cache is not None:
+            ctx.dense_cache.warm(ctx.model, [self.batch_ids(b) for b in self.batches()], self.prefix)
+
+    def batch_ids(self, batch) -> torch.Tensor:
+        return torch.tensor([s["tokens"] for s in batch], device=self.ctx.device)
 
     def batches(self):
         """Samples in batches of eval.batch_size rows by eval.batching (dart.evals.batching): consecutive samples
@@ -202,12 +207,12 @@ class Switch(Evaluator):
         from dart.evals.decoding import compare_with_dense
 
         strategy = self.ctx.strategy
-        ids = torch.tensor([s["tokens"] for s in batch], device=self.ctx.device)
+        ids = self.batch_ids(batch)
         checks0, triggers0 = (len(x) for x in strategy.drift_log())  # the dense pass (strategy paused) logs nothing
         ctrl = getattr(strategy, "controller", None)
         request0 = ctrl.requests if ctrl is not None else 0
         lockstep = ctrl is not None and ctrl.spec.batch_mask == "shared" and len(batch) > 1
-        c = compare_with_dense(self.ctx.model, strategy, ids, self.prefix, self.forcing)
+        c = compare_with_dense(self.ctx.model, strategy, ids, self.prefix, self.forcing, self.ctx.dense_cache)
         checks, triggers = (list(x[k:]) for x, k in zip(strategy.drift_log(), (checks0, triggers0)))
         stats = torch.stack([c.kl.mean(1), c.top1.mean(1), c.nll.mean(1), c.nll_dense.mean(1)], 1).tolist()
         out = []

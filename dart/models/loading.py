@@ -22,8 +22,8 @@ from typing import Any
 
 from dart.errors import ConfigError, UnavailableError, choice_error
 from dart.hub import hub_cached, hub_reachable
+from dart.models.precision import dtype_name, resolve_dtype
 
-DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")  # float64: exactness checks on a CPU
 INITS = ("pretrained", "random")
 SOURCES = ("embedded", "hub", "tiny")
 
@@ -38,18 +38,6 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UnavailableError(f"device={device!r} was asked for, but torch sees no CUDA device; use device=cpu")
     return device
-
-
-def resolve_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype not in DTYPES:
-        raise choice_error("dtype", dtype, DTYPES)
-    if dtype == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    return getattr(torch, dtype)
 
 
 def architecture_numbers(cfg) -> dict[str, Any]:
@@ -322,7 +310,7 @@ def load_model(cfg, device: str = "cpu", dtype: str = "auto") -> LoadedModel:
     info.update(name=cfg.name, label=label, init="random" if random_init and not cfg.get("path") else "pretrained",
                 origin=origin, tokenizer=tok_origin, device=device,
                 **({"device_map": _placement(model, device_map)} if device_map is not None else {}),
-                dtype=str(torch_dtype).replace("torch.", ""), load_s=round(time.perf_counter() - t0, 3))
+                dtype=dtype_name(torch_dtype), load_s=round(time.perf_counter() - t0, 3))
     return LoadedModel(model=model, tokenizer=tokenizer, info=info)
 
 

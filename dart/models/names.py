@@ -9,7 +9,8 @@ from pathlib import PurePath
 MODEL_ORDER = ("llama3_8b", "llama32_3b", "llama2_7b", "mistral_7b", "qwen3_4b", "llama32_3b_instruct")
 MODEL_NAMES = {"llama3_8b": "Llama-3.1-8B", "llama32_3b": "Llama-3.2-3B", "llama2_7b": "Llama-2-7B",
                "mistral_7b": "Mistral-7B", "qwen3_4b": "Qwen3-4B", "llama32_3b_instruct": "Llama-3.2-3B-Instruct",
-               "smollm2_135m": "SmolLM2-135M", "gemma3_270m": "Gemma3-270M"}
+               "smollm2_135m": "SmolLM2-135M", "gemma3_270m": "Gemma3-270M",
+               "qwen25_coder_1p5b": "Qwen2.5-Coder-1.5B-Instruct"}
 
 
 def model_name(name: str | Mapping) -> str:
@@ -38,6 +39,14 @@ def model_label(model: Mapping, loaded: Mapping | None = None) -> str:
         layers = model.get("num_layers")
         return f"{model_name(name)} shape, random" + (f", {layers} layer{'' if layers == 1 else 's'}" if layers else "")
     return model_name(name)
+
+
+SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "float64": "fp64"}
+
+
+def short_dtype(dtype: str) -> str:
+    """How tables write a dtype: "bfloat16" -> "bf16"."""
+    return SHORT_DTYPES.get(str(dtype), str(dtype))
 
 
 def config_name(name: str) -> str:

@@ -29,6 +29,13 @@ class Record:
     label: str = ""
     sort_key: tuple = ()
 
+    def __post_init__(self):
+        # the dtype a run computed in, not the one it asked for: `auto` is whatever the machine made of it, which
+        # results.json's model section records (runs of the same dtype must not read as differing in `dtype`)
+        ran = ((self.results or {}).get("model") or {}).get("dtype")
+        if ran and self.config.get("dtype") != ran:
+            self.config = {**self.config, "dtype": ran}
+
     @property
     def complete(self) -> bool:
         return self.status == "complete"
@@ -36,6 +43,12 @@ class Record:
     @property
     def model(self) -> str:
         return str((self.config.get("model") or {}).get("name", "?"))
+
+    @property
+    def dtype(self) -> str | None:
+        """The dtype the run computed in (None where a job that left no results asked for `auto`)."""
+        d = self.config.get("dtype")
+        return None if d in (None, "auto") else str(d)
 
     @property
     def display_model(self) -> str:

@@ -12,6 +12,9 @@ STRATEGY_NAMES = {"dense": "Dense", "static": "Static (calib.)", "static_prompt"
 STRATEGY_ORDER = ("dense", "static", "cats", "static_prompt", "griffin", "dart", "dart_published", "dart_plus")
 # config parts that are not knobs of a row: the model has its own column, the rest never changes a result
 NOT_KNOB_PREFIXES = ("model.",)
+# values that say nothing about a run: a job that left no results asked for dtype=auto, which became whatever its
+# machine computes in (tables read the dtype a run computed in from results.json: dart.tables.collect.Record)
+UNKNOWN = {"dtype": ("auto", None)}
 NOT_KNOB_KEYS = ("strategy._target_", "strategy.name", "strategy.sparsity", "strategy.ranking", "sparsity", "eval._target_",
                  "eval.name")
 
@@ -87,7 +90,8 @@ def varying_knobs(configs: Iterable[dict]) -> list[str]:
     for k in keys:
         if k in NOT_KNOB_KEYS or k.startswith(NOT_KNOB_PREFIXES):
             continue
-        if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1:
+        known = [f.get(k) for f in flats if f.get(k) not in UNKNOWN.get(k, ())]
+        if len({json.dumps(v, sort_keys=True, default=str) for v in known}) > 1:
             out.append(k)
     return out
 
