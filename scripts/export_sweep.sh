@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Copy finished sweeps into benchmarks/sweeps/ for committing: each job's results.json and its small per-sample
-# files (switch_samples.jsonl, summaries.jsonl, drift_samples.jsonl), and the sweep's multirun.yaml (so
+# files (switch_samples.jsonl, summaries.jsonl, drift_samples.jsonl, detector_samples.jsonl), and the sweep's multirun.yaml (so
 # `python -m dart.tables` knows which jobs were planned); nothing else (no W&B, logs, plots).
 #   bash scripts/export_sweep.sh multirun/switch_offline multirun/ablation_gain_offline
 #   python -m dart.tables benchmarks/sweeps/switch_offline ...      # the tables from the committed copies
@@ -22,6 +22,6 @@ for src in "$@"; do
     cp "$f" "$dst/$rel"
     n=$((n + 1))
   done < <(find "$src" \( -name results.json -o -name switch_samples.jsonl -o -name summaries.jsonl \
-                -o -name drift_samples.jsonl \) -not -path "*/wandb/*" -print0)
+                -o -name drift_samples.jsonl -o -name detector_samples.jsonl \) -not -path "*/wandb/*" -print0)
   echo "[export] $src -> $dst ($n files)"
 done

@@ -603,7 +603,7 @@ def test_evaluation_kind_is_keyed_by_eval_name_not_the_class_path():
     from dart.tables.collect import Record
 
     by_class = {"Harness": "ten", "Summarization": "summarization", "Drift": "drift", "Switch": "switch",
-                "Fidelity": "fidelity", "Perplexity": "perplexity"}
+                "Fidelity": "fidelity", "Perplexity": "perplexity", "Detector": "detector"}
     for path in sorted((CONF / "eval").glob("*.yaml")):
         cfg = job_config(f"eval={path.stem}")
         assert kind(Record(source="x", status="complete", config=cfg)) == by_class[cfg["eval"]["_target_"].rsplit(".", 1)[1]]
@@ -700,3 +700,40 @@ def test_summarization_gaps_pair_each_run_with_the_run_it_differs_from_by_one_th
     cut = rows[("Static (prompt) 50% (eval.truncation=published)", prompt, "eval.truncation=published (the cue can be cut)")]
     assert cut[:3] == ["0.100", "0.300", "0.33x"] and cut[3].startswith("-0.200 [-0.300, -0.100]")
     assert len(rows) == 4  # no row for the calibration mask itself: it is the reference
+
+
+def test_across_models_table_matches_methods_by_their_knobs_and_interpolates(tmp_path):
+    """Two models, each with static_prompt at 30/50/70% and DART at 50% (45% effective): the table's cells are each
+    method's own run at 50% (with its interval) and, at DART's 45%, static_prompt interpolated between 30% and 50%."""
+    from dart.tables import across
+    from dart.tables.collect import Record
+
+    def run(model, strategy, sparsity, eff, kl, **knobs):
+        from omegaconf import OmegaConf
+
+        from dart.compose import strategy_config
+
+        node = OmegaConf.to_container(strategy_config(strategy, sparsity=sparsity, **knobs).strategy, resolve=True)
+        metrics = {"switch/switch/kl": kl, "switch/switch/kl_lo": kl - 0.1, "switch/switch/kl_hi": kl + 0.1,
+                   "switch/switch/n": 36.0, "switch/switch/ppl_dense": 20.0, "switch/switch/retraces": 0.5}
+        return Record(source=f"{model}/{strategy}/{sparsity}/{knobs}", status="complete", metrics=metrics,
+                      config={"model": {"name": model}, "strategy": node, "sparsity": sparsity,
+                              "eval": {"name": "switch"}},
+                      results={"sparsity": {"target": sparsity, "effective": eff}})
+
+    records = []
+    for model, base in (("smollm2_135m", 1.0), ("qwen25_coder_1p5b", 0.5)):
+        records += [run(model, "static_prompt", 0.3, 0.3, base), run(model, "static_prompt", 0.5, 0.5, base + 1.0),
+                    run(model, "static_prompt", 0.7, 0.7, base + 3.0), run(model, "dart", 0.5, 0.45, base + 0.6),
+                    run(model, "static_prompt", 0.5, 0.5, base + 0.2, prior_mix=0.3),
+                    run(model, "dart", 0.5, 0.5, 9.0, budget="effective")]  # a knob away from the method: not in it
+    assert [across.method_of(r) for r in records[:6]] == ["Static (prompt)"] * 3 + ["DART", "Static (prompt) + prior",
+                                                                                      None]
+    t = across.table(records)
+    assert t.columns == ["Method", "SmolLM2-135M: at 50.0%", "SmolLM2-135M: at DART 50%'s 45.0%",
+                         "Qwen2.5-Coder-1.5B-Instruct: at 50.0%", "Qwen2.5-Coder-1.5B-Instruct: at DART 50%'s 45.0%"]
+    rows = {r[0]: r[1:] for r in t.rows}
+    assert rows["Static (prompt)"] == ["2 [1.9, 2.1]", "1.75 (interp.)", "1.5 [1.4, 1.6]", "1.25 (interp.)"]
+    assert rows["DART"] == ["no data in range", "1.6 [1.5, 1.7]", "no data in range", "1.1 [1, 1.2]"]
+    assert rows["Static (prompt) + prior"][0] == "1.2 [1.1, 1.3]" and "GRIFFIN" not in rows
+    assert any("code-instruct" in n for n in t.notes)

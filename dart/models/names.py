@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import PurePath
 
-MODEL_ORDER = ("llama3_8b", "llama32_3b", "llama2_7b", "mistral_7b", "qwen3_4b", "llama32_3b_instruct")
+MODEL_ORDER = ("llama3_8b", "llama32_3b", "llama2_7b", "mistral_7b", "qwen3_4b", "llama32_3b_instruct",
+               "smollm2_135m", "gemma3_270m", "qwen25_coder_1p5b")  # the paper's, then the embedded ones by size
 MODEL_NAMES = {"llama3_8b": "Llama-3.1-8B", "llama32_3b": "Llama-3.2-3B", "llama2_7b": "Llama-2-7B",
                "mistral_7b": "Mistral-7B", "qwen3_4b": "Qwen3-4B", "llama32_3b_instruct": "Llama-3.2-3B-Instruct",
                "smollm2_135m": "SmolLM2-135M", "gemma3_270m": "Gemma3-270M",

@@ -28,6 +28,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--readme", type=Path, metavar="FILE",
                    help="also write the tables and figures into FILE, between the lines "
                         f"'{markers()[0]}' and '{markers()[1]}' (what is between them is replaced)")
+    p.add_argument("--only", metavar="NAMES", default=None,
+                   help="comma-separated names of the tables (e.g. across_models, matched_switch) and figures (file "
+                        "stems, e.g. pareto_switch) to write; default: every one that applies")
     p.add_argument("--block", metavar="NAME", default=None,
                    help="with --readme: the block named NAME ('<!-- dart.tables:begin NAME -->' ... "
                         "'<!-- dart.tables:end NAME -->'), so that one page holds several generated blocks")
@@ -89,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise DartError(f"{len(args.folders)} folders given: say where the tables go with --out DIR")
             collection = collect_folders(args.folders)
             out = out or Path(args.folders[0]) / "tables"
-        report = make_report(collection, out, metric=args.metric, figures=not args.no_plots)
+        only = {s.strip() for s in args.only.split(",") if s.strip()} if args.only else None
+        report = make_report(collection, out, metric=args.metric, figures=not args.no_plots, only=only)
         if args.readme is not None:
             write_readme(args.readme, report.markdown, out,
                          "python -m dart.tables " + " ".join(sys.argv[1:] if argv is None else argv), args.block)

@@ -18,7 +18,7 @@ from dart.tables.render import MISSING, Table, percent, signed_points, three
 # "other". An eval config of another name (a user's own) is "other": its metrics get the generic table.
 EVAL_KINDS = {"ten": "ten", "summarization": "summarization", "drift": "drift", "drift_demo": "drift",
               "switch": "switch", "overview": "switch", "fidelity": "fidelity", "perplexity": "perplexity",
-              "smoke": "perplexity"}
+              "smoke": "perplexity", "detector": "detector"}
 TEN_METRICS = ("acc", "acc_norm")
 
 

@@ -97,15 +97,17 @@ def varying_knobs(configs: Iterable[dict]) -> list[str]:
 
 
 def assign_labels(configs: list[dict]) -> list[tuple[str, tuple]]:
-    """(label, sort key) per config. Knobs are the keys that vary between configs of the SAME strategy, so that
-    a sweep over e.g. `ranking` labels its rows "DART 70% (ranking=max)", while the ten-benchmark table's rows
-    stay "DART 70%" although GRIFFIN and DART differ in many strategy keys."""
+    """(label, sort key) per config. Knobs are the keys that vary between configs of the SAME strategy on the SAME
+    model (the model has its own column), so that a sweep over e.g. `ranking` labels its rows "DART 70%
+    (ranking=max)", while the ten-benchmark table's rows stay "DART 70%" although GRIFFIN and DART differ in many
+    strategy keys, and a table of several models does not label rows by what differs between the models' sweeps."""
     configs = [with_eval_defaults(c) for c in configs]
-    by_strategy: dict[str, list[int]] = {}
+    by_strategy: dict[tuple[str, str], list[int]] = {}
     for i, c in enumerate(configs):
-        by_strategy.setdefault((c.get("strategy") or {}).get("name", "?"), []).append(i)
+        key = ((c.get("strategy") or {}).get("name", "?"), str((c.get("model") or {}).get("name", "?")))
+        by_strategy.setdefault(key, []).append(i)
     out: list[tuple[str, tuple]] = [("", ())] * len(configs)
-    for strategy, idx in by_strategy.items():
+    for (strategy, _), idx in by_strategy.items():
         knobs = varying_knobs([configs[i] for i in idx])
         for i in idx:
             flat = flatten(configs[i])

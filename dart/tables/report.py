@@ -5,7 +5,7 @@ import dataclasses
 from pathlib import Path
 
 from dart.errors import ConfigError
-from dart.tables import build, controls, decomposition, pareto, plots, summary_gaps
+from dart.tables import across, build, controls, decomposition, detector, pareto, plots, summary_gaps
 from dart.tables.collect import Collection, dedupe
 from dart.tables.labels import assign_labels
 from dart.tables.render import Table, to_latex, to_markdown
@@ -32,7 +32,9 @@ def label(collection: Collection) -> list:
     return records
 
 
-def make_report(collection: Collection, out: Path, metric: str = "acc", figures: bool = True) -> Report:
+def make_report(collection: Collection, out: Path, metric: str = "acc", figures: bool = True,
+                only: set[str] | None = None) -> Report:
+    """only: the names of the tables (Table.name) and figures (file stems) to keep; None: all."""
     records, notes = dedupe(label(collection))
     notes = list(collection.notes) + notes
     if not records:
@@ -69,6 +71,14 @@ def make_report(collection: Collection, out: Path, metric: str = "acc", figures:
             tables.append(build.metrics_table(group, eval_name))
             if kind == "switch" and controls.applies(group):
                 tables.append(controls.table(group))
+            if kind == "switch" and across.applies(group):
+                compared = across.table(group)
+                tables += [compared] if compared is not None else []
+            if kind == "detector":
+                seen = detector.table(group)
+                tables += [seen] if seen is not None else []
+                if figures:
+                    figs += detector.figures(group, out)
             if figures and kind == "drift":
                 for r in build.ordered(group):
                     slug = "".join(ch if ch.isalnum() else "_" for ch in f"{r.model}_{r.label}").strip("_")
@@ -82,6 +92,16 @@ def make_report(collection: Collection, out: Path, metric: str = "acc", figures:
         for t in tables[first:]:
             t.notes.append(note)
     figs = [f for f in figs if f is not None]
+    if only is not None:
+        known = {t.name for t in tables} | {f.stem for f in figs}
+        if not only & known:
+            raise ConfigError(f"--only {','.join(sorted(only))}: none of these tables or figures was made; made: "
+                              f"{', '.join(sorted(known))}")
+        tables = [t for t in tables if t.name in only]
+        for f in figs:
+            if f.stem not in only:
+                f.unlink(missing_ok=True)
+        figs = [f for f in figs if f.stem in only]
     md = render_markdown(tables, figs, notes, out)
     out.mkdir(parents=True, exist_ok=True)
     files = [out / "tables.md", out / "tables.tex"]

@@ -1,0 +1,118 @@
+"""The same methods on several models at matched effective sparsity (eval=switch): one column per model and
+operating point, one row per method, so that "does re-tracing beat the prompt's static mask at matched cost?" can be
+read across model sizes in one table.
+
+A run belongs to a method when its strategy knobs are that strategy's defaults (conf/strategy/<name>.yaml), plus the
+method's own knobs (the calibration prior: prior_mix 0.3); knobs a run predates count as their defaults. Per model
+two operating points: exactly 50% effective sparsity, and the effective sparsity of that model's DART 50% run (where
+DART has its own point and interval). A method's value there is its own run's (with its 95% interval) when one lies
+within half a point, else linearly interpolated between its two nearest runs ("interp."), never extrapolated.
+"""
+from __future__ import annotations
+
+import functools
+import json
+
+from dart.models.names import model_name, model_sort_key
+from dart.tables import pareto
+from dart.tables.collect import Record
+from dart.tables.labels import flatten
+from dart.tables.render import Table
+
+METHODS = (("Static (prompt)", "static_prompt", ()), ("GRIFFIN", "griffin", ()), ("DART", "dart", ()),
+           ("Static (prompt) + prior", "static_prompt", (("prior_mix", 0.3),)), ("DART+prior", "dart_plus", ()),
+           ("DART (published)", "dart_published", ()))
+QUALITY = pareto.QUALITIES["switch"][0]  # KL(dense || pruned) on B, two-topic pairs
+NEAR = 0.005  # a run within half a point is the method's own point
+ANCHOR = ("dart", 0.5)  # the run whose effective sparsity is the second operating point
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults(strategy: str, extra: tuple) -> dict:
+    from omegaconf import OmegaConf
+
+    from dart.compose import strategy_config
+
+    node = OmegaConf.to_container(strategy_config(strategy, sparsity=0.5).strategy, resolve=False)
+    flat = flatten(node)
+    flat.update(dict(extra))
+    return {k: v for k, v in flat.items() if k not in ("sparsity", "ranking", "_target_", "name")
+            and not k.startswith("calibration.")}
+
+
+def method_of(r: Record) -> str | None:
+    """The METHODS name of a run, or None when its knobs are not one method's."""
+    mine = flatten((r.config.get("strategy") or {}))
+    for name, strategy, extra in METHODS:
+        if r.strategy != strategy:
+            continue
+        want = _defaults(strategy, extra)
+        if all(json.dumps(mine[k], default=str) == json.dumps(v, default=str) for k, v in want.items() if k in mine):
+            return name
+    return None
+
+
+def applies(records: list[Record]) -> bool:
+    return len({r.model for r in records if r.complete and method_of(r)}) >= 2
+
+
+def _cell(points: list[pareto.Point], x: float) -> str:
+    for p in points:
+        if abs(p.x - x) <= NEAR:
+            iv = f" [{QUALITY.fmt(p.lo)}, {QUALITY.fmt(p.hi)}]" if p.lo is not None else ""
+            return QUALITY.fmt(p.y) + iv + (f" at {100 * p.x:.1f}" if abs(p.x - x) > 5e-4 else "")
+    y, how = pareto.interpolate([(p.x, p.y) for p in points], x)
+    return pareto.OUT_OF_RANGE if y is None else f"{QUALITY.fmt(y)} (interp.)"
+
+
+def table(records: list[Record]) -> Table | None:
+    chosen = [r for r in records if r.complete and method_of(r)]
+    by_model: dict[str, dict[str, list[pareto.Point]]] = {}
+    for r in chosen:
+        y, lo, hi = pareto.value(r, QUALITY)
+        x = pareto.sparsity.effective(r)
+        if y is None or x is None:
+            continue
+        by_model.setdefault(r.model, {}).setdefault(method_of(r), []).append(pareto.Point(method_of(r), r, x, y, lo, hi))
+    models = sorted(by_model, key=model_sort_key)
+    if len(models) < 2:
+        return None
+    columns, anchors = ["Method"], {}
+    for m in models:
+        anchor = [p for p in by_model[m].get("DART", []) if p.record.sparsity == ANCHOR[1]]
+        anchors[m] = anchor[0].x if anchor else None
+        columns.append(f"{model_name(m)}: at 50.0%")
+        columns.append(f"{model_name(m)}: at DART 50%'s {100 * anchors[m]:.1f}%" if anchor else
+                       f"{model_name(m)}: at DART 50%'s (no run)")
+    rows = []
+    for name, _, _ in METHODS:
+        if not any(name in by_model[m] for m in models):
+            continue
+        row = [name]
+        for m in models:
+            pts = sorted(by_model[m].get(name, []), key=lambda p: p.x)
+            for x in (0.5, anchors[m]):
+                row.append(None if x is None or not pts else _cell(pts, x))
+        rows.append(row)
+    n_row, dense_row, rate_row = ["n two-topic pairs"], ["dense perplexity on B"], ["DART 50%: re-traces per pair"]
+    for m in models:
+        runs = [p.record for pts in by_model[m].values() for p in pts]
+        n = {int(r.metrics.get("switch/switch/n") or 0) for r in runs}
+        ppl = [r.metrics.get("switch/switch/ppl_dense") for r in runs if r.metrics.get("switch/switch/ppl_dense")]
+        dart50 = [p.record for p in by_model[m].get("DART", []) if p.record.sparsity == ANCHOR[1]]
+        rate = dart50[0].metrics.get("switch/switch/retraces") if dart50 else None
+        n_row += [", ".join(str(v) for v in sorted(n))] * 2
+        dense_row += [f"{ppl[0]:.2f}" if ppl else None] * 2
+        rate_row += [f"{rate:.2f}" if isinstance(rate, (int, float)) else None] * 2
+    rows += [n_row, dense_row, rate_row]
+    notes = [f"{QUALITY.label}; lower is better. Own run: its value and 95% bootstrap interval over pairs (\"at X\": "
+             "its own effective sparsity, within half a point); interp.: linear between the method's two nearest "
+             "runs (no interval of its own); never extrapolated.",
+             "A method: the strategy's default knobs (conf/strategy), + prior: prior_mix 0.3 (a calibration "
+             "ranking blended into each request's scores). The pairs are built by one rule for every model, but which "
+             "documents qualify depends on each tokenizer's token counts: the pairs are not the same documents."]
+    if "qwen25_coder_1p5b" in models:
+        notes.append("Qwen2.5-Coder-1.5B-Instruct is a code-instruct model (trained mostly on code), here on English "
+                     "news and Wikipedia text.")
+    return Table(title="Across models at matched effective sparsity: KL on the two-topic pairs (eval=switch)",
+                 columns=columns, rows=rows, notes=notes, name="across_models")
