@@ -22,7 +22,7 @@ from dart.engine.calibration import (  # noqa: E402
     calibrate, ffn_activations, neuron_scores, quantile_threshold,
     sample_counts, static_masks,
 )
-from dart.engine.cats import ThresholdEngine  # noqa: E402
+from dart.strategies.per_token import CatsRule, PerTokenEngine  # noqa: E402
 from dart.errors import ConfigError  # noqa: E402
 from dart.compose import build_strategy, calibration_spec  # noqa: E402
 
@@ -133,20 +133,21 @@ def test_sample_counts():
     assert sum(sample_counts([7, 5, 3], width=11, sample=50)) == 50
 
 
-class _Engine:  # the fields a ThresholdFFN reads from its engine, for hand-built cases
+class _Engine:  # the fields a PerTokenFFN reads from its engine, for hand-built cases
     def __init__(self, t):
-        self.is_paused, self.t, self.counts = False, [torch.tensor(t)], []
+        self.is_paused, self.sparse, self.rule, self.counts = False, True, CatsRule([torch.tensor(t)]), []
 
-    def count(self, layer, g):
-        self.counts.append((g == 0).sum().item())
+    def count(self, layer, zeroed, skipped):
+        self.counts.append(zeroed.sum().item())
+        assert torch.equal(skipped, zeroed * 2 * 2)  # a zeroed g skips a row of up and of down (D = 2 weights each)
 
 
 def test_cats_zeroes_exactly_the_entries_below_the_threshold_by_hand():
-    from dart.engine.cats import ThresholdFFN
+    from dart.strategies.per_token import PerTokenFFN
 
     down = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0]])
     engine = _Engine(2.0)
-    ffn = ThresholdFFN(torch.nn.Identity(), gated_ffn(down), 0, engine)
+    ffn = PerTokenFFN(torch.nn.Identity(), gated_ffn(down), 0, engine)
     x = torch.tensor([[[1.0, -2.0], [0.5, 0.5]]])  # (B=1, T=2, D=2)
     # token 1: g = (1, -6, -1, 2): |g| >= 2 keeps (0, -6, 0, 2) (2 itself is kept); up = (1, -2, 1, -4)
     #          a = (0, 12, 0, -8); out = 12 * (0, 1) - 8 * (1, -1) = (-8, 20)
@@ -269,10 +270,11 @@ def test_static_applies_its_mask_to_every_position_and_request(tok):
     assert c.stats.A.numel() == 0  # no statistics are kept
 
 
-@pytest.mark.parametrize("strategy", ["static", "cats"])
+@pytest.mark.parametrize("strategy", ["static", "cats", "teal", "wina"])
 def test_batch_invariance(tok, strategy):
     model = build("llama")
-    s = build_strategy("static", sparsity=0.6, calibration=SMALL_CAL) if strategy == "static" else build_strategy("cats", sparsity=0.6, calibration=SMALL_CAL)
+    knobs = {} if strategy == "wina" else {"calibration": SMALL_CAL}
+    s = build_strategy(strategy, sparsity=0.6, **knobs)  # per-token ones: the prompt dense, generation sparse
     s.attach(model, tok)
     ids = rows(4, T=11, seed=9)
     with torch.no_grad():
@@ -286,11 +288,12 @@ def test_batch_invariance(tok, strategy):
     s.detach()
 
 
-@pytest.mark.parametrize("strategy", ["static", "cats"])
+@pytest.mark.parametrize("strategy", ["static", "cats", "teal", "wina"])
 @pytest.mark.parametrize("arch", sorted(BUILDERS))
 def test_detach_restores_the_model_bit_for_bit(tok, strategy, arch):
     original, model = build(arch), build(arch)
-    s = build_strategy("static", sparsity=0.5, calibration=SMALL_CAL) if strategy == "static" else build_strategy("cats", sparsity=0.5, calibration=SMALL_CAL)
+    knobs = {} if strategy in ("static", "wina") else {"prompt": "sparse"}
+    s = build_strategy(strategy, sparsity=0.5, **knobs, **({} if strategy == "wina" else {"calibration": SMALL_CAL}))
     s.attach(model, tok)
     generate(model, rows(1, seed=2), 4)
     s.detach()
@@ -327,7 +330,7 @@ def test_cats_thresholds_are_the_calibration_quantile(tok):
     model = build("llama")
     spec = calibration_spec(**SMALL_CAL)
     cal = calibrate(model, spec.sequences(tok), gate_sample=10**9)
-    s = build_strategy("cats", sparsity=0.4, calibration=SMALL_CAL)
+    s = build_strategy("cats", sparsity=0.4, calibration=SMALL_CAL, prompt="sparse")
     s.attach(model, tok)
     n = 1024 * 64
     k = math.floor(0.4 * n)
@@ -351,7 +354,7 @@ def test_cats_thresholds_are_the_calibration_quantile(tok):
 
 def test_cats_counts_only_evaluated_tokens(tok):
     model = build("llama")
-    s = build_strategy("cats", sparsity=0.5, calibration=SMALL_CAL)
+    s = build_strategy("cats", sparsity=0.5, calibration=SMALL_CAL, prompt="sparse")
     s.attach(model, tok)
     e = s.engine
     ids = rows(2, T=8)
@@ -368,7 +371,7 @@ def test_cats_counts_only_evaluated_tokens(tok):
         h.remove()
     for l in range(2):
         g, _ = ffn_activations(e.ffns[l].w, x_in[l])
-        dropped = (g.abs() < e.t[l]) | (g == 0)
+        dropped = (g.abs() < e.rule.t[l]) | (g == 0)
         zeros.append((dropped.sum(-1) * mask).sum().item())
     assert float(e.tokens) == 13.0
     assert [float(z) for z in e.zeros] == zeros
@@ -380,14 +383,14 @@ def test_cats_counts_only_evaluated_tokens(tok):
 
 def test_cats_on_a_plain_ffn_thresholds_act_fc(tok):
     model = build("gpt2")
-    s = build_strategy("cats", sparsity=0.5, calibration=SMALL_CAL)
+    s = build_strategy("cats", sparsity=0.5, calibration=SMALL_CAL, prompt="sparse")
     s.attach(model, tok)
     e = s.engine
-    assert isinstance(e, ThresholdEngine) and not e.ffns[0].w.gated
+    assert isinstance(e, PerTokenEngine) and not e.ffns[0].w.gated
     x = torch.randn(1, 5, 32, generator=torch.Generator().manual_seed(0))
     mlp = e.ffns[0].original
     g = mlp.act(mlp.c_fc(x))
-    want = mlp.c_proj(torch.where(g.abs() >= e.t[0], g, 0.0))
+    want = mlp.c_proj(torch.where(g.abs() >= e.rule.t[0], g, 0.0))
     with torch.no_grad():
         assert (e.ffns[0](x) - want).abs().max() <= 1e-5
     s.detach()

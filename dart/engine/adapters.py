@@ -1,12 +1,14 @@
 """Architecture adapters: where a model keeps its decoder layers, FFNs, the residual stream entering the FFN,
 what the FFN adds back, the attention output the drift detector watches, and the input embedding.
 
-Every FFN is brought into one canonical, neuron-major layout (neuron j = row j of every tensor):
+Every FFN is brought into one canonical, neuron-major view (neuron j = row j of every tensor):
     gated:  a = act(x @ w_gate.T) * (x @ w_up.T);   out = a @ w_down_t
     plain:  a = act(x @ w_fc.T + b_fc);             out = a @ w_down_t + b_down
-The canonical tensors share storage with the model's own parameters (the down projection is re-laid-out once as
-a transposed view of a contiguous (I, D) tensor: same memory, same results), so pruning by prefix is a
-contiguous slice and reordering neurons in place reorders the model itself.
+The canonical tensors share storage with the model's own parameters, so pruning by prefix is a slice and
+reordering neurons in place reorders the model itself. The input projections are (I, D) row-major (a prefix of k
+neurons is one contiguous block). A Linear down projection keeps its own (D, I) row-major layout and w_down_t is
+its transposed view: a prefix is the first k columns of every row, which CPU GEMV kernels read at full bandwidth
+(measured, bf16, 2 cores: 24-29 GB/s), where a contiguous (I, D) copy read as `a @ W` runs at half that (15 GB/s).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ class FFNWeights:
     gated: bool
     w_in: list[torch.Tensor]  # gated: [gate, up]; plain: [fc]; each (I, D), contiguous
     b_in: list[torch.Tensor | None]  # per w_in, (I,) or None
-    w_down_t: torch.Tensor  # (I, D) contiguous
+    w_down_t: torch.Tensor  # (I, D): contiguous (GPT-2's Conv1D), or the transposed view of a (D, I) Linear weight
     b_down: torch.Tensor | None  # (D,)
     act: Callable[[torch.Tensor], torch.Tensor]
 
@@ -32,6 +34,14 @@ class FFNWeights:
     def neuron_major(self) -> list[torch.Tensor]:
         """Every tensor whose first dimension indexes neurons (permuted together when compacting)."""
         return [*self.w_in, *(b for b in self.b_in if b is not None), self.w_down_t]
+
+
+def _down_view(param: nn.Parameter) -> torch.Tensor:
+    """The (I, D) neuron-major view of a Linear down projection's (D, I) weight, made contiguous first if it is not
+    (in place, same bytes): row j of the view is column j of the weight."""
+    if not param.data.is_contiguous():
+        param.data = param.data.contiguous()
+    return param.data.t()
 
 
 def _neuron_major_view(param: nn.Parameter, transposed: bool) -> torch.Tensor:
@@ -117,7 +127,7 @@ class LlamaAdapter(Adapter):
             gated=True,
             w_in=[_neuron_major_view(ffn.gate_proj.weight, False), _neuron_major_view(ffn.up_proj.weight, False)],
             b_in=[x.data if x is not None else None for x in b],
-            w_down_t=_neuron_major_view(ffn.down_proj.weight, True),
+            w_down_t=_down_view(ffn.down_proj.weight),
             b_down=ffn.down_proj.bias.data if ffn.down_proj.bias is not None else None,
             act=ffn.act_fn,
         )
@@ -176,7 +186,7 @@ class GPTNeoXAdapter(Adapter):
             gated=False,
             w_in=[_neuron_major_view(ffn.dense_h_to_4h.weight, False)],
             b_in=[ffn.dense_h_to_4h.bias.data if ffn.dense_h_to_4h.bias is not None else None],
-            w_down_t=_neuron_major_view(ffn.dense_4h_to_h.weight, True),
+            w_down_t=_down_view(ffn.dense_4h_to_h.weight),
             b_down=ffn.dense_4h_to_h.bias.data if ffn.dense_4h_to_h.bias is not None else None,
             act=ffn.act,
         )

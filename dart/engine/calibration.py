@@ -4,8 +4,9 @@ statistics a baseline needs are collected in fp32:
 
 - `act_sq` (L, I): sum over the calibration tokens of a_tj^2, a = the FFN intermediate activation (the input of
   the down projection), so ||a_j|| = sqrt(act_sq_j);
-- `gate_values`: per layer a sample of |g| (g = act(gate x) for gated FFNs, act(fc x) for plain ones), the
-  quantity CATS thresholds.
+- `values[name]`: per layer a sample of |.| of one FFN quantity: `gate` |g| (g = act(gate x) for gated FFNs, act(fc
+  x) for plain ones: what CATS thresholds), `input` |x| (the FFN's input) and `down` |a| (the down projection's
+  input: what TEAL thresholds).
 
 The text is tokenized without special tokens (as the evaluations tokenize theirs), cut to exactly `tokens` tokens
 and split into consecutive sequences of `seq_len` (the last one shorter when `seq_len` does not divide `tokens`),
@@ -30,11 +31,18 @@ from dart.errors import ConfigError, choice_error
 SCORES = ("act_norm", "wanda", "weight")
 
 
+VALUES = ("gate", "input", "down")
+
+
 @dataclasses.dataclass
 class Calibration:
     tokens: int
     act_sq: torch.Tensor | None = None  # (L, I) fp32, sum_t a_tj^2
-    gate_values: list[torch.Tensor] | None = None  # per layer, fp32 |g| values (a sample, or all of them)
+    values: dict[str, list[torch.Tensor]] = dataclasses.field(default_factory=dict)  # per name, per layer, fp32 |.|
+
+    @property
+    def gate_values(self) -> list[torch.Tensor] | None:
+        return self.values.get("gate")
 
 
 # ---------------------------------------------------------------------------------------------------- the text
@@ -76,18 +84,26 @@ def sample_counts(lengths: Sequence[int], width: int, sample: int) -> list[int]:
 
 
 @torch.no_grad()
-def calibrate(model, sequences: Sequence[torch.Tensor], norms: bool = False, gate_sample: int = 0, seed: int = 0) -> Calibration:
+def calibrate(model, sequences: Sequence[torch.Tensor], norms: bool = False, gate_sample: int = 0, seed: int = 0,
+              values: Sequence[str] = (), sample: int = 0) -> Calibration:
     """Run the dense model over the calibration sequences and collect, per layer, the activation sums of squares
-    (norms=True) and/or a sample of gate_sample |g| values (drawn uniformly, with replacement, by a generator
-    seeded with `seed`; every value when the calibration holds no more than that)."""
+    (norms=True) and/or, for each name in `values` (VALUES), a sample of `sample` of its |.| values (drawn uniformly,
+    with replacement, by one generator seeded with `seed`; every value when the calibration holds no more than
+    that). gate_sample=N is values=("gate",), sample=N."""
+    if gate_sample:
+        values, sample = ("gate",), gate_sample
+    unknown = [v for v in values if v not in VALUES]
+    if unknown:
+        raise choice_error("calibration value", unknown[0], VALUES)
     adapter = adapter_for(model)
     layers = adapter.layers(model)
     weights = [adapter.weights(adapter.ffn(layer)) for layer in layers]
-    L, I = len(layers), weights[0].w_in[0].shape[0]
+    L, (I, D) = len(layers), weights[0].w_in[0].shape
     device = weights[0].w_down_t.device
     act_sq = torch.zeros(L, I, dtype=torch.float32, device=device) if norms else None
-    counts = sample_counts([s.numel() for s in sequences], I, gate_sample) if gate_sample else None
-    parts: list[list[torch.Tensor]] = [[] for _ in range(L)]
+    lengths = [s.numel() for s in sequences]
+    counts = {v: sample_counts(lengths, D if v == "input" else I, sample) for v in values}
+    parts: dict[str, list[list[torch.Tensor]]] = {v: [[] for _ in range(L)] for v in values}
     gen = torch.Generator(device=device).manual_seed(int(seed))
     current = {"seq": 0}
 
@@ -97,12 +113,14 @@ def calibrate(model, sequences: Sequence[torch.Tensor], norms: bool = False, gat
             g, a = ffn_activations(weights[l], x)
             if act_sq is not None:  # (a layer on another device than the first: its sums moved, once per pass)
                 act_sq[l] += a.float().square().reshape(-1, I).sum(dim=0).to(device)
-            if counts is not None:
-                values = g.reshape(-1).abs().float().to(device)
-                n = counts[current["seq"]]
-                if n < values.numel():
-                    values = values[torch.randint(values.numel(), (n,), generator=gen, device=device)]
-                parts[l].append(values)
+            for name, t in (("gate", g), ("input", x), ("down", a)):
+                if name not in counts:
+                    continue
+                got = t.reshape(-1).abs().float().to(device)
+                n = counts[name][current["seq"]]
+                if n < got.numel():
+                    got = got[torch.randint(got.numel(), (n,), generator=gen, device=device)]
+                parts[name][l].append(got)
             return None
         return fn
 
@@ -114,8 +132,7 @@ def calibrate(model, sequences: Sequence[torch.Tensor], norms: bool = False, gat
     finally:
         for h in handles:
             h.remove()
-    gate_values = [torch.cat(p) for p in parts] if counts is not None else None
-    return Calibration(tokens=sum(s.numel() for s in sequences), act_sq=act_sq, gate_values=gate_values)
+    return Calibration(tokens=sum(lengths), act_sq=act_sq, values={v: [torch.cat(p) for p in parts[v]] for v in values})
 
 
 # ------------------------------------------------------------------------------------------ static: the scores

@@ -64,7 +64,7 @@ def intermediate(w: FFNWeights, x: torch.Tensor, k: int | None = None) -> torch.
 
 
 def down(w: FFNWeights, a: torch.Tensor, k: int | None = None) -> torch.Tensor:
-    wd = w.w_down_t if k is None else w.w_down_t[:k]  # neuron-major (I, D): the prefix is one contiguous block
+    wd = w.w_down_t if k is None else w.w_down_t[:k]  # neuron-major (I, D): the prefix is the first k neurons
     out = torch.matmul(a, wd)
     return out if w.b_down is None else out + w.b_down
 
@@ -76,8 +76,24 @@ def compacted(w: FFNWeights, x: torch.Tensor, k: int, rows: torch.Tensor | None 
     return down(w, a, k)
 
 
+def _rows(t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(tensor, dim) to index neurons along: a transposed view (a Linear down projection's (D, I) weight seen as
+    (I, D)) is indexed through its own row-major storage, along its columns: row-by-row copies, not a transposition."""
+    if t.dim() == 2 and not t.is_contiguous() and t.t().is_contiguous():
+        return t.t(), 1
+    return t, 0
+
+
+@torch.no_grad()
+def move_neurons(t: torch.Tensor, dst: torch.Tensor, src: torch.Tensor) -> None:
+    """In place: neuron dst[i] of t becomes its neuron src[i] (a neuron-major tensor or view)."""
+    base, dim = _rows(t)
+    base.index_copy_(dim, dst, base.index_select(dim, src))
+
+
 @torch.no_grad()
 def permute_neurons(weights: FFNWeights, order: torch.Tensor, extra: list[torch.Tensor] = ()) -> None:
     """Reorder neurons in place: new row i = old row order[i], for every neuron-major tensor (and `extra`)."""
     for t in [*weights.neuron_major, *extra]:
-        t.copy_(t.index_select(0, order))
+        base, dim = _rows(t)
+        base.copy_(base.index_select(dim, order))

@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 import torch
 
 from dart.engine.controller import controller_of
+from dart.engine.patch import prompt_phase
 from dart.engine.plan import ROWS, Plan
 from dart.engine.stats import ema_weights
 from dart.errors import ConfigError, choice_error
@@ -102,7 +103,8 @@ def _reference(model, prefixes, forced, group, take, prefix_logits) -> None:
     for b, toks in enumerate(forced):
         pre = list(prefixes[group[b]])
         cache = DynamicCache()
-        out = model(input_ids=torch.tensor([pre], device=dev), past_key_values=cache, use_cache=True).logits
+        with prompt_phase(model):
+            out = model(input_ids=torch.tensor([pre], device=dev), past_key_values=cache, use_cache=True).logits
         take([b], -len(pre), out) if prefix_logits else take([b], -1, out[:, -1:])
         for j, t in enumerate(toks):
             out = model(input_ids=torch.tensor([[t]], device=dev), past_key_values=cache, use_cache=True).logits
@@ -121,7 +123,8 @@ def _lockstep(model, prefixes, forced, group, take, prefix_logits) -> None:
     dev = device_of(model)
     B, P = len(rows), len(rows[0])
     cache = DynamicCache()
-    out = model(input_ids=torch.tensor(rows, device=dev), past_key_values=cache, use_cache=True).logits
+    with prompt_phase(model):
+        out = model(input_ids=torch.tensor(rows, device=dev), past_key_values=cache, use_cache=True).logits
     take(list(range(B)), -P, out) if prefix_logits else take(list(range(B)), -1, out[:, -1:])
     for j in range(len(forced[0])):
         ids = torch.tensor([[f[j]] for f in forced], device=dev)
@@ -210,6 +213,10 @@ class Chunked:
     def prompts(self) -> None:
         """The prompts' forward (a common head first, when there is one); then every continuation row has its prompt's
         cache and engine state."""
+        with prompt_phase(self.model):
+            self._prompts()
+
+    def _prompts(self) -> None:
         from transformers import DynamicCache
 
         c, G, k = self.c, len(self.prefixes), self.shared

@@ -1,5 +1,5 @@
 """Attaching an engine to a Hugging Face model and taking it off again: every decoder layer's FFN module replaced by
-the engine's (dart.engine.ffn.PrunableFFN, dart.engine.cats.ThresholdFFN), forward hooks registered, and on detach
+the engine's (dart.engine.ffn.PrunableFFN, dart.strategies.per_token.PerTokenFFN), forward hooks registered, and on detach
 both put back (the original FFN modules, whose parameters the engine shares). Used by the controller and by CATS."""
 from __future__ import annotations
 
@@ -9,6 +9,24 @@ from typing import Callable
 from torch import nn
 
 from dart.engine.adapters import restore_ffn
+
+
+PER_TOKEN = "_dart_per_token"  # the attribute under which a per-token engine is attached to its model
+
+
+@contextlib.contextmanager
+def prompt_phase(model):
+    """The forwards inside run a request's prompt (its prefill, in one forward or as a shared head and tails): a
+    per-token method attached to `model` runs them dense, as it runs a prefill (dart.strategies.per_token)."""
+    engine = getattr(model, PER_TOKEN, None)
+    if engine is None:
+        yield
+        return
+    before, engine.in_prompt = engine.in_prompt, True
+    try:
+        yield
+    finally:
+        engine.in_prompt = before
 
 
 class Patch:

@@ -37,7 +37,7 @@ import time
 
 import torch
 
-from dart.engine.ffn import permute_neurons
+from dart.engine.ffn import move_neurons, permute_neurons
 
 
 @dataclasses.dataclass
@@ -99,7 +99,7 @@ class Union:
             ffn = c.ffns[l]
             c.moved.add(l)
             for t in [*ffn.w.neuron_major, c.order[l]] + ([c.weight[l]] if c.weight is not None else []):
-                t.index_copy_(0, dst, t.index_select(0, src))
+                move_neurons(t, dst, src)
             c.M[l].index_copy_(-1, dst, c.M[l].index_select(-1, src))
             c.stats.A[l].index_copy_(-1, dst, c.stats.A[l].index_select(-1, src))
 

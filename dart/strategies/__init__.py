@@ -13,8 +13,12 @@ def __getattr__(name):  # engine-backed strategies import torch-heavy modules on
         from dart.strategies import engine_backed
 
         return getattr(engine_backed, name)
-    if name in ("Static", "Cats"):
+    if name == "Static":
         from dart.strategies import calibrated
 
-        return getattr(calibrated, name)
+        return calibrated.Static
+    if name in ("Cats", "Teal", "Wina"):
+        from dart.strategies import per_token
+
+        return getattr(per_token, name)
     raise AttributeError(name)

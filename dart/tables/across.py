@@ -19,7 +19,8 @@ from dart.tables.collect import Record
 from dart.tables.labels import flatten
 from dart.tables.render import Table
 
-METHODS = (("Static (prompt)", "static_prompt", ()), ("GRIFFIN", "griffin", ()), ("DART", "dart", ()),
+METHODS = (("CATS", "cats", ()), ("TEAL", "teal", ()), ("WINA", "wina", ()),
+           ("Static (prompt)", "static_prompt", ()), ("GRIFFIN", "griffin", ()), ("DART", "dart", ()),
            ("Static (prompt) + prior", "static_prompt", (("prior_mix", 0.3),)), ("DART+prior", "dart_plus", ()),
            ("DART (published)", "dart_published", ()))
 QUALITY = pareto.QUALITIES["switch"][0]  # KL(dense || pruned) on B, two-topic pairs
@@ -111,6 +112,7 @@ def table(records: list[Record]) -> Table | None:
              "A method: the strategy's default knobs (conf/strategy), + prior: prior_mix 0.3 (a calibration "
              "ranking blended into each request's scores). The pairs are built by one rule for every model, but which "
              "documents qualify depends on each tokenizer's token counts: the pairs are not the same documents."]
+    notes += [n for n in pareto.sparsity.notes(chosen) if n == pareto.sparsity.PER_TOKEN_NOTE]
     if "qwen25_coder_1p5b" in models:
         notes.append("Qwen2.5-Coder-1.5B-Instruct is a code-instruct model (trained mostly on code), here on English "
                      "news and Wikipedia text.")

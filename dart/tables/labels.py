@@ -8,8 +8,11 @@ import json
 from typing import Any, Iterable
 
 STRATEGY_NAMES = {"dense": "Dense", "static": "Static (calib.)", "static_prompt": "Static (prompt)", "cats": "CATS",
-                  "griffin": "GRIFFIN", "dart": "DART", "dart_published": "DART (published)", "dart_plus": "DART+prior"}
-STRATEGY_ORDER = ("dense", "static", "cats", "static_prompt", "griffin", "dart", "dart_published", "dart_plus")
+                  "teal": "TEAL", "wina": "WINA", "griffin": "GRIFFIN", "dart": "DART", "dart_published": "DART (published)",
+                  "dart_plus": "DART+prior"}
+STRATEGY_ORDER = ("dense", "static", "cats", "teal", "wina", "static_prompt", "griffin", "dart", "dart_published",
+                  "dart_plus")
+PER_TOKEN = ("cats", "teal", "wina")  # every token its own mask: run masked here (dart.strategies.per_token)
 # config parts that are not knobs of a row: the model has its own column, the rest never changes a result
 NOT_KNOB_PREFIXES = ("model.",)
 # values that say nothing about a run: a job that left no results asked for dtype=auto, which became whatever its

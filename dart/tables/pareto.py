@@ -172,6 +172,7 @@ def matched_table(records: list[Record], kind: str, eval_name: str, averages: di
              "its runs (never extrapolated). Dense: the dense run, for reference.",
              "Effective sparsity: the fraction of FFN neuron evaluations actually skipped over the scored tokens "
              "(dense traces and re-traces count as 0), from results.json sparsity.effective."]
+    notes += [n for n in sparsity.notes(records) if n == sparsity.PER_TOKEN_NOTE]
     if skipped:
         left = [r for r in records if r.source in skipped]
         notes.append("left out (results.json without sparsity.effective): "

@@ -61,9 +61,16 @@ def cells(r: Record) -> list[str]:
     return [pct(target(r)), pct(effective(r)) + (MARK if below_target(r) else "")]
 
 
+PER_TOKEN_NOTE = ("CATS, TEAL, WINA: per-token masks (every token its own), run masked here, every weight read (a CPU "
+                  "has no sparse GEMV kernel in this project); their effective sparsity is the fraction of FFN weight "
+                  "reads such a kernel could skip, the unit of every row (docs/method.md \"Per-token methods\").")
+
+
 def notes(records: Iterable[Record]) -> list[str]:
+    from dart.tables.labels import PER_TOKEN
+
     records = list(records)
-    out = []
+    out = [PER_TOKEN_NOTE] if any(r.strategy in PER_TOKEN for r in records) else []
     if any(below_target(r) for r in records):
         out.append(NOTE)
     if any(r.complete and effective(r) is None for r in records):
