@@ -47,6 +47,22 @@ def test_lean_forward_matches_the_model_in_prefill_and_chunks():
     torch.testing.assert_close(dec2.forward(IDS[:, 4:], 4, last_only=False), ref[:, 4:], atol=1e-5, rtol=1e-5)
 
 
+def test_lean_forward_matches_the_model_in_bf16():
+    """In bf16 the lean loop's fused RMSNorm (normalised in fp32, cast, then scaled, as the module computes it) and
+    its attention give the model's logits within bf16's rounding (tests/test_bf16_exactness.py: 0.05) and the same
+    greedy tokens with the engine compacting."""
+    m = model().to(torch.bfloat16)
+    ref = m(IDS).logits.float()
+    dec = LeanDecoder(m, 32, batch=2)
+    assert (dec.forward(IDS, 0, last_only=False).float() - ref).abs().max().item() < 0.05
+    strat = build_strategy("static_prompt", sparsity=0.5, execution="compact")
+    strat.attach(m)
+    hf_tokens, _ = hf_generate(m, IDS[:1], 12)
+    lean = LeanDecoder(m, IDS.shape[1] + 12, batch=1, controller=strat.controller).generate(IDS[:1], 12)
+    assert strat.controller.compacted and torch.equal(lean, hf_tokens)
+    strat.detach()
+
+
 @pytest.mark.parametrize("make", [
     lambda: None,
     lambda: build_strategy("static_prompt", sparsity=0.5, execution="compact"),
