@@ -40,6 +40,9 @@ def _compose(overrides: tuple[str, ...], config_name: str):
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from dart.sweep import register_resolver
+
+    register_resolver()
     if GlobalHydra.instance().is_initialized():
         return hydra_compose(config_name=config_name, overrides=list(overrides))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="dart"):

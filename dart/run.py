@@ -11,6 +11,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from dart.sweep import register_resolver
+
+register_resolver()  # hydra.sweep.subdir's ${dart_dirname:...}: job folders one level deep
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig):

@@ -17,6 +17,20 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 ENV = "DART_SWEEP_JOBS_FILE"
+SUBDIR = "${dart_dirname:${hydra:job.override_dirname}}"  # conf/config.yaml's hydra.sweep.subdir
+
+
+def job_dirname(override_dirname: str) -> str:
+    """A job's folder name from Hydra's override_dirname, one level deep: a value holding a path
+    (eval.pairs=/data/pairs.jsonl) keeps its slashes as %2F instead of nesting the folder under its directories."""
+    return str(override_dirname).replace("/", "%2F")
+
+
+def register_resolver() -> None:
+    """`${dart_dirname:...}` for conf/config.yaml (called by the entry points before Hydra composes)."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("dart_dirname", job_dirname, replace=True)
 
 
 def job_outcome(job_return) -> dict[str, Any]:

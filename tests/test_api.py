@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import run_cli, tiny_llama  # noqa: E402
+from tests.conftest import run_cli, tiny_llama  # noqa: E402
 
 import dart  # noqa: E402
 from dart.compose import build_strategy, compose  # noqa: E402

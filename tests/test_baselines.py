@@ -9,14 +9,12 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import run_cli, tiny_gpt2, tiny_llama  # noqa: E402
+from tests.conftest import run_cli, tiny_gpt2, tiny_llama  # noqa: E402
 from dart.engine.adapters import FFNWeights  # noqa: E402
 from dart.engine.calibration import (  # noqa: E402
     calibrate, ffn_activations, neuron_scores, quantile_threshold,

@@ -3,15 +3,12 @@ the hub, accelerate.dispatch_model for random-weight builds). Here only CPUs exi
 "cpu": the loader must accept them, place the model and give the same logits as a plain load."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import REPO  # noqa: E402
+from tests.conftest import REPO  # noqa: E402
 from dart.compose import build_strategy  # noqa: E402
 from dart.errors import ConfigError  # noqa: E402
 from dart.models.loading import load_model  # noqa: E402

@@ -4,14 +4,11 @@ holding its target on a scripted trigger pattern; the published detector phase, 
 published allocator quirk on constructed signals."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import tiny_llama  # noqa: E402
+from tests.conftest import tiny_llama  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from dart.engine.forcing import force  # noqa: E402
 from dart.engine.placement import Layered  # noqa: E402

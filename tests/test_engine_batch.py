@@ -4,14 +4,11 @@ generate() with 8 left-padded prompts of different lengths vs 8 runs at batch 1,
 forward per request, right padding, per-row prompt length) at batch 8 vs 8 x batch 1."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import tiny_gpt2, tiny_llama  # noqa: E402
+from tests.conftest import tiny_gpt2, tiny_llama  # noqa: E402
 from dart.engine.allocation import auto_prune_fractions, keep_from_prune  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from dart.compose import auto_spec, drift_spec, engine_spec  # noqa: E402

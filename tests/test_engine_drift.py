@@ -6,15 +6,12 @@ from __future__ import annotations
 import dataclasses
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import DynamicCache
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import tiny_llama  # noqa: E402
+from tests.conftest import tiny_llama  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from dart.engine.drift import DriftDetector  # noqa: E402
 from dart.compose import auto_spec, drift_spec, engine_spec  # noqa: E402

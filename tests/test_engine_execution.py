@@ -3,14 +3,11 @@ half-precision statistics and unsupported architectures."""
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import tiny_gpt2, tiny_llama, tiny_neox  # noqa: E402
+from tests.conftest import tiny_gpt2, tiny_llama, tiny_neox  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from dart.engine.ffn import PrunableFFN  # noqa: E402
 from dart.engine.overhead import summarize  # noqa: E402

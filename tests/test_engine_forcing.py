@@ -5,14 +5,11 @@ continuation), natural triggers, m = 0 / 1 / 2 / 20, a release step, the EMA sta
 shared prefixes and batch 1 == batch B."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import MODEL_BUILDERS, tiny_llama  # noqa: E402
+from tests.conftest import MODEL_BUILDERS, tiny_llama  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from dart.engine.forcing import force  # noqa: E402
 from dart.compose import auto_spec, drift_spec, engine_spec  # noqa: E402

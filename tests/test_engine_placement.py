@@ -12,14 +12,11 @@ Here there is one CPU, so two things are checked:
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import MODEL_BUILDERS  # noqa: E402
+from tests.conftest import MODEL_BUILDERS  # noqa: E402
 from dart.engine import controller as controller_module  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from dart.engine.forcing import force  # noqa: E402

@@ -9,15 +9,12 @@ rounding by ~1e-8 against a model that keeps the (D, I) layout; the reference th
 compared bit for bit."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import DynamicCache
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import tiny_llama  # noqa: E402
+from tests.conftest import tiny_llama  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from dart.compose import auto_spec, drift_spec, engine_spec  # noqa: E402
 

@@ -4,18 +4,15 @@ no overlap, through re-traces (natural and scripted drift triggers), on tiny Lla
 the real SmolLM2 (integration)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import MODEL_BUILDERS  # noqa: E402
+from tests.conftest import MODEL_BUILDERS  # noqa: E402
 from dart.engine import union  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from dart.engine.ffn import PrunableFFN  # noqa: E402
-from dart.engine.lean import LeanDecoder  # noqa: E402
+from dart.bench.lean import LeanDecoder  # noqa: E402
 from dart.compose import auto_spec, build_strategy, drift_spec, engine_spec  # noqa: E402
 from dart.errors import ConfigError  # noqa: E402
 

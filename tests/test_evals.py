@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import tiny_llama  # noqa: E402
+from tests.conftest import tiny_llama  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from dart.compose import auto_spec, drift_spec, engine_spec  # noqa: E402
 from dart.errors import ConfigError  # noqa: E402

@@ -1,18 +1,16 @@
-"""The lean decode loop (dart.engine.lean) against transformers, and `python -m dart.bench` on a tiny model."""
+"""The lean decode loop (dart.bench.lean) against transformers, and `python -m dart.bench` on a tiny model."""
 from __future__ import annotations
 
 import json
 import statistics
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import REPO, tiny_gpt2, tiny_llama  # noqa: E402
+from tests.conftest import REPO, tiny_gpt2, tiny_llama  # noqa: E402
 from dart.bench.decode import weight_bytes_per_token  # noqa: E402
-from dart.engine.lean import LeanDecoder  # noqa: E402
+from dart.bench.lean import LeanDecoder  # noqa: E402
 from dart.errors import ConfigError  # noqa: E402
 from dart.compose import build_strategy  # noqa: E402
 

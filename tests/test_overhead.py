@@ -2,14 +2,12 @@
 measures from its own tensors and counters on a real (tiny) run."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import tiny_llama  # noqa: E402
+from tests.conftest import tiny_llama  # noqa: E402
 from dart.engine.overhead import analytic, model_flops_per_token, summarize  # noqa: E402
 from dart.compose import build_strategy  # noqa: E402
 

@@ -9,14 +9,11 @@ holds the attention outputs of t + 1 .. t + m. Stated here as exact forwards (to
 chunked path (the same logits, windows and triggers)."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import tiny_llama  # noqa: E402
+from tests.conftest import tiny_llama  # noqa: E402
 from dart.compose import drift_spec, engine_spec  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from test_engine_forcing import collect, compare  # noqa: E402

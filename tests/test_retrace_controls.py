@@ -3,14 +3,11 @@
 chunked teacher forcing alike."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import tiny_llama  # noqa: E402
+from tests.conftest import tiny_llama  # noqa: E402
 from dart.compose import drift_spec, engine_spec  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from dart.engine.schedule import coin  # noqa: E402

@@ -4,15 +4,12 @@ every row that holds masks; effective sparsity counts it; the compacted batch (o
 masked execution."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import DynamicCache
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import tiny_llama  # noqa: E402
+from tests.conftest import tiny_llama  # noqa: E402
 from dart.compose import engine_spec  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from dart.engine.masks import shared_mask  # noqa: E402

@@ -216,3 +216,24 @@ def test_wandb_logger_groups_by_sweep_and_closes_a_leftover_run(tmp_path, monkey
         assert make_logger(job, tmp_path, {})._wandb_init["group"] == "mine"
     finally:
         HydraConfig.instance().cfg = None  # leave no Hydra state to other tests
+
+
+def test_a_path_valued_override_keeps_job_folders_one_level_deep(tmp_path):
+    """`eval.pairs=/abs/path/pairs.jsonl` in a multirun: each job's folder is a direct child of the sweep folder (the
+    path's slashes become %2F), and the tables find every planned job there."""
+    pairs = tmp_path / "data" / "pairs.jsonl"
+    pairs.parent.mkdir()
+    text = " ".join(["the quick brown fox jumps over the lazy dog"] * 20)
+    pairs.write_text("\n".join(json.dumps({"a": text, "b": text, "kind": "mine"}) for _ in range(2)) + "\n")
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "model=tiny_llama", "eval=switch", f"eval.pairs={pairs}", "eval.prefix=8", "eval.length=6",
+                   "strategy=static_prompt", "sparsity=0.25,0.5", "logger=none", f"hydra.sweep.dir={sweep}", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p.parent for p in sweep.rglob(RESULTS))
+    assert len(jobs) == 2 and all(j.parent == sweep for j in jobs), jobs
+    assert all(f"eval.pairs={str(pairs).replace('/', '%2F')}" in j.name for j in jobs)
+    from dart.tables.collect import collect_folders
+
+    collection = collect_folders([sweep])
+    assert len(collection.records) == 2 and all(r.complete for r in collection.records)
+    assert not [n for n in collection.notes if "never started" in n or "planned" in n], collection.notes

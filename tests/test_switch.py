@@ -5,13 +5,11 @@ naming the file and the line. Tiny random Llama with the committed 1k BPE (tests
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import run_cli, tiny_llama  # noqa: E402
+from tests.conftest import run_cli, tiny_llama  # noqa: E402
 from dart.errors import ConfigError  # noqa: E402
 from dart.evals.base import EvalContext  # noqa: E402
 from dart.stats import (binary_stderr, bits, bootstrap_ci, from_bits, paired_diff_ci,  # noqa: E402

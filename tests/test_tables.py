@@ -223,11 +223,12 @@ def test_ablation_rows_are_labelled_by_the_knobs_that_vary(tmp_path):
         write_job(tmp_path / "stat", variant, job_config("+experiment=ablation_statistic_offline", f"+variant={variant}"),
                   {"ten/offline_boolq/acc": 0.5})
     md = make_report(collect_folders([tmp_path]), tmp_path / "out", figures=False).markdown
-    # one table (one eval): both ablations; their knobs are ranking, statistic, ema_decay
-    for lab in ("DART 70% (ranking=magnitude, ema_decay=null, statistic=l2)",
-                "DART 70% (ranking=max, ema_decay=null, statistic=l2)",
+    # one table (one eval): both ablations; their knobs are ranking, statistic, ema_decay, each named only where it
+    # differs from the strategy's default (statistic l2, no decay): dart_l2 is then the same run as ranking=magnitude
+    for lab in ("DART 70% (ranking=magnitude)", "DART 70% (ranking=max)",
                 "DART 70% (ranking=magnitude, ema_decay=0.9, statistic=ema)"):
         assert f"| {lab} |" in md, md
+    assert "two complete runs of smollm2_135m / DART 70% (ranking=magnitude)" in md  # the same setting twice: noted
     only = tmp_path / "only_ranking"
     for i, ranking in enumerate(["max", "magnitude"]):
         write_job(only, f"r{i}", job_config("+experiment=ablation_ranking_offline", f"ranking={ranking}"),
@@ -402,12 +403,13 @@ def test_matched_effective_sparsity_table_interpolates(switch_sweep, tmp_path):
     kl = "KL(dense ‖ pruned) on B, switch pairs"
     kl_rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
                if line.startswith(f"| SmolLM2-135M | {kl}")]
-    # DART: (40%, 0.10), (60%, 0.30); GRIFFIN: (48.5%, 0.25), (70%, 0.50); never extrapolated
+    # DART: (40%, 0.10), (60%, 0.30); GRIFFIN: (48.5%, 0.25), (70%, 0.50); never extrapolated; an own point carries its
+    # run's interval (here 0.8 and 1.25 times the value), an interpolated one none
     assert [r[2:] for r in kl_rows] == [
-        ["40.0", "DART", "0.1", "no data in range", "0"],
-        ["48.5", "GRIFFIN", "0.185 (interp.)", "0.25", "0"],         # 0.10 + 0.20 * 8.5 / 20
-        ["60.0", "DART", "0.3", "0.3837 (interp.)", "0"],            # 0.25 + 0.25 * 11.5 / 21.5
-        ["70.0", "GRIFFIN", "no data in range", "0.5", "0"],
+        ["40.0", "DART", "0.1 [0.08, 0.125]", "no data in range", "0"],
+        ["48.5", "GRIFFIN", "0.185 (interp.)", "0.25 [0.2, 0.3125]", "0"],         # 0.10 + 0.20 * 8.5 / 20
+        ["60.0", "DART", "0.3 [0.24, 0.375]", "0.3837 (interp.)", "0"],            # 0.25 + 0.25 * 11.5 / 21.5
+        ["70.0", "GRIFFIN", "no data in range", "0.5 [0.4, 0.625]", "0"],
     ]
     top1 = md_row(section, "SmolLM2-135M", "top-1 agreement on B, switch pairs", "48.5")
     assert top1[3:] == ["GRIFFIN", "0.715 (interp.)", "0.700", "1.000"]  # 0.8 - 0.2 * 8.5 / 20
@@ -635,10 +637,10 @@ def test_controls_table_pairs_each_control_with_the_detector(tmp_path):
     run("hold", "dart", "strategy.on_retrace=dense", key="hold")
     md = make_report(collect_folders([sweep]), tmp_path / "t", figures=False).markdown
     assert "### Re-trace controls: eval=switch" in md
+    # labels name only the knobs that differ from the strategy's defaults (conf/strategy)
     rows = {r[4]: r for r in (md_row(md, "SmolLM2-135M", "200", "50.0", lab) for lab in
-                               ("DART 50% (on_retrace=remask, retrace_at=random, retrace_rate=0.005)",
-                                "DART 50% (on_retrace=dense, retrace_at=detector, retrace_rate=0.02)",
-                                "DART 50% (on_retrace=remask, retrace_at=detector, retrace_rate=0.02)"))}
+                               ("DART 50% (retrace_at=random, retrace_rate=0.005)", "DART 50% (on_retrace=dense)",
+                                "DART 50%"))}
     assert set(rows) == {"random, new mask", "the detector, dense tokens only, same mask", "the detector, new mask"}
     assert rows["the detector, new mask"][-1] == "–"
     assert rows["random, new mask"][-1].startswith("+0.250 [")  # mean of (+0.5, +0.5, -0.5, +0.5)
@@ -657,7 +659,7 @@ def test_labels_fill_eval_keys_a_run_predates():
     old, new = cfg(), cfg(batching="consecutive")
     assert [label for label, _ in assign_labels([old, new])] == ["DART 50%", "DART 50%"]
     labels = [label for label, _ in assign_labels([old, cfg(batching="clean")])]
-    assert labels == ["DART 50% (eval.batching=consecutive)", "DART 50% (eval.batching=clean)"]
+    assert labels == ["DART 50%", "DART 50% (eval.batching=clean)"]  # only what differs from the default
     assert "batching" not in old["eval"]  # the run's own config is not changed
 
 
@@ -691,7 +693,7 @@ def test_summarization_gaps_pair_each_run_with_the_run_it_differs_from_by_one_th
     table = md.split("where the gaps come from")[1].split("\n\n")[1]
     rows = {tuple(c.strip() for c in line.strip("|").split("|")[2:5]): [c.strip() for c in line.strip("|").split("|")[7:]]
             for line in table.splitlines()[2:]}
-    prompt = "Static (prompt) 50% (eval.truncation=document)"
+    prompt = "Static (prompt) 50%"  # the default truncation is not named: labels show only what differs
     assert rows[("DART 50%", prompt, "re-tracing")][:3] == ["0.350", "0.300", "1.17x"]
     assert rows[("DART 50%", prompt, "re-tracing")][3].startswith("+0.050 [+0.000, +0.100]")
     assert rows[("DART 50%", "Static (calib.) 50%", "re-tracing, over the calibration mask")][:3] == ["0.350", "0.150", "2.33x"]
@@ -737,3 +739,42 @@ def test_across_models_table_matches_methods_by_their_knobs_and_interpolates(tmp
     assert rows["DART"] == ["no data in range", "1.6 [1.5, 1.7]", "no data in range", "1.1 [1, 1.2]"]
     assert rows["Static (prompt) + prior"][0] == "1.2 [1.1, 1.3]" and "GRIFFIN" not in rows
     assert any("code-instruct" in n for n in t.notes)
+
+
+def test_controls_table_reads_a_users_own_pairs(tmp_path):
+    """eval.pairs (a user's own pairs, kinds of the user's naming): the controls table reads KL on all the pairs, with
+    the paired difference against the detector, instead of showing it missing."""
+    sweep = tmp_path / "controls"
+    kl = {"dart": [1.0, 2.0, 3.0], "random": [2.0, 2.0, 3.5]}
+
+    def run(name, *ov, key):
+        samples = [{"index": i, "kind": "mine", "kl": v, "top1": 0.5, "retraces": 1} for i, v in enumerate(kl[key])]
+        mean = sum(kl[key]) / 3
+        metrics = {"switch/mine/kl": mean, "switch/all/kl": mean, "switch/all/kl_lo": mean - 0.1,
+                   "switch/all/kl_hi": mean + 0.1, "switch/all/top1": 0.5, "switch/all/retraces": 1.0,
+                   "switch/all/n": 3.0}
+        write_job(sweep, name, job_config("strategy=dart", "eval=switch", "eval.pairs=/data/p.jsonl", "sparsity=0.5",
+                                          *ov), metrics, eval={"samples": samples},
+                  sparsity={"target": 0.5, "effective": 0.45, "dense_tokens": {"decode": 60}})
+
+    run("dart", key="dart")
+    run("random", "strategy.retrace_at=random", key="random")
+    md = make_report(collect_folders([sweep]), tmp_path / "t", figures=False).markdown
+    ref = md_row(md, "SmolLM2-135M", "200", "50.0", "DART 50%")
+    other = md_row(md, "SmolLM2-135M", "200", "50.0", "DART 50% (retrace_at=random)")
+    assert ref[8] == "2.000 [1.900, 2.100]" and ref[-1] == "–"
+    assert other[8] == "2.500 [2.400, 2.600]" and other[-1].startswith("+0.500 [")  # mean of (+1, 0, +0.5)
+
+
+def test_labels_name_only_what_differs_from_the_strategys_defaults():
+    from dart.tables.labels import assign_labels
+
+    def cfg(strategy, **knobs):
+        return {"strategy": {"name": strategy, "prior_mix": 0.0, "drift": {"min_margin": 0.3}, **knobs},
+                "sparsity": 0.5, "eval": {"name": "switch"}}
+
+    labels = [lab for lab, _ in assign_labels([cfg("dart"), cfg("dart", prior_mix=0.3),
+                                               cfg("dart", drift={"min_margin": 0.1}), cfg("static_prompt"),
+                                               cfg("static_prompt", prior_mix=0.3)])]
+    assert labels == ["DART 50%", "DART 50% (prior_mix=0.3)", "DART 50% (drift.min_margin=0.1)", "Static (prompt) 50%",
+                      "Static (prompt) 50% (prior_mix=0.3)"]

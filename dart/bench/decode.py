@@ -9,7 +9,7 @@ batch > 1 (row b's prompt starts at news article b: every row a different story,
 execution runs the UNION of the rows' kept neurons, each row masked inside it (dart.engine.union): mode `union`,
 with the union's size (`union_keep`, mean over layers) and whether execution=auto would run it
 (`auto_execution`). The time the engine spends building masks and compacting is reported as `remask_ms` (it is
-inside the decode time, as in real use). Loops: `lean` (dart.engine.lean), `hf` (model.generate) and `compiled`
+inside the decode time, as in real use). Loops: `lean` (dart.bench.lean), `hf` (model.generate) and `compiled`
 (the lean loop with torch.compile'd steady steps; its warm-up generation compiles).
 
 Bytes-bound limit: decoding one token reads every weight once (the output head included, the input embedding
@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from dart.engine.lean import LeanDecoder
+from dart.bench.lean import LeanDecoder
 from dart.compose import build_strategy
 
 MODES = ("dense", "masked", "compacted", "shared")  # compacted at batch > 1: the rows' union (mode "union"); shared:

@@ -27,7 +27,7 @@ def bench(cfg: DictConfig) -> dict:
 
     from dart.bench.decode import bench_strategy, prompt_ids, weight_bytes_per_token
     from dart.config_checks import check_sparsity
-    from dart.engine.lean import LeanDecoder
+    from dart.bench.lean import LeanDecoder
     from dart.stats import paired_ratio
 
     for s in cfg.sparsities:

@@ -1,6 +1,6 @@
 """The engine's controller: owns every piece of engine state of a model it is attached to, and offers the API the
 drivers use (dart.engine.stepper token by token, dart.engine.forcing in chunks, dart.engine.onepass in one pass,
-dart.engine.lean's decode loop).
+dart.bench.lean's decode loop).
 
 State, by owner:
     rows        list[Row] (dart.engine.rows): the schedule's and the accounting's host state of every row
@@ -241,7 +241,7 @@ class Controller:
 
     def begin_forward(self, B: int, T: int, past: int, attention_mask: torch.Tensor | None = None) -> None:
         """Start one forward of B rows and T new tokens after `past` cached ones (a decode loop that does not call
-        the model's forward, such as dart.engine.lean, calls this, record_attention and end_forward)."""
+        the model's forward, such as dart.bench.lean, calls this, record_attention and end_forward)."""
         self.alloc = None
         if self.is_paused:
             self.plan = IDLE

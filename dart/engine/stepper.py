@@ -1,4 +1,4 @@
-"""The token-by-token driver: one Plan per forward, as `model.generate` (or dart.engine.lean) makes them, from the
+"""The token-by-token driver: one Plan per forward, as `model.generate` (or dart.bench.lean) makes them, from the
 rules of dart.engine.schedule. Forward 0 is a request's prefill; every later forward one new token per row. It is
 the exact reference the chunked driver (dart.engine.forcing) is tested against.
 

@@ -10,13 +10,10 @@ within half a point, else linearly interpolated between its two nearest runs ("i
 """
 from __future__ import annotations
 
-import functools
-import json
-
 from dart.models.names import model_name, model_sort_key
 from dart.tables import pareto
 from dart.tables.collect import Record
-from dart.tables.labels import flatten
+from dart.tables.labels import flatten, is_default, strategy_defaults
 from dart.tables.render import Table
 
 METHODS = (("CATS", "cats", ()), ("TEAL", "teal", ()), ("WINA", "wina", ()),
@@ -28,27 +25,14 @@ NEAR = 0.005  # a run within half a point is the method's own point
 ANCHOR = ("dart", 0.5)  # the run whose effective sparsity is the second operating point
 
 
-@functools.lru_cache(maxsize=None)
-def _defaults(strategy: str, extra: tuple) -> dict:
-    from omegaconf import OmegaConf
-
-    from dart.compose import strategy_config
-
-    node = OmegaConf.to_container(strategy_config(strategy, sparsity=0.5).strategy, resolve=False)
-    flat = flatten(node)
-    flat.update(dict(extra))
-    return {k: v for k, v in flat.items() if k not in ("sparsity", "ranking", "_target_", "name")
-            and not k.startswith("calibration.")}
-
-
 def method_of(r: Record) -> str | None:
-    """The METHODS name of a run, or None when its knobs are not one method's."""
-    mine = flatten((r.config.get("strategy") or {}))
+    """The METHODS name of a run, or None when its knobs are not one method's (calibration knobs aside)."""
+    mine = flatten((r.config.get("strategy") or {}), "strategy.")
     for name, strategy, extra in METHODS:
         if r.strategy != strategy:
             continue
-        want = _defaults(strategy, extra)
-        if all(json.dumps(mine[k], default=str) == json.dumps(v, default=str) for k, v in want.items() if k in mine):
+        want = strategy_defaults(strategy, extra)
+        if all(is_default(k, mine.get(k), want) for k in want if not k.startswith("strategy.calibration.")):
             return name
     return None
 

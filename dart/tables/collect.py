@@ -161,7 +161,10 @@ def planned_jobs(sweep_dir: Path) -> list[str] | None:
         hydra = cfg["hydra"]
         if "BasicSweeper" not in str(hydra["sweeper"].get("_target_", "")):
             return None
-        if str(hydra["sweep"].get("subdir")) != "${hydra:job.override_dirname}":
+        from dart.sweep import SUBDIR, job_dirname
+
+        subdir = str(hydra["sweep"].get("subdir"))
+        if subdir not in ("${hydra:job.override_dirname}", SUBDIR):
             return None
         from hydra._internal.config_loader_impl import get_overrides_dirname
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -172,8 +175,9 @@ def planned_jobs(sweep_dir: Path) -> list[str] | None:
         parser = OverridesParser.create()
         jobs = BasicSweeper.split_arguments(parser.parse_overrides(params + task), None)[0]
         od = hydra["job"]["config"]["override_dirname"]
-        return [get_overrides_dirname(parser.parse_overrides(job), list(od["exclude_keys"]), od["item_sep"], od["kv_sep"])
-                for job in jobs]
+        names = [get_overrides_dirname(parser.parse_overrides(job), list(od["exclude_keys"]), od["item_sep"], od["kv_sep"])
+                 for job in jobs]
+        return [job_dirname(n) for n in names] if subdir == SUBDIR else names
     except Exception as e:
         raise ValueError(f"{type(e).__name__}: {e}") from e
 

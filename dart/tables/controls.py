@@ -14,7 +14,13 @@ from dart.tables.collect import Record
 from dart.tables.render import Table
 from dart.tables.sparsity import effective, pct, target
 
-SUBSET = "switch"  # the two-topic pairs
+SUBSET = "switch"  # the two-topic pairs of the built-in pairs; a user's own pairs (eval.pairs): all of them
+
+
+def subset(r: Record) -> str:
+    """The samples the KL is read on: the built-in two-topic pairs, or every pair of a user's pairs file (whose kinds
+    are the user's own labels)."""
+    return SUBSET if f"{r.eval_name}/{SUBSET}/kl" in r.metrics or not r.metrics else "all"
 
 
 def knobs(r: Record) -> tuple[str, str]:
@@ -35,7 +41,8 @@ def samples(r: Record) -> dict[int, float] | None:
         if not path.is_file():
             return None
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {int(x["index"]): float(x["kl"]) for x in rows if x.get("kind") == SUBSET}
+    which = subset(r)
+    return {int(x["index"]): float(x["kl"]) for x in rows if which == "all" or x.get("kind") == which}
 
 
 def _reference(group: list[Record]) -> Record | None:
@@ -66,9 +73,9 @@ def table(records: list[Record]) -> Table | None:
         for r in sorted(group, key=lambda r: r.sort_key):
             m = r.metrics
             sp = (r.results or {}).get("sparsity") or {}
-            n = m.get("switch/all/n")
+            n = m.get(f"{r.eval_name}/all/n")
             dense = (sp.get("dense_tokens") or {}).get("decode")
-            kl, lo, hi = (m.get(f"switch/{SUBSET}/kl{k}") for k in ("", "_lo", "_hi"))
+            kl, lo, hi = (m.get(f"{r.eval_name}/{subset(r)}/kl{k}") for k in ("", "_lo", "_hi"))
             delta = "–" if r is ref else None
             mine = samples(r)
             if r is not ref and ref_kl and mine:
@@ -79,13 +86,14 @@ def table(records: list[Record]) -> Table | None:
                     ci = paired_diff_ci(a, b)
                     delta = f"{d:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
             rows.append([model, prefix, pct(tgt), r.label, _what(r), pct(effective(r)),
-                         None if dense is None or not n else dense / n, m.get(f"switch/{SUBSET}/retraces"),
+                         None if dense is None or not n else dense / n, m.get(f"{r.eval_name}/{subset(r)}/retraces"),
                          None if kl is None else (f"{kl:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{kl:.3f}"),
-                         m.get(f"switch/{SUBSET}/top1"), delta])
+                         m.get(f"{r.eval_name}/{subset(r)}/top1"), delta])
     return Table(
         title="Re-trace controls: eval=switch",
         columns=["Model", "prompt tokens", "target %", "Method", "re-trace", "effective %", "dense tokens / sample",
-                 "re-traces / sample", f"KL on B ({SUBSET} pairs)", "top-1", "Δ KL vs the detector [paired 95%]"],
+                 "re-traces / sample", f"KL on B ({SUBSET} pairs; a user's pairs: all)", "top-1",
+                 "Δ KL vs the detector [paired 95%]"],
         rows=rows, fmt=lambda v: f"{v:.3g}", name="controls",
         notes=["re-trace: when a row re-traces (the drift detector, every N pruned forwards, or at random forwards at "
                "a given rate) and what it does then (new masks from the re-trace tokens, or the same mask after the "

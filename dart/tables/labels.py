@@ -85,6 +85,32 @@ def _eval_defaults(name: str) -> dict:
     return {k: v for k, v in data.items() if not isinstance(v, str) or "${" not in v}
 
 
+@functools.lru_cache(maxsize=None)
+def strategy_defaults(name: str, extra: tuple = ()) -> dict[str, Any]:
+    """The flattened knobs of strategy=<name> as composed from conf/strategy (its YAML defaults), keyed like a run's
+    flattened config ("strategy.drift.min_margin"), with `extra` ((key, value), ...) on top; {} for a strategy that
+    conf/strategy does not have."""
+    from dart.compose import options, strategy_config
+
+    if name not in options("strategy"):
+        return {}
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.to_container(strategy_config(name, sparsity=0.5).strategy, resolve=False)
+    flat = flatten(node, "strategy.")
+    flat.update({f"strategy.{k}": v for k, v in extra})
+    return {k: v for k, v in flat.items() if k not in NOT_KNOB_KEYS and not (isinstance(v, str) and "${" in v)}
+
+
+def is_default(key: str, value: Any, defaults: dict[str, Any]) -> bool:
+    """A knob at its strategy's (or evaluation's) default: left out of a row's label. A run that predates a knob has
+    no value for it (None): new knobs default to the old behaviour."""
+    if value is None and key.startswith(("strategy.", "eval.")):
+        return True
+    return key in defaults and json.dumps(value, sort_keys=True, default=str) == json.dumps(
+        defaults[key], sort_keys=True, default=str)
+
+
 def varying_knobs(configs: Iterable[dict]) -> list[str]:
     """Config keys (flattened) whose value differs between the given configs, knobs only."""
     flats = [flatten(c) for c in configs]
@@ -112,12 +138,17 @@ def assign_labels(configs: list[dict]) -> list[tuple[str, tuple]]:
     out: list[tuple[str, tuple]] = [("", ())] * len(configs)
     for (strategy, _), idx in by_strategy.items():
         knobs = varying_knobs([configs[i] for i in idx])
+        defaults = strategy_defaults(strategy) if knobs else {}
         for i in idx:
             flat = flatten(configs[i])
             sparsity = configs[i].get("sparsity")
             label = base_label(strategy, sparsity)
-            if knobs:
-                label += " (" + ", ".join(f"{short_key(k)}={fmt_value(flat.get(k))}" for k in knobs) + ")"
+            ev = configs[i].get("eval") or {}
+            mine = {**defaults, **({f"eval.{k}": v for k, v in _eval_defaults(str(ev["name"])).items()}
+                                   if isinstance(ev, dict) and ev.get("name") else {})}
+            shown = [k for k in knobs if not is_default(k, flat.get(k), mine)]  # only what differs from the defaults
+            if shown:
+                label += " (" + ", ".join(f"{short_key(k)}={fmt_value(flat.get(k))}" for k in shown) + ")"
             rank = STRATEGY_ORDER.index(strategy) if strategy in STRATEGY_ORDER else len(STRATEGY_ORDER)
             knob_key = tuple(_sortable(flat.get(k)) for k in knobs)
             out[i] = (label, (rank, strategy, float(sparsity or 0.0), knob_key))

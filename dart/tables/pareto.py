@@ -162,14 +162,17 @@ def matched_table(records: list[Record], kind: str, eval_name: str, averages: di
                         row.append(None)
                         continue
                     y, how = interpolate([(p.x, p.y) for p in curves[s]], x, tol=1e-6)
-                    row.append(OUT_OF_RANGE if y is None else q.fmt(y) + (" (interp.)" if how == "interpolated" else ""))
+                    own = [p for p in curves[s] if abs(p.x - x) <= 1e-6 and p.lo is not None]
+                    iv = f" [{q.fmt(own[0].lo)}, {q.fmt(own[0].hi)}]" if how == "point" and own else ""
+                    row.append(OUT_OF_RANGE if y is None else q.fmt(y) + iv + (" (interp.)" if how == "interpolated" else ""))
                 row.append(q.fmt(dense[0].y) if dense else None)
                 rows.append(row)
     if not rows:
         return None
-    notes = ["Each row: an effective sparsity at which the named method(s) have a run; every other method's value "
-             "there is linearly interpolated between its two nearest runs (interp.), or \"no data in range\" outside "
-             "its runs (never extrapolated). Dense: the dense run, for reference.",
+    notes = ["Each row: an effective sparsity at which the named method(s) have a run, with its 95% interval; every "
+             "other method's value there is linearly interpolated between its two nearest runs (interp.: no interval "
+             "of its own), or \"no data in range\" outside its runs (never extrapolated). Dense: the dense run, for "
+             "reference.",
              "Effective sparsity: the fraction of FFN neuron evaluations actually skipped over the scored tokens "
              "(dense traces and re-traces count as 0), from results.json sparsity.effective."]
     notes += [n for n in sparsity.notes(records) if n == sparsity.PER_TOKEN_NOTE]
