@@ -16,7 +16,7 @@ import torch
 from tests.conftest import tiny_llama  # noqa: E402
 from dart.compose import drift_spec, engine_spec  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
-from test_engine_forcing import collect, compare  # noqa: E402
+from tests.test_engine_forcing import collect, compare  # noqa: E402
 
 P, W, L = 12, 5, 3  # prompt tokens, window, layers (tiny_llama)
 

@@ -11,7 +11,7 @@ from tests.conftest import tiny_llama  # noqa: E402
 from dart.compose import drift_spec, engine_spec  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from dart.engine.schedule import coin  # noqa: E402
-from test_engine_forcing import collect  # noqa: E402
+from tests.test_engine_forcing import collect  # noqa: E402
 
 P, N, K = 12, 60, 5  # prompt tokens, forced tokens, retrace_tokens
 

@@ -732,8 +732,8 @@ def test_across_models_table_matches_methods_by_their_knobs_and_interpolates(tmp
     assert [across.method_of(r) for r in records[:6]] == ["Static (prompt)"] * 3 + ["DART", "Static (prompt) + prior",
                                                                                       None]
     t = across.table(records)
-    assert t.columns == ["Method", "SmolLM2-135M: at 50.0%", "SmolLM2-135M: at DART 50%'s 45.0%",
-                         "Qwen2.5-Coder-1.5B-Instruct: at 50.0%", "Qwen2.5-Coder-1.5B-Instruct: at DART 50%'s 45.0%"]
+    assert t.columns == ["Method", "SmolLM2-135M: at 50.0%", "SmolLM2-135M: at 45.0% (DART 50%)",
+                         "Qwen2.5-Coder-1.5B-Instruct: at 50.0%", "Qwen2.5-Coder-1.5B-Instruct: at 45.0% (DART 50%)"]
     rows = {r[0]: r[1:] for r in t.rows}
     assert rows["Static (prompt)"] == ["2 [1.9, 2.1]", "1.75 (interp.)", "1.5 [1.4, 1.6]", "1.25 (interp.)"]
     assert rows["DART"] == ["no data in range", "1.6 [1.5, 1.7]", "no data in range", "1.1 [1, 1.2]"]
