@@ -263,8 +263,8 @@ def test_static_applies_its_mask_to_every_position_and_request(tok):
     for got in (got_batch, got_single, got_score):
         assert (got - want).abs().max() <= 1e-5
     c = s.controller
-    assert c.builds == 1 and c.requests == 5 and float(c.tokens_traced) == 0.0
-    assert float(c.tokens_seen) == 3 * 10 * 3
+    assert c.counts.builds == 1 and c.counts.requests == 5 and float(c.counts.tokens_traced) == 0.0
+    assert float(c.counts.tokens_seen) == 3 * 10 * 3
     assert c.stats.A.numel() == 0  # no statistics are kept
 
 

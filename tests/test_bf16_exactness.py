@@ -68,14 +68,14 @@ def test_batch_equals_single_in_bf16(arch, name):
     ids, mask = batch_tests.left_pad(rows)
     together = batch_tests.generate(model, ids, mask, 9).float()
     masks = c.masks().clone()
-    triggers = sorted((t["row"], t["step"]) for t in c.triggers)
+    triggers = sorted((t["row"], t["step"]) for t in c.counts.triggers)
     alone_triggers = []
     for i, r in enumerate(rows):
-        c.triggers.clear()
+        c.counts.triggers.clear()
         alone = batch_tests.generate(model, r[None], torch.ones(1, len(r), dtype=torch.long), 9).float()
         assert torch.equal(c.masks()[:, 0], masks[:, i]), i
         assert (alone[0] - together[i]).abs().max().item() < BF16_TOL, i
-        alone_triggers += [(i, t["step"]) for t in c.triggers]
+        alone_triggers += [(i, t["step"]) for t in c.counts.triggers]
     assert sorted(alone_triggers) == triggers
 
 

@@ -53,7 +53,7 @@ def test_effective_sparsity_by_hand(mode, case):
     assert eff["per_layer"] == pytest.approx([0.5 * (N - dense) / N] * L, abs=1e-12)
     assert eff["all"] == pytest.approx(0.5 * (N - dense) / (N + 12), abs=1e-12)
     if case == "retrace":
-        assert [t["step"] for t in c.triggers] == [6]
+        assert [t["step"] for t in c.counts.triggers] == [6]
 
 
 def test_compat_prunes_the_prefill():
@@ -72,7 +72,7 @@ def test_effective_budget_holds_the_target(mode):
     common = dict(sparsity=0.5, masking_step=1, retrace_tokens=5, drift=drift_spec(window=5))
     _, mask = run(engine_spec(**common), 160, mode, fire=set(range(6, 200, 25)))
     c, eff = run(engine_spec(**common, budget="effective", budget_horizon=25), 160, mode, fire=set(range(6, 200, 25)))
-    n_trig = len(c.triggers)
+    n_trig = len(c.counts.triggers)
     assert n_trig >= 5
     assert mask["decode"] < 0.5 - 0.05  # the label overstates what it skips
     assert eff["decode"] == pytest.approx(0.5, abs=0.02)
@@ -85,7 +85,7 @@ def test_budget_reference_equals_chunked():
     a, ea = run(engine_spec(**common), 160, "reference", fire=fire)
     b, eb = run(engine_spec(**common), 160, "chunked", fire=fire)
     assert ea["decode"] == pytest.approx(eb["decode"], abs=1e-12)
-    assert [t["step"] for t in a.triggers] == [t["step"] for t in b.triggers]
+    assert [t["step"] for t in a.counts.triggers] == [t["step"] for t in b.counts.triggers]
 
 
 # ----------------------------------------------------------------------------- detector phase and baseline
@@ -116,7 +116,7 @@ def test_published_phase_shifts_every_window_by_one_forward(phase, first_window)
     baseline at m-1 closes them at m+W-1, ...: on the same input every check lands on another forward."""
     model, c = controller_with_signal(phase, min_windows=1)
     force(model, [list(range(1, 13))], [list(range(20, 40))], [0], lambda *a: None, mode="reference")
-    assert [e["step"] for e in c.window_log] == list(range(first_window, 21, 5))
+    assert [e["step"] for e in c.counts.window_log] == list(range(first_window, 21, 5))
 
 
 def test_a_baseline_holds_two_windows():
@@ -136,7 +136,7 @@ def test_a_baseline_holds_two_windows():
     # the prompt's baseline closes at forward 1 (12 + 1 vectors); after the trigger at 6 the re-trace starts at
     # 7 and its baseline closes at forward 16 with 10 vectors; its windows close at 21, 26, ...
     assert seen == [(1, 13), (16, 10)]
-    assert [e["step"] for e in c.window_log] == [6, 21, 26, 31, 36]
+    assert [e["step"] for e in c.counts.window_log] == [6, 21, 26, 31, 36]
     assert float(c.detector.tau[0]) < 0.9 - 1e-3  # two windows: mu and sigma from the signal, not a constant
 
 

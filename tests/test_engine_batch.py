@@ -80,20 +80,20 @@ def test_generate_batch_equals_single(arch, name):
     ids, mask = left_pad(rows)
     batch_logits = generate(model, ids, mask, n)
     batch_masks = c.masks().clone()
-    batch_triggers = sorted((t["row"], t["step"]) for t in c.triggers)
+    batch_triggers = sorted((t["row"], t["step"]) for t in c.counts.triggers)
     batch_has_mask = list(c.has_mask)  # False where a drift trigger left the row re-tracing
-    batch_windows = sorted((e["row"], e["step"], round(e["cosine"], 4)) for e in c.window_log)
+    batch_windows = sorted((e["row"], e["step"], round(e["cosine"], 4)) for e in c.counts.window_log)
     assert batch_masks.shape == (2, 8, 64)
     singles, windows = [], []
     for i, r in enumerate(rows):
-        c.triggers.clear()
-        c.window_log.clear()
+        c.counts.triggers.clear()
+        c.counts.window_log.clear()
         logits = generate(model, r[None], torch.ones(1, len(r), dtype=torch.long), n)
         assert (logits[0] - batch_logits[i]).abs().max().item() <= 1e-4, i
         assert torch.equal(c.masks()[:, 0], batch_masks[:, i]), i
         assert c.has_mask[0] == batch_has_mask[i], i
-        singles += [(i, t["step"]) for t in c.triggers]
-        windows += [(i, e["step"], round(e["cosine"], 4)) for e in c.window_log]
+        singles += [(i, t["step"]) for t in c.counts.triggers]
+        windows += [(i, e["step"], round(e["cosine"], 4)) for e in c.counts.window_log]
     assert sorted(singles) == batch_triggers  # the same drift triggers, at the same steps
     assert sorted(windows) == batch_windows and len(windows) > 0
     # masks differ between rows (they are per sequence), and prune what they should

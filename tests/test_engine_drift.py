@@ -273,19 +273,19 @@ def test_controller_retraces_after_a_trigger(execution):
         assert c.has_mask == [True]
     first_mask = c.masks().clone()
     assert not first_mask.all()
-    assert len(c.window_log) == 1 and c.triggers == []
+    assert len(c.counts.window_log) == 1 and c.counts.triggers == []
     window = torch.cat(sig.log[2:7], dim=1)[0].mean(0)
-    assert c.window_log[0]["cosine"] == pytest.approx(cos(window.tolist(), center), abs=1e-5)
-    assert c.window_log[0]["step"] == 6
+    assert c.counts.window_log[0]["cosine"] == pytest.approx(cos(window.tolist(), center), abs=1e-5)
+    assert c.counts.window_log[0]["step"] == 6
 
     sig.set(0, 1)  # the topic changes: an orthogonal direction
     for s in range(7, 12):
         forward(torch.tensor([[9]]))
         if s < 11:
-            assert c.has_mask == [True] and c.triggers == []
+            assert c.has_mask == [True] and c.counts.triggers == []
     # forward 11 closed the second window below tau: trigger, mask dropped, statistics cleared
-    assert [t["step"] for t in c.triggers] == [11]
-    assert c.triggers[0]["cosine"] < c.triggers[0]["threshold"]
+    assert [t["step"] for t in c.counts.triggers] == [11]
+    assert c.counts.triggers[0]["cosine"] < c.counts.triggers[0]["threshold"]
     assert _dense_forwards(c, 0) and c.masks().all()
     assert c.stats.A.abs().sum() == 0
 
@@ -318,8 +318,8 @@ def test_controller_retraces_after_a_trigger(execution):
     for _ in range(4):  # 15..18: the new mask is held; the window along the new baseline does not trigger
         forward(torch.tensor([[31]]))
         assert torch.equal(c.masks(), held)
-    assert [e["step"] for e in c.window_log] == [6, 11, 18]
-    assert len(c.triggers) == 1
+    assert [e["step"] for e in c.counts.window_log] == [6, 11, 18]
+    assert len(c.counts.triggers) == 1
     assert c.compacted == (execution == "compact")
 
 
@@ -335,12 +335,12 @@ def test_controller_drift_is_per_row():
     model(input_ids=ids, past_key_values=cache, use_cache=True)  # forward 0: trace
     for _ in range(3):  # forwards 1..3: masked, window closes at 3
         model(input_ids=torch.tensor([[7], [7]]), past_key_values=cache, use_cache=True)
-    assert c.has_mask == [True, True] and c.triggers == []
+    assert c.has_mask == [True, True] and c.counts.triggers == []
     masks = c.masks().clone()
     sig.set(1, 2)
     for _ in range(3):  # forwards 4..6: row 1 drifts
         model(input_ids=torch.tensor([[7], [7]]), past_key_values=cache, use_cache=True)
-    assert [(t["row"], t["step"]) for t in c.triggers] == [(1, 6)]
+    assert [(t["row"], t["step"]) for t in c.counts.triggers] == [(1, 6)]
     assert c.has_mask == [True, False]
     assert torch.equal(c.masks()[:, 0], masks[:, 0]) and c.masks()[:, 1].all()
     assert c.stats.A[:, 1].abs().sum() == 0 and c.stats.A[:, 0].abs().sum() > 0

@@ -134,8 +134,8 @@ def test_overhead_summary_is_measured():
     L, I, D = 2, 64, 32
     # the detector's baseline: the prompt and the inputs of forwards 1, 2 (published phase: through m) and 3 (two
     # windows of 5 vectors)
-    assert c.baseline_vectors == 10
-    flops = 8 * L * I * 3 + 1 * L * (2 * I + I * math.log2(I)) + (10 + c.decode_signal_tokens) * 2 * D + c.checks * 6 * D
+    assert c.counts.baseline_vectors == 10
+    flops = 8 * L * I * 3 + 1 * L * (2 * I + I * math.log2(I)) + (10 + c.counts.decode_signal_tokens) * 2 * D + c.counts.checks * 6 * D
     assert s["engine_flops"] == pytest.approx(flops)
     params = sum(p.numel() for p in model.parameters())
     emb = model.get_input_embeddings().weight

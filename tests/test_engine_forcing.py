@@ -40,13 +40,13 @@ def collect(model, prefixes, forced, group, mode, **kw):
 
 def checks(c: Controller, base: tuple[int, int]):
     """(row, forward, fired) of every drift check since `base` = (log length, requests), rows numbered from 0."""
-    fired = {(t["request"], t["step"]) for t in c.triggers}
-    log = c.window_log[base[0]:]
+    fired = {(t["request"], t["step"]) for t in c.counts.triggers}
+    log = c.counts.window_log[base[0]:]
     return sorted((e["request"] - base[1] - 1, e["step"], (e["request"], e["step"]) in fired) for e in log)
 
 
 def mark(c: Controller) -> tuple[int, int]:
-    return len(c.window_log), c.requests
+    return len(c.counts.window_log), c.counts.requests
 
 
 def compare(model, c, prefixes, forced, group, **kw):

@@ -20,6 +20,7 @@ from tests.conftest import MODEL_BUILDERS  # noqa: E402
 from dart.engine import controller as controller_module  # noqa: E402
 from dart.engine.controller import Controller  # noqa: E402
 from dart.engine.forcing import force  # noqa: E402
+from dart.engine.overhead import state_bytes  # noqa: E402
 from dart.engine.placement import Layered, Spans  # noqa: E402
 from dart.compose import auto_spec, drift_spec, engine_spec  # noqa: E402
 
@@ -79,8 +80,8 @@ def _generate(arch, ids, spec, fire=None, fixed=None, scores=None, n=14):
     try:
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
                              output_logits=True, return_dict_in_generate=True)
-        return {"logits": torch.stack(out.logits, 1), "masks": c.masks().clone(), "triggers": list(c.triggers),
-                "effective": c.effective(), "kept": c.kept_sum.tolist(), "state": c.state_bytes(),
+        return {"logits": torch.stack(out.logits, 1), "masks": c.masks().clone(), "triggers": list(c.counts.triggers),
+                "effective": c.effective(), "kept": c.kept_sum.tolist(), "state": state_bytes(c),
                 "groups": len(c.M.parts), "compacted": c.compacted}
     finally:
         c.detach()
@@ -151,7 +152,7 @@ def test_chunked_forcing_split_over_groups(monkeypatch):
             force(model, prefixes, forced, group, take)
         finally:
             c.detach()
-        return got, list(c.triggers), c.effective()
+        return got, list(c.counts.triggers), c.effective()
 
     one = run()
     _split(monkeypatch, (1, 2))
@@ -204,7 +205,7 @@ def test_no_engine_op_mixes_devices_on_a_two_device_layout():
         for _ in range(9):
             out = model(input_ids=torch.randint(3, 128, (1, 1)), past_key_values=cache, use_cache=True)
         assert out.logits.device.type == "meta"
-        assert c.triggers and c.builds >= 2  # a re-trace and its new masks ran across both devices
+        assert c.counts.triggers and c.counts.builds >= 2  # a re-trace and its new masks ran across both devices
         for name, x in [("M", c.M), ("A", c.stats.A), ("order", c.order), ("kept_sum", c.kept_sum),
                         ("kept_rows", c.tally.kept), ("skipped", c.tally.skipped["decode"])]:
             for l in range(c.L):

@@ -179,7 +179,7 @@ def test_new_request_resets():
     c = Controller(model, spec).attach()
     for _ in forwards(model, PROMPT, TOKENS[:4]):
         pass
-    assert c.has_mask == [True] and not c.masks().all() and c.step == 5 and c.requests == 1
+    assert c.has_mask == [True] and not c.masks().all() and c.step == 5 and c.counts.requests == 1
 
     def fresh_stats(ids):
         m2 = tiny_llama(layers=LAYERS, inter=INTER)
@@ -190,14 +190,14 @@ def test_new_request_resets():
     ref = Reference()
     ids2 = torch.tensor([[9, 8, 7, 6]])
     out = model(ids2)  # plain call: no cache passed
-    assert c.requests == 2 and c.step == 1 and c.has_mask == [False]
+    assert c.counts.requests == 2 and c.step == 1 and c.has_mask == [False]
     assert c.M.eq(1).all()
     assert torch.equal(c.stats.A, fresh_stats(ids2))
     assert torch.equal(out.logits, ref.model(ids2).logits)  # forward 0 of the new request runs dense
 
     ids3 = torch.tensor([[1, 2, 3], [4, 5, 6]])
     out = model(input_ids=ids3, past_key_values=DynamicCache(), use_cache=True)  # empty cache, batch 2
-    assert c.requests == 3 and c.step == 1 and c.B == 2 and c.has_mask == [False, False]
+    assert c.counts.requests == 3 and c.step == 1 and c.B == 2 and c.has_mask == [False, False]
     assert c.M.shape == (LAYERS, 2, INTER) and c.M.eq(1).all()
     assert torch.equal(c.stats.A, fresh_stats(ids3))
     assert torch.equal(out.logits, ref.model(ids3).logits)
@@ -224,7 +224,7 @@ def test_compat_masks_the_prefill_itself_and_causal_does_not():
     assert torch.allclose(got, ref.model(ids).logits, rtol=0, atol=1e-6)
     # and the next forward (same request) keeps that mask without tracing
     model(torch.tensor([[8]]))  # a plain call is a new request: traced and masked in the same pass again
-    assert c.requests == 2
+    assert c.counts.requests == 2
     cache = DynamicCache()
     model(input_ids=ids, past_key_values=cache, use_cache=True)
     A, M = c.stats.A.clone(), c.M.clone()

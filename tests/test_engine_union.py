@@ -79,7 +79,7 @@ def run(arch, ids, n=16, fire_steps=None, mask_hook=None, **spec):
                              output_logits=True, return_dict_in_generate=True)
     finally:
         count.close()
-    trig = [(t["row"], t["step"]) for t in c.triggers]
+    trig = [(t["row"], t["step"]) for t in c.counts.triggers]
     return torch.stack(out.logits, dim=1), out.sequences, trig, c, count
 
 
@@ -245,7 +245,7 @@ def test_lean_loop_runs_the_union():
             logits = dec.forward(tokens[:, -1:], 8 + 24 - 1)
         finally:
             count.close()
-        out[execution] = (tokens, logits, [(t["row"], t["step"]) for t in c.triggers], count.union)
+        out[execution] = (tokens, logits, [(t["row"], t["step"]) for t in c.counts.triggers], count.union)
         c.detach()
     assert torch.equal(out["masked"][0], out["compact"][0]) and out["masked"][2] == out["compact"][2]
     assert (out["masked"][1] - out["compact"][1]).abs().max() <= 1e-5
@@ -291,7 +291,7 @@ def _lean(model, ids, new, fire_steps=None, masks=None, **spec):
             steps.append(logits)
             tok = logits.argmax(-1, keepdim=True)
             pos += 1
-        return torch.stack(steps, 1), [(t["row"], t["step"]) for t in c.triggers], c.union.keep(), c.compacted
+        return torch.stack(steps, 1), [(t["row"], t["step"]) for t in c.counts.triggers], c.union.keep(), c.compacted
     finally:
         c.detach()
 

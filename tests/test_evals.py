@@ -262,17 +262,17 @@ def test_dynamic_decode_is_primed_by_the_prefix(tok, tmp_path, make, short_news)
     ctx = context(model(), tok, strategy, tmp_path)
     c = strategy.controller
     prefill = run(Perplexity(mode="prefill", **PPL_KW), ctx)["news"]
-    assert c.requests == 3 and c.builds == 0 and c.has_mask == [False]
-    assert float(c.tokens_traced) == 3 * 39  # each whole window (its last token is never input)
+    assert c.counts.requests == 3 and c.counts.builds == 0 and c.has_mask == [False]
+    assert float(c.counts.tokens_traced) == 3 * 39  # each whole window (its last token is never input)
     assert prefill == pytest.approx(dense, rel=1e-5)
 
-    c.requests, c.builds, c.tokens_traced = 0, 0, torch.zeros_like(c.tokens_traced)
+    c.counts.requests, c.counts.builds, c.counts.tokens_traced = 0, 0, torch.zeros_like(c.counts.tokens_traced)
     ev = Perplexity(mode="auto", **PPL_KW)
     decode = run(ev, ctx)["news"]
     assert ev.extra["mode"] == "decode" and ev.extra["tokens_scored"] == {"news": 71}
     assert abs(decode / prefill - 1) > 1e-3  # pruned: a different perplexity
-    assert c.requests == 3 and c.builds == 3 and c.has_mask == [True]
-    assert float(c.tokens_traced) == sum(PROMPTS)  # statistics from each window's prompt only
+    assert c.counts.requests == 3 and c.counts.builds == 3 and c.has_mask == [True]
+    assert float(c.counts.tokens_traced) == sum(PROMPTS)  # statistics from each window's prompt only
     # the mask in place is the last window's: top half of ||a_j|| over its 24-token prompt, dense activations
     ids = torch.tensor(tok(short_news, add_special_tokens=False)["input_ids"])
     last = ev._windows[-1].ids

@@ -76,12 +76,12 @@ def test_lean_generate_equals_transformers_generate_with_the_engine(make, batch)
     if strat is not None:
         strat.attach(m)
     hf_tokens, _ = hf_generate(m, ids, 16)
-    hf_triggers = [dict(t) for t in strat.controller.triggers] if strat else []
+    hf_triggers = [dict(t) for t in strat.controller.counts.triggers] if strat else []
     c = strat.controller if strat else None
     lean = LeanDecoder(m, ids.shape[1] + 16, batch=batch, controller=c).generate(ids, 16)
     assert torch.equal(lean, hf_tokens)
     if strat is not None:
-        new = strat.controller.triggers[len(hf_triggers):]
+        new = strat.controller.counts.triggers[len(hf_triggers):]
         assert [(t["row"], t["step"]) for t in new] == [(t["row"], t["step"]) for t in hf_triggers]
         if strat.name == "dart":
             assert len(hf_triggers) > 0  # margin 0 and a 3-token window: the detector does fire here
@@ -183,7 +183,7 @@ def _decode(m, ids, strat, compile, n=18):
             logits = dec.forward(tok, pos)[:, -1]
             out.append(logits)
             tok, pos = logits.argmax(-1, keepdim=True), pos + 1
-        return torch.stack(out, 1), ([(t["row"], t["step"]) for t in c.triggers] if c is not None else [])
+        return torch.stack(out, 1), ([(t["row"], t["step"]) for t in c.counts.triggers] if c is not None else [])
     finally:
         if strat is not None:
             strat.detach()

@@ -77,9 +77,9 @@ def test_published_retrace_phase_token_by_token(m):
     t2 = t1 + m + W  # the first window after the re-traced baseline (which closes at t1 + m)
     n = t2 + m + 3 * W
     _, c, (acts, builds, closes), _, _ = run(m, {t1, t2}, n)
-    assert [t["step"] for t in c.triggers] == [t1, t2]
+    assert [t["step"] for t in c.counts.triggers] == [t1, t2]
     # windows: m+5, then (after each trigger) the new baseline closes at t + m and windows close every W after it
-    assert [e["step"] for e in c.window_log] == [t1, t2] + list(range(t2 + m + W, n + 1, W))
+    assert [e["step"] for e in c.counts.window_log] == [t1, t2] + list(range(t2 + m + W, n + 1, W))
     # baselines: the prompt's through forward m (P + m vectors), then m vectors t + 1 .. t + m
     assert closes == [(m, P + m), (t1 + m, m), (t2 + m, m)]
     # masks: built at forward m (between forwards), then at t + m: between forwards for m >= 2; for m = 1 inside

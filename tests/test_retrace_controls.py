@@ -38,7 +38,7 @@ def run(model, c, mode):
         build(rows, layer)
     c.build = recorded
     out = collect(model, prompts, forced, [0], mode)
-    return out, [t["step"] for t in c.triggers], builds, c.effective(), c.masks()[:, 0].clone()
+    return out, [t["step"] for t in c.counts.triggers], builds, c.effective(), c.masks()[:, 0].clone()
 
 
 def simulate(fires, remask: bool):
@@ -94,7 +94,7 @@ def test_dense_fallback_keeps_the_mask():
     c.build = once
     prompts, forced = work()
     collect(model, prompts, forced, [0], "reference")
-    assert c.builds == 1 and torch.equal(c.masks()[:, 0], first)
+    assert c.counts.builds == 1 and torch.equal(c.masks()[:, 0], first)
 
 
 @pytest.mark.parametrize("timing,kw", [("periodic", {"retrace_every": 7}), ("random", {"retrace_rate": 0.1})])
@@ -109,7 +109,7 @@ def test_chunked_equals_reference(timing, kw, action):
     outs = {}
     for mode in ("reference", "chunked"):
         model, c = controller(retrace_at=timing, on_retrace=action, **kw)
-        outs[mode] = (collect(model, prompts, forced, group, mode), sorted((t["request"], t["step"]) for t in c.triggers),
+        outs[mode] = (collect(model, prompts, forced, group, mode), sorted((t["request"], t["step"]) for t in c.counts.triggers),
                       c.effective()["dense_tokens"]["decode"])
     (ref, tr_ref, d_ref), (got, tr_got, d_got) = outs["reference"], outs["chunked"]
     assert tr_ref == tr_got and len(tr_ref) >= 3 and d_ref == d_got
@@ -123,12 +123,12 @@ def test_detector_with_a_dense_hold():
     c.detector.fire_steps = {6}
     prompts, forced = work(n=30)
     ref = collect(model, prompts, forced, [0], "reference")
-    assert [e["step"] for e in c.window_log] == [6, 16, 21, 26]
-    assert c.effective()["dense_tokens"]["decode"] == 5 and c.builds == 1
+    assert [e["step"] for e in c.counts.window_log] == [6, 16, 21, 26]
+    assert c.effective()["dense_tokens"]["decode"] == 5 and c.counts.builds == 1
     model2, c2 = controller(on_retrace="dense", drift={"window": 5, "min_windows": 1})
     c2.detector.fire_steps = {6}
     got = collect(model2, prompts, forced, [0], "chunked")
-    assert [e["step"] for e in c2.window_log] == [6, 16, 21, 26]
+    assert [e["step"] for e in c2.counts.window_log] == [6, 16, 21, 26]
     assert max(float((ref[0][j] - got[0][j]).abs().max()) for j in ref[0]) < 1e-4
 
 

@@ -84,7 +84,7 @@ def test_rebuilt_exactly_when_a_row_retraces():
     c.schedule.press = lambda row, below: press(row, c.step == 6 and row is c.rows[1])  # row 1 fires at 6, once
     ids = prompts(3)
     decode(model, ids, steps=14, hook=hook)
-    assert [(t["row"], t["step"]) for t in c.triggers] == [(1, 6)]
+    assert [(t["row"], t["step"]) for t in c.counts.triggers] == [(1, 6)]
     assert [history[s][1] for s in (5, 6, 11, 12)] == [[True] * 3, [True, False, True], [True, False, True], [True] * 3]
     before, after = history[5][0], history[12][0]
     # during the re-trace (7..11) the rows that fired hold no mask; every masked row holds the same set

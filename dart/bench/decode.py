@@ -29,6 +29,7 @@ import torch
 
 from dart.bench.lean import LeanDecoder
 from dart.compose import build_strategy
+from dart.engine.overhead import state_bytes
 
 MODES = ("dense", "masked", "compacted", "shared")  # compacted at batch > 1: the rows' union (mode "union"); shared:
 # one kept set for the batch (batch > 1 only)
@@ -170,7 +171,7 @@ class _Run:
 
     def once(self, timed: bool) -> None:
         ctrl = self.strat.controller if self.strat is not None else None
-        b0 = ctrl.build_seconds if ctrl is not None else 0.0
+        b0 = ctrl.counts.build_seconds if ctrl is not None else 0.0
         if self.dec is not None:
             p, d, self.tokens = _generate_lean(self.dec, self.ids, self.new, self.device)
         else:
@@ -179,13 +180,13 @@ class _Run:
             return
         self.prefill.append(p)
         self.decode.append(d)
-        self.remask.append((ctrl.build_seconds - b0) if ctrl is not None else 0.0)
+        self.remask.append((ctrl.counts.build_seconds - b0) if ctrl is not None else 0.0)
         kept, union_keep, ran = 1.0, 1.0, False
         if ctrl is not None:
             masks = ctrl.masks()  # (L, B, I), original order
             kept, union_keep, ran = float(masks.float().mean()), float(masks.any(dim=1).float().mean()), bool(ctrl.compacted)
         self.info = {"kept": kept, "union_keep": union_keep, "ran": ran, "mem": peak_memory(self.device),
-                     "state": ctrl.state_bytes()["total"] if ctrl is not None else 0}
+                     "state": state_bytes(ctrl)["total"] if ctrl is not None else 0}
 
 
 def measure_batch(model, tokenizer, cfg, B: int, loops: list[str], device, progress=None) -> list[dict[str, Any]]:
@@ -279,10 +280,10 @@ def remask_demo(model, tokenizer, cfg, sparsity: float) -> dict[str, Any]:
     try:
         dec = LeanDecoder(model, ids.shape[1] + new, 1, strat.controller)
         _generate_lean(dec, ids, new, device)  # warm-up
-        b0, n0 = strat.controller.build_seconds, len(strat.controller.triggers)
+        b0, n0 = strat.controller.counts.build_seconds, len(strat.controller.counts.triggers)
         p, d, _ = _generate_lean(dec, ids, new, device)
-        remask = strat.controller.build_seconds - b0
-        triggers = len(strat.controller.triggers) - n0
+        remask = strat.controller.counts.build_seconds - b0
+        triggers = len(strat.controller.counts.triggers) - n0
     finally:
         strat.detach()
     return {"sparsity": sparsity, "masking_step": int(cfg.remask_masking_step), "new_tokens": new,

@@ -66,7 +66,7 @@ def run_once(model, tokenizer, strategy, tasks: list[str], shots: int, limit, ba
     lm = DartLM(model, tokenizer, strategy, batch_size=batch_size, forcing=forcing)
     spent = time_scoring(lm, model)
     c = getattr(strategy, "controller", None)
-    triggers0 = len(c.triggers) if c is not None else 0
+    triggers0 = len(c.counts.triggers) if c is not None else 0
     counter = Counter(model)
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -90,7 +90,7 @@ def run_once(model, tokenizer, strategy, tasks: list[str], shots: int, limit, ba
         "score_s": round(spent[0], 3), "wall_s": round(wall, 3),
         "requests_per_s": round(requests / spent[0], 2) if spent[0] > 0 else None,
         "forwards": counter.forwards, "positions": counter.positions,
-        "triggers": (len(c.triggers) - triggers0) if c is not None else 0,
+        "triggers": (len(c.counts.triggers) - triggers0) if c is not None else 0,
         "acc": sum(accs) / len(accs) if accs else None, "scoring": dict(lm.stats),
         "loadavg_1m_before": round(load0, 2), "loadavg_1m_after": round(os.getloadavg()[0], 2),
         "_lls": lls, "_choice": choice,

@@ -95,6 +95,16 @@ class Adapter:
     def attention(self, layer) -> nn.Module:
         return layer.self_attn
 
+    def attention_width(self, model, layer) -> int:
+        """Width of a layer's self-attention output (the drift detector's signal per monitored layer)."""
+        attn = self.attention(layer)
+        for name in ("o_proj", "c_proj", "dense"):
+            mod = getattr(attn, name, None)
+            if mod is not None:
+                w = mod.weight
+                return w.shape[0] if isinstance(mod, nn.Linear) else w.shape[1]
+        return model.get_input_embeddings().weight.shape[1]
+
     def residual_in(self, layer) -> nn.Module:
         """Module whose INPUT is the residual stream after attention (the FFN's residual input)."""
         return layer.post_attention_layernorm

@@ -12,17 +12,22 @@ State, by owner:
     tally       Tally (dart.engine.tally): effective-sparsity counts and the effective budget
     union       Union (dart.engine.union): the batch's union compaction
     stepper     Stepper (dart.engine.stepper): the token-by-token driver (plans between forwards)
+    counts      Counters (dart.engine.counters): the run's accounting (requests, builds, checks, tokens, logs)
+No other module assigns the controller's attributes: drivers report what they did through count, a build
+through masks_built, a compaction through compaction/compaction_done, restored rows through restore_rows.
 Every per-layer tensor lives on its layer's device (dart.engine.placement). A forward runs one Plan
 (dart.engine.plan): the stepper's, or one a driver forces with `forced(plan)`.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 
 from dart.engine.adapters import adapter_for, forward_input
 from dart.engine.allocation import list_keep, uniform_keep
+from dart.engine.counters import Counters
 from dart.engine.drift import DriftDetector
 from dart.engine.ffn import PrunableFFN, permute_neurons
 from dart.engine.masks import build_masks
@@ -30,7 +35,7 @@ from dart.engine.patch import Patch
 from dart.engine.placement import Layered, Spans, layer_devices
 from dart.engine.plan import IDLE, ROWS, Plan
 from dart.engine.schedule import Schedule
-from dart.engine.scoring import cached_priors, static_weight
+from dart.engine.scoring import ranking_weight
 from dart.engine.spec import EngineSpec
 from dart.engine.stats import Statistics
 from dart.engine.stepper import Stepper
@@ -78,7 +83,9 @@ class Controller:
             if global_scores is None or tuple(global_scores.shape) != (self.L, self.I):
                 raise ConfigError(f"strategy.prior_mix={spec.prior_mix} needs a calibration ranking of shape {(self.L, self.I)}")
             self.global_scores = Layered.split(self.spans, global_scores.to(torch.float32))
-        self.weight = Layered.split(self.spans, weight) if weight is not None else self._priors()
+        if weight is None and spec.ranking != "magnitude":  # the static weight of the ranking, from cached priors
+            weight = ranking_weight(model, self.adapter, self.ffns, spec)
+        self.weight = Layered.split(self.spans, weight) if weight is not None else None
         self.fixed_keep = None
         if spec.mask_rule == "topk" and spec.allocation == "uniform":
             self.fixed_keep = uniform_keep(self.L, self.I, spec.sparsity)
@@ -87,7 +94,7 @@ class Controller:
         self.detector, self.monitored = None, []
         if spec.drift.enabled and self.fixed is None and spec.retrace_at == "detector":  # (the timing controls: no detector)
             self.monitored = sorted({l % self.L for l in spec.drift.layers})
-            width = sum(self._attn_width(self.layers[l]) for l in self.monitored)
+            width = sum(self.adapter.attention_width(model, self.layers[l]) for l in self.monitored)
             self.detector = DriftDetector(spec.drift, width, self.device)
         self.schedule = Schedule(spec, self.detector.W if self.detector else None, self.fixed is not None,
                                  split=self.monitored[-1] if self.monitored else self.L)
@@ -101,22 +108,12 @@ class Controller:
         self.h: dict[int, torch.Tensor] = {}  # this forward's FFN inputs (depth-aware allocation's alignment)
         self.captured: torch.Tensor | None = None  # a forced forward's drift signal (plan.capture)
         self.alloc: torch.Tensor | None = None  # this forward's depth-aware allocation (in-layer builds)
-        # run-level accounting (device scalars read once in the strategy's summary; host counters)
-        self.requests, self.builds, self.checks = 0, 0, 0
-        self.kept_sum = self._zeros(dtype=torch.float64)
-        self.tokens_seen = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.tokens_traced = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.decode_signal_tokens = 0  # monitored vectors added to decode windows
-        self.baseline_vectors = 0  # monitored vectors collected into baselines
-        self.build_seconds = 0.0
-        self.triggers: list[dict] = []
-        self.window_log: list[dict] = []  # every drift check: request, row, step, cosine, threshold
-        self.peak_detector_bytes = 0
+        self.counts = Counters(self.device)  # run-level accounting: changed only through count() and log_*()
+        self.kept_sum = Layered.build(self.spans, lambda n, d: torch.zeros(n, dtype=torch.float64, device=d))
         self.rows: list = []
-        self.new_request(1)
-        self.requests = 0
+        self.reset_rows(1)
         if self.fixed is not None:  # the one mask build (the caller's) and the one compaction
-            self.builds = 1
+            self.count(builds=1)
             self.kept_sum = self.fixed.map(lambda p: p.sum(dim=-1).to(torch.float64))
             self.maybe_compact()
             self.fixed_prefix = self.kept_prefix
@@ -163,9 +160,35 @@ class Controller:
         finally:
             self.forced_plan = before
 
+    # ------------------------------------------------------------------ accounting
+    def count(self, **what) -> None:
+        """Count what a driver did: seen/traced tokens, builds, checks, baseline/signal vectors, seconds,
+        detector_bytes, requests, a trigger or a window entry (dart.engine.counters.Counters.add)."""
+        self.counts.add(**what)
+
+    def masks_built(self, seconds: float, alloc: torch.Tensor | None = None) -> None:
+        """After a mask build (dart.engine.masks): a single sequence's compaction falls due; `alloc`, the depth-aware
+        allocation of this forward's first in-layer build, is reused by its other layers."""
+        if alloc is not None:
+            self.alloc = alloc
+        self.pending_compact = self.B == 1 and self.spec.execution != "masked"
+        self.stepper.invalidate()
+        self.count(seconds=seconds)
+
+    def compaction_done(self) -> None:
+        """No compaction is due any more (a driver that decided against one for now)."""
+        self.pending_compact = False
+
+    def compaction(self, kept_prefix: list[int] | None, seconds: float = 0.0) -> None:
+        """After a compaction (dart.engine.union): every layer's kept prefix (None: not compacted); none is due."""
+        self.pending_compact = False
+        self.compacted, self.kept_prefix = kept_prefix is not None, kept_prefix
+        self.stepper.invalidate()
+        self.count(seconds=seconds)
+
     # ------------------------------------------------------------------ rows
-    def new_request(self, batch: int) -> None:
-        self.requests += 1
+    def new_request(self, batch: int, requests: int = 1) -> None:
+        self.count(requests=requests)
         self.reset_rows(batch)
 
     def reset_rows(self, batch: int) -> None:
@@ -188,6 +211,10 @@ class Controller:
         if self.detector is not None:
             self.detector.reset(batch)
         self.stepper.invalidate()
+
+    def restore_rows(self, states: list) -> None:
+        """The host state of the rows of a fresh batch (reset_rows) taken from saved rows (chunked teacher forcing)."""
+        self.rows = [dataclasses.replace(s) for s in states]
 
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep (and repeat) the state of rows `index` (B',) long, host and device alike (chunked teacher forcing
@@ -265,6 +292,7 @@ class Controller:
             return
         if self.forced_plan is None:
             self.stepper.after()
+            self.step += 1
         elif self.forced_plan.capture:
             self.captured = self.signal() if self.attn else None
         self.attn.clear()
@@ -282,7 +310,7 @@ class Controller:
         if p.capture or p.drift_trace_w is not None or p.drift_decode_rows is not None:
             self.attn[layer] = output
             if layer == self.monitored[-1] and self.forced_plan is None and not self.is_paused:
-                self.stepper.on_signal(self.signal())
+                self.plan = self.stepper.on_signal(self.signal(), self.plan)
 
     def plan_at(self, l: int) -> Plan:
         """The running plan of layer l (the late part of a split plan from `split` on), on layer l's device."""
@@ -355,41 +383,10 @@ class Controller:
             parts.append(torch.zeros(M.shape, dtype=torch.bool, device=M.device).scatter_(-1, idx, M > 0.5))
         return Layered(self.spans, parts).gather()
 
-    def state_bytes(self) -> dict[str, int]:
-        parts = {
-            "statistics": self.stats.nbytes(),
-            "priors": 0 if self.weight is None else self.weight.nbytes(),
-            "masks": self.M.nbytes(),
-            "neuron_order": self.order.nbytes(),
-            "detector": 0 if self.detector is None else self.detector.nbytes(),
-        }
-        parts["total"] = sum(parts.values())
-        parts["detector_peak"] = self.peak_detector_bytes
-        return parts
-
     # ------------------------------------------------------------------ construction helpers
     def identity_order(self) -> Layered:
         return Layered.build(self.spans, lambda n, d: torch.arange(self.I, dtype=torch.int32, device=d).repeat(n, 1))
 
-    def _zeros(self, *shape, dtype) -> Layered:
-        return Layered.build(self.spans, lambda n, d: torch.zeros(n, *shape, dtype=dtype, device=d))
-
-    def _attn_width(self, layer) -> int:
-        attn = self.adapter.attention(layer)
-        for name in ("o_proj", "c_proj", "dense"):
-            mod = getattr(attn, name, None)
-            if mod is not None:
-                w = mod.weight
-                return w.shape[0] if isinstance(mod, torch.nn.Linear) else w.shape[1]
-        return self.model.get_input_embeddings().weight.shape[1]
-
-    @torch.no_grad()
-    def _priors(self) -> Layered | None:
-        if self.spec.ranking == "magnitude":
-            return None
-        pmax, pmean = cached_priors(self.model, self.adapter.embedding(self.model), [f.w.w_down_t for f in self.ffns],
-                                    self.spec.prior_chunk)
-        return Layered.split(self.spans, static_weight(self.spec.ranking, pmax, pmean).contiguous())
 
     def score(self, model, input_ids: torch.Tensor, prompt_len: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw):
         """Logits of one scoring forward over whole requests (lm-eval's loglikelihood protocol): dart.engine.onepass."""

@@ -28,7 +28,6 @@ past the row's own length (padding: ignore them), and a later call for the same 
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable, Sequence
 
 import torch
@@ -157,7 +156,7 @@ class Chunked:
         if self.shared and any(p[: self.shared] != self.prefixes[0][: self.shared] for p in self.prefixes):
             raise ValueError(f"the prompts do not share their first {self.shared} tokens")
         self.cache = self.amask = None
-        self.request0 = c.requests if c is not None else 0
+        self.request0 = c.counts.requests if c is not None else 0
         self.parked: list[dict] = []  # rows that fired, waiting for their re-trace round
 
     # ------------------------------------------------------------------ plumbing
@@ -223,7 +222,8 @@ class Chunked:
         self.cache = DynamicCache()
         self.amask = torch.zeros((1 if k else G, 0), dtype=torch.long, device=self.dev)
         if c is not None:
-            c.new_request(1 if k else G)
+            # a schedule's rows are a request each (its logs number them from request0); fixed masks count one
+            c.new_request(1 if k else G, requests=self.B if self.dynamic else 1)
         if k:  # the prompts' common head: one row, then expanded over the prompts
             ids = torch.tensor([self.prefixes[0][:k]], dtype=torch.long, device=self.dev)
             valid = torch.ones_like(ids, dtype=torch.bool)
@@ -287,11 +287,11 @@ class Chunked:
         c = self.c
         if c is None:
             return
-        c.tokens_seen += valid.sum()
+        c.count(seen=valid.sum())
         if not self.dynamic:
             return
         G = valid.shape[0]
-        c.tokens_traced += valid.sum()
+        c.count(traced=valid.sum())
         lens = valid.sum(dim=1).tolist()
         for g in range(G):
             c.tally.count(c.rows[g], "prefill", int(lens[g]), pruned=self.m == 0)
@@ -299,7 +299,7 @@ class Chunked:
             self.det.collect_trace(c.captured, valid.to(torch.float32))
             for g in range(G):
                 c.rows[g].base_count += int(lens[g])
-                c.baseline_vectors += int(lens[g])
+                c.count(baseline=int(lens[g]))
         if not finished:
             return
         if self.det is not None:
@@ -314,7 +314,7 @@ class Chunked:
         if self.m == 0:
             for row in c.rows:
                 row.has_mask = True
-            c.builds += G
+            c.count(builds=G)
 
     # ------------------------------------------------------------------ parked rows (dart.engine.rounds)
     def park(self, i: int, b: int, drop: int, t: int) -> None:
@@ -355,7 +355,7 @@ class Chunked:
                                       torch.cat([pad(p["kv"][l][1], 2) for p in batch])) for l in range(layers)])
         self.amask = torch.cat([pad(p["amask"], 1) for p in batch])
         c.reset_rows(len(batch))
-        c.rows = [dataclasses.replace(p["state"]) for p in batch]
+        c.restore_rows([p["state"] for p in batch])
         for i, p in enumerate(batch):
             if "M" in p:
                 for part, col, o in zip(c.M.parts, p["M"], c.order.parts):

@@ -31,20 +31,19 @@ def mean_mask(scores: torch.Tensor) -> torch.Tensor:
 
 
 def keep_counts(c, rows: torch.Tensor, layer: int | None):
-    """Keep counts: a list (L,) shared by every row, or (B, L)."""
+    """Keep counts (a list (L,) shared by every row, or (B, L)) and, for an in-layer build that computed the
+    depth-aware allocation, that allocation (the forward's other layers reuse it), else None."""
     if c.spec.budget == "effective":
-        return c.tally.budget_keep(c.rows, rows.tolist())
+        return c.tally.budget_keep(c.rows, rows.tolist()), None
     if c.fixed_keep is not None:
-        return c.fixed_keep
+        return c.fixed_keep, None
     if layer is not None and c.alloc is not None:  # in-layer builds: one allocation per forward
-        return c.alloc
+        return c.alloc, None
     keep = keep_from_prune(auto_prune_fractions(c.stats.layer_alignment(), c.spec.sparsity, c.spec.auto), c.I)
     if c.spec.published_quirks:  # the published allocator: the first layer it builds takes the LAST layer's count
         keep = keep.clone()
         keep[:, 0 if layer is None else layer] = keep[:, -1]
-    if layer is not None:
-        c.alloc = keep
-    return keep
+    return keep, (keep if layer is not None else None)
 
 
 def shared_mask(sc: torch.Tensor, keep, contrib: torch.Tensor, I: int, shared_keep: float | None) -> torch.Tensor:
@@ -75,7 +74,7 @@ def build_masks(c, rows: torch.Tensor, layer: int | None = None) -> None:
         rows = rows | c.flags(r.has_mask for r in c.rows)
     if layer is None or shared:
         c.tally.fold(c.rows, [b for b, f in enumerate(rows.tolist()) if f])
-    keep_all = None if c.spec.mask_rule == "mean" else keep_counts(c, rows, layer)
+    keep_all, alloc = (None, None) if c.spec.mask_rule == "mean" else keep_counts(c, rows, layer)
     for sl, dev in c.spans.within(layer):  # once per device group (one group on a single device)
         r = rows.to(dev)
         sc = scores(c.spec.ranking, c.stats.base(sl), None if c.weight is None else c.weight.view(sl))
@@ -93,6 +92,4 @@ def build_masks(c, rows: torch.Tensor, layer: int | None = None) -> None:
         M.copy_(torch.where(r[None, :, None], mask.to(c.dtype), M))
         c.kept_sum.view(sl).add_((mask.sum(dim=-1).to(torch.float64) * new.to(dev)[None, :]).sum(dim=1))
         c.tally.note_kept(r, sl, mask)
-    c.pending_compact = c.B == 1 and c.spec.execution != "masked"
-    c.stepper.invalidate()
-    c.build_seconds += time.perf_counter() - t0
+    c.masks_built(time.perf_counter() - t0, alloc)

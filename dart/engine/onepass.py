@@ -20,7 +20,7 @@ def score(c, model, input_ids: torch.Tensor, prompt_len: torch.Tensor, attention
     kwargs = dict(attention_mask=attention_mask, use_cache=False, **kw)
     if c.fixed is not None:  # the fixed masks on every position of every row: nothing to trace
         c.new_request(B)
-        c.tokens_seen += valid.sum()
+        c.count(seen=valid.sum())
         with c.forced(Plan(prune=ROWS, compact=c.kept_prefix if B == 1 and c.compacted else None)):
             logits = model(input_ids=input_ids, **kwargs).logits
         _count(c, valid > 0, valid > 0, pos < prompt_len.to(input_ids.device)[:, None])
@@ -47,10 +47,10 @@ def score(c, model, input_ids: torch.Tensor, prompt_len: torch.Tensor, attention
         lead = d ** max(m - 1, 0)
         trace = torch.where(prefill > 0, w0 * lead, tail * trace)  # compat: the whole request is the prefill
         decay = torch.zeros(B, device=c.device)
-    c.tokens_seen += valid.sum()
-    c.tokens_traced += (trace > 0).sum()
+    c.count(seen=valid.sum())
+    c.count(traced=(trace > 0).sum())
     every = torch.ones(B, dtype=torch.bool, device=c.device)
-    c.builds += B
+    c.count(builds=B)
     if c.spec.global_build:
         with c.forced(Plan(trace_w=trace, decay=decay, align=c.stats.alignment)):
             model(input_ids=input_ids, **kwargs)

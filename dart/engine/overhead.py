@@ -24,23 +24,23 @@ TRACE_OPS_PER_NEURON = {"l2": 3, "ema": 3, "griffin": 6}  # cast+square(or abs)+
 
 def engine_flops(c) -> dict[str, float]:
     L, I = c.L, c.I
-    traced = float(c.tokens_traced)
+    traced = float(c.counts.tokens_traced)
     out = {"tracing": traced * L * I * TRACE_OPS_PER_NEURON[c.spec.statistic]}
     if c.stats.alignment:
         D = c.ffns[0].w.w_down_t.shape[1]
         out["alignment"] = traced * L * 12 * D
-    out["mask_build"] = c.builds * L * (2 * I + I * max(1.0, math.log2(I)))
+    out["mask_build"] = c.counts.builds * L * (2 * I + I * max(1.0, math.log2(I)))
     if c.detector is not None:
         Ds = c.detector.D
-        out["detector"] = (c.baseline_vectors + c.decode_signal_tokens) * 2 * Ds + c.checks * 6 * Ds
+        out["detector"] = (c.counts.baseline_vectors + c.counts.decode_signal_tokens) * 2 * Ds + c.counts.checks * 6 * Ds
     return out
 
 
 def summarize(c, model) -> dict:
     flops = engine_flops(c)
     per_token = model_flops_per_token(model)
-    seen = float(c.tokens_seen)
-    state = c.state_bytes()
+    seen = float(c.counts.tokens_seen)
+    state = state_bytes(c)
     return {
         "state_bytes": state["total"],
         "state_breakdown": {k: v for k, v in state.items() if k != "total"},
@@ -49,9 +49,9 @@ def summarize(c, model) -> dict:
         "model_flops": per_token * seen,
         "flops_ratio": sum(flops.values()) / (per_token * seen) if seen else None,
         "tokens_seen": seen,
-        "tokens_traced": float(c.tokens_traced),
-        "mask_builds": c.builds,
-        "mask_build_s": round(c.build_seconds, 4),
+        "tokens_traced": float(c.counts.tokens_traced),
+        "mask_builds": c.counts.builds,
+        "mask_build_s": round(c.counts.build_seconds, 4),
     }
 
 
@@ -59,7 +59,7 @@ def analytic(num_layers: int, intermediate: int, hidden: int, params: float, spe
              new_tokens: int = 512, batch: int = 1, mask_bytes: int = 2, attn_width: int | None = None,
              tied_vocab_params: float = 0.0) -> dict:
     """The same accounting as `summarize`, from architecture numbers alone (no weights needed): state bytes as
-    Controller.state_bytes() would measure them and the FLOPs ratio of one request of prompt_tokens +
+    state_bytes(controller) would measure them and the FLOPs ratio of one request of prompt_tokens +
     new_tokens (generated tokens, the first from the prefill), masking_step 1, one mask build and no re-trace. mask_bytes: the model dtype's size (the 0/1 mask is kept
     in it). Checked against measured tensors on tiny models (tests/test_engine_execution.py)."""
     L, I, D, B = num_layers, intermediate, hidden, batch
@@ -88,3 +88,17 @@ def analytic(num_layers: int, intermediate: int, hidden: int, params: float, spe
     model = 2.0 * (params + tied_vocab_params) * B * (prompt_tokens + new_tokens - 1)  # tokens the model ran
     return {"state_bytes": state["total"], "state_breakdown": state, "engine_flops": sum(flops.values()),
             "engine_flops_breakdown": flops, "model_flops": model, "flops_ratio": sum(flops.values()) / model}
+
+
+def state_bytes(c) -> dict[str, int]:
+    """The engine state a controller holds, in bytes (and the drift detector's peak)."""
+    parts = {
+        "statistics": c.stats.nbytes(),
+        "priors": 0 if c.weight is None else c.weight.nbytes(),
+        "masks": c.M.nbytes(),
+        "neuron_order": c.order.nbytes(),
+        "detector": 0 if c.detector is None else c.detector.nbytes(),
+    }
+    parts["total"] = sum(parts.values())
+    parts["detector_peak"] = c.counts.peak_detector_bytes
+    return parts

@@ -34,7 +34,7 @@ class Rounds:
         self.retrace_chunk = 4 * self.det.W if self.det is not None else None
 
     def run(self) -> None:
-        w, c = self.w, self.c
+        w = self.w
         w.prompts()
         rows = list(range(w.B))
         if not w.dynamic:
@@ -45,7 +45,6 @@ class Rounds:
             batch, w.parked = (w.parked, []) if w.holes else (w.parked[:1], w.parked[1:])
             w.restore(batch)
             self.process([p["row"] for p in batch], first=False)
-        c.requests = w.request0 + w.B
 
     def rest_in_one(self, rows: list[int]) -> None:
         """Strategies without a schedule: every row's forced tokens in one forward."""
@@ -56,7 +55,7 @@ class Rounds:
         ids, valid, pos = w.chunk(rows, T)
         logits = w.forward(ids, valid, pos, w.fixed_plan(len(rows)) if c is not None else None)
         if c is not None:
-            c.tokens_seen += valid.sum()
+            c.count(seen=valid.sum())
         w.emit(rows, [0] * len(rows), logits)
 
     # ------------------------------------------------------------------ one cohort
@@ -139,8 +138,8 @@ class Rounds:
         j_start = [w.j_next[b] for b in rows]
         logits = w.forward(ids, valid, pos, plan)
         w.emit(rows, j_start, logits)
-        c.tokens_seen += valid.sum()
-        c.tokens_traced += valid.sum()
+        c.count(seen=valid.sum())
+        c.count(traced=valid.sum())
         for i, b in enumerate(rows):
             c.tally.count(c.rows[i], "decode", int(valid_h[i].sum()), pruned=True)
             c.drop_masks(i)
@@ -162,8 +161,8 @@ class Rounds:
         j_start = [w.j_next[b] for b in rows]
         logits = w.forward(ids, valid, pos, plan)
         w.emit(rows, j_start, logits)
-        c.tokens_seen += valid.sum()
-        c.tokens_traced += live.sum()
+        c.count(seen=valid.sum())
+        c.count(traced=live.sum())
         for i in range(len(rows)):
             c.tally.count(c.rows[i], "decode", int(valid[i].sum()), pruned=False)
         self.baseline(rows, j_start, valid.cpu(), live)
@@ -177,14 +176,14 @@ class Rounds:
         build = [w.j_next[b] < w.N[b] and (r is None or w.j_next[b] + 1 < r) for b in rows]
         if any(build):
             c.build(c.flags(build))
-            c.builds += sum(build)
+            c.count(builds=sum(build))
             for i, flag in enumerate(build):
                 if flag:
                     c.rows[i].has_mask = True
         if (len(rows) == 1 and c.rows[0].has_mask and c.spec.execution != "masked"
                 and (c.spec.execution == "compact" or w.N[rows[0]] - w.j_next[rows[0]] >= w.compact_min)):
             c.maybe_compact()
-        c.pending_compact = False
+        c.compaction_done()
 
     # ------------------------------------------------------------------ one forward
     def chunk_forward(self, rows: list[int], T1: int, T: int, merge: bool) -> list[int]:
@@ -215,7 +214,7 @@ class Rounds:
                     flags = [f and sch.group_builds(c.rows[i], g) for i, f in enumerate(build)]
                     p.build_rows = c.flags(flags) if any(flags) else None
                     p.prune = pruned.to(w.dev)
-            c.builds += sum(build)
+            c.count(builds=sum(build))
             plan.capture = self.det is not None
         else:
             traced = torch.zeros_like(valid_h)
@@ -232,7 +231,7 @@ class Rounds:
             for i, flag in enumerate(build):
                 if flag:
                     c.rows[i].has_mask = True
-            c.tokens_traced += traced.sum()
+            c.count(traced=traced.sum())
         fired = self.baseline(rows, j_start, valid_h, valid_h & open_h, pruned)
         if sch.timing != "detector":
             fired = self.rule_fires(rows, j_start, pruned)
@@ -244,7 +243,7 @@ class Rounds:
             u = upto[i]
             c.tally.count(c.rows[i], "decode", int(pruned[i, :u].sum()), pruned=True)
             c.tally.count(c.rows[i], "decode", int((valid_h[i, :u] & ~pruned[i, :u] & ~traced[i, :u]).sum()), pruned=False)
-            c.tokens_seen += float(valid_h[i, :u].sum())
+            c.count(seen=float(valid_h[i, :u].sum()))
         for i, b in enumerate(rows):
             w.j_next[b] = min(w.j_next[b] + T, w.N[b]) if fired[i] is None else w.j_next[b] + upto[i]
         go_on = [i for i, b in enumerate(rows) if fired[i] is None and w.j_next[b] < w.N[b]]
@@ -277,12 +276,12 @@ class Rounds:
             span = live_h[i] & (col <= cc) & (col >= max(row.base_from - s0, 0))
             wts[i] = span.float()
             row.base_count += int(span.sum())
-            c.baseline_vectors += int(span.sum())
+            c.count(baseline=int(span.sum()))
             if cc < T and bool(live_h[i, cc]):
                 close[i] = cc
         if wts.any():
             det.collect_trace(c.captured, wts.to(self.w.dev))
-            c.peak_detector_bytes = max(c.peak_detector_bytes, det.nbytes())
+            c.count(detector_bytes=det.nbytes())
         if any(x is not None for x in close):
             det.finalize(c.flags(x is not None for x in close))
             for i, x in enumerate(close):
@@ -334,13 +333,13 @@ class Rounds:
                 if not sch.checked(row, steps[x]):  # inside the cool-down: closes unchecked
                     continue
                 entry = {"request": request, "row": 0, "step": steps[x], "cosine": values[i][x], "threshold": tau}
-                c.window_log.append(entry)
-                c.checks += 1
+                c.count(window=entry)
+                c.count(checks=1)
                 if sch.press(row, det.below(values[i][x], tau, steps[x])):
-                    c.triggers.append(entry)
+                    c.count(trigger=entry)
                     hit = x
                     break
-            c.decode_signal_tokens += (hit + 1) * W if hit is not None else n_w[i] * W
+            c.count(signal=(hit + 1) * W if hit is not None else n_w[i] * W)
             if hit is not None:
                 out[i] = start[i] + (hit + 1) * W - 1
         return out
@@ -356,7 +355,7 @@ class Rounds:
                 row.since += 1
                 step = j_start[i] + col + 1
                 if sch.fires(row, step, request, 0):
-                    c.triggers.append({"request": request, "row": 0, "step": step, "cause": sch.timing})
+                    c.count(trigger={"request": request, "row": 0, "step": step, "cause": sch.timing})
                     out[i] = col
                     break
         return out

@@ -68,3 +68,11 @@ def cached_priors(model, embedding: torch.Tensor, w_down_ts: list[torch.Tensor],
     torch.save((pmax, pmean), tmp)
     tmp.replace(path)
     return pmax, pmean
+
+
+@torch.no_grad()
+def ranking_weight(model, adapter, ffns, spec) -> torch.Tensor:
+    """The static weight (L, I) of a vocabulary-projection ranking (spec.ranking max/mean/...) for a model's FFNs
+    (dart.engine.ffn.PrunableFFN), from its cached priors."""
+    pmax, pmean = cached_priors(model, adapter.embedding(model), [f.w.w_down_t for f in ffns], spec.prior_chunk)
+    return static_weight(spec.ranking, pmax, pmean).contiguous()

@@ -57,7 +57,7 @@ class Stepper:
         self.tokens = valid.sum(dim=1).long().tolist() if step == 0 and valid is not None else [T] * B
         between = [building[b] and not inlayer[b] for b in range(B)]
         if any(between):
-            c.builds += sum(between)
+            c.count(builds=sum(between))
             c.build(c.flags(between))
             for b, flag in enumerate(between):
                 if flag:
@@ -94,9 +94,9 @@ class Stepper:
             self.key, self.cached = key, plan
         traced = [tr[True][b] or tr[False][b] for b in range(B)]
         if any(traced):
-            c.tokens_traced += float(sum(n for n, t in zip(self.tokens, traced) if t))
-        c.builds += sum(f and any(sch.group_builds(rows[b], g) for g in (True, False)) for b, f in enumerate(inlayer))
-        c.tokens_seen += float(B * T) if valid is None else valid.sum()
+            c.count(traced=float(sum(n for n, t in zip(self.tokens, traced) if t)))
+        c.count(builds=sum(f and any(sch.group_builds(rows[b], g) for g in (True, False)) for b, f in enumerate(inlayer)))
+        c.count(seen=float(B * T) if valid is None else valid.sum())
         self.pruned_now = [masked[b] or inlayer[b] for b in range(B)]
         self.masked = masked
         self.inlayer, self.baseline, self.windows, self.s, self.T = inlayer, baseline, windows, s, T
@@ -116,18 +116,19 @@ class Stepper:
         return p
 
     # ------------------------------------------------------------------ inside a forward: the drift signal
-    def on_signal(self, v: torch.Tensor) -> None:
+    def on_signal(self, v: torch.Tensor, p: Plan) -> Plan:
+        """The drift signal v of the running forward (plan p): baselines, windows, checks. Returns the plan the rest
+        of the forward runs (a mid-forward re-trace, published_quirks, changes its late layers)."""
         c, sch, det = self.c, self.c.schedule, self.c.detector
-        p = c.plan
         rows = c.rows
         if p.drift_trace_w is not None:
             det.collect_trace(v, p.drift_trace_w)
-            c.peak_detector_bytes = max(c.peak_detector_bytes, det.nbytes())
+            c.count(detector_bytes=det.nbytes())
             done = []
             for b, r in enumerate(rows):
                 if self.baseline[b]:
                     r.base_count += self.tokens[b]
-                    c.baseline_vectors += self.tokens[b]
+                    c.count(baseline=self.tokens[b])
                 done.append(self.baseline[b] and sch.baseline_ready(r, self.s[b]))
             if any(done):
                 det.finalize(c.flags(done))
@@ -136,17 +137,18 @@ class Stepper:
                         rows[b].base_done, rows[b].window = True, 0
         if p.drift_decode_rows is not None:
             det.collect_decode(v, p.drift_decode_rows)
-            c.decode_signal_tokens += sum(self.windows)
+            c.count(signal=sum(self.windows))
             due = []
             for b, r in enumerate(rows):
                 r.window += int(self.windows[b])
                 due.append(self.windows[b] and r.window == sch.W)
             if any(due):
-                self._check(due)
+                p = self._check(due, p)
         if not any(self.baseline) and det.windows.shape[1]:
             det.drop_windows()
+        return p
 
-    def _check(self, due: list[bool]) -> None:
+    def _check(self, due: list[bool], p: Plan) -> Plan:
         c, sch, det = self.c, self.c.schedule, self.c.detector
         step = c.step
         cooling = [d and not sch.checked(c.rows[b], step) for b, d in enumerate(due)]
@@ -157,7 +159,7 @@ class Stepper:
                     c.rows[b].window = 0
             due = [d and not k for d, k in zip(due, cooling)]
             if not any(due):
-                return
+                return p
         cos = det.close_window(c.flags(due))
         values = torch.stack([cos, det.tau]).tolist()  # one read per window
         for b, flag in enumerate(due):
@@ -165,16 +167,15 @@ class Stepper:
                 continue
             row = c.rows[b]
             row.window = 0
-            entry = {"request": c.requests, "row": b, "step": step, "cosine": values[0][b], "threshold": values[1][b]}
-            c.window_log.append(entry)
-            c.checks += 1
+            entry = {"request": c.counts.requests, "row": b, "step": step, "cosine": values[0][b], "threshold": values[1][b]}
+            c.count(window=entry)
+            c.count(checks=1)
             if sch.press(row, det.below(values[0][b], values[1][b], step)):
-                c.triggers.append(entry)
+                c.count(trigger=entry)
                 (self.midway if sch.midway else self.fired).append(b)
-        if self.midway:
-            self._reset_midway()
+        return self._reset_midway(p) if self.midway else p
 
-    def _reset_midway(self) -> None:
+    def _reset_midway(self, p: Plan) -> Plan:
         """published_quirks: the rows that fired start their new segment inside this forward: from the split layer
         on they run it dense and trace it (fresh statistics), the layers before it already ran it pruned."""
         c, sch = self.c, self.c.schedule
@@ -187,7 +188,6 @@ class Stepper:
             c.restart_row(b)
             sch.retrace(c.rows[b], c.step)
         flags = [b in self.midway for b in range(c.B)]
-        p = c.plan
         late = dataclasses.replace(p.late if p.late is not None else p, compact=None, build_rows=None, late=None,
                                    _on={})
         T = self.T
@@ -197,8 +197,8 @@ class Stepper:
         if decay is not None:
             late.decay = torch.where(c.flags(flags), decay, late.decay if late.decay is not None else torch.ones_like(decay))
         late.align = c.stats.alignment
-        c.plan = dataclasses.replace(p, late=late, split=sch.split, _on={})
         self.invalidate()
+        return dataclasses.replace(p, late=late, split=sch.split, _on={})
 
     # ------------------------------------------------------------------ after a forward
     def after(self) -> None:
@@ -213,8 +213,8 @@ class Stepper:
             for b, row in enumerate(c.rows):
                 if self.masked[b]:
                     row.since += 1
-                    if sch.fires(row, c.step, c.requests, b):
-                        c.triggers.append({"request": c.requests, "row": b, "step": c.step, "cause": sch.timing})
+                    if sch.fires(row, c.step, c.counts.requests, b):
+                        c.count(trigger={"request": c.counts.requests, "row": b, "step": c.step, "cause": sch.timing})
                         self.fired.append(b)
         for b in self.midway:  # the rest of the new segment's re-trace runs dense in every layer
             c.drop_masks(b)
@@ -225,5 +225,4 @@ class Stepper:
             else:
                 self.invalidate()
             sch.retrace(c.rows[b], c.step)
-        c.step += 1
 

@@ -109,7 +109,6 @@ class Union:
         c = self.c
         if not c.pending_compact or not c.rows[0].has_mask:
             return
-        c.pending_compact = False
         self.clear()
         t0 = time.perf_counter()
         counts = []
@@ -123,10 +122,7 @@ class Union:
                 c.M[l, 0] = c.M[l, 0].index_select(0, o)
                 c.stats.A[l] = c.stats.A[l].index_select(-1, o)
             counts.append(keep.sum(dim=-1))
-        c.kept_prefix = [int(k) for n in counts for k in n.tolist()]
-        c.compacted = True
-        c.stepper.invalidate()
-        c.build_seconds += time.perf_counter() - t0
+        c.compaction([int(k) for n in counts for k in n.tolist()], time.perf_counter() - t0)
 
     @torch.no_grad()
     def update(self) -> None:
@@ -136,7 +132,7 @@ class Union:
         spec = c.spec
         if c.B == 1 or spec.execution == "masked" or c.fixed is not None or not all(c.has_mask):
             return
-        key = (c.requests, c.builds, c.B)
+        key = (c.counts.requests, c.counts.builds, c.B)
         if self.state is not None and self.state.key == key:
             return
         t0 = time.perf_counter()
@@ -158,7 +154,4 @@ class Union:
                 moves += swaps(keep, n[sl])
             self.move(moves)
         self.state = UnionState(key=key, rows=not same, keep=frac, compacted=use)
-        c.compacted = use
-        c.kept_prefix = n if use else None
-        c.stepper.invalidate()
-        c.build_seconds += time.perf_counter() - t0
+        c.compaction(n if use else None, time.perf_counter() - t0)

@@ -39,13 +39,8 @@ class DartLM(HFLM):
         self.forcing = forcing
         self.stats = {"requests": 0, "prompts": 0, "rows": 0, "one_pass": 0}
 
-    @property
-    def controller(self):
-        return getattr(self.strategy, "controller", None)
-
     def _same_pass(self) -> bool:
-        c = self.controller
-        return c is not None and c.fixed is None and c.spec.protocol == "compat"
+        return self.strategy.scores_in_one_pass()
 
     @torch.no_grad()
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
@@ -127,7 +122,7 @@ class DartLM(HFLM):
                 ids[i, : len(x)] = torch.tensor(x)
                 mask[i, : len(x)] = 1
             ids, mask = ids.to(self.device), mask.to(self.device)
-            logits = self.controller.score(self.model, ids, torch.tensor(prompts, device=self.device), attention_mask=mask)
+            logits = self.strategy.score(self.model, ids, torch.tensor(prompts, device=self.device), attention_mask=mask)
             scores = []
             for i, (inp, cont) in enumerate(zip(inputs, conts)):
                 lp = logits[i, len(inp) - len(cont) : len(inp)].float().log_softmax(-1)

@@ -209,9 +209,8 @@ class Switch(Evaluator):
         strategy = self.ctx.strategy
         ids = self.batch_ids(batch)
         checks0, triggers0 = (len(x) for x in strategy.drift_log())  # the dense pass (strategy paused) logs nothing
-        ctrl = getattr(strategy, "controller", None)
-        request0 = ctrl.requests if ctrl is not None else 0
-        lockstep = ctrl is not None and ctrl.spec.batch_mask == "shared" and len(batch) > 1
+        request0 = strategy.requests_started()
+        lockstep = strategy.lockstep(len(batch))
         c = compare_with_dense(self.ctx.model, strategy, ids, self.prefix, self.forcing, self.ctx.dense_cache)
         checks, triggers = (list(x[k:]) for x, k in zip(strategy.drift_log(), (checks0, triggers0)))
         stats = torch.stack([c.kl.mean(1), c.top1.mean(1), c.nll.mean(1), c.nll_dense.mean(1)], 1).tolist()

@@ -33,6 +33,23 @@ class Strategy:
     def summary(self) -> dict[str, Any]:
         return {"strategy": {"name": self.name, "dynamic": self.dynamic}}
 
+    # ------------------------------------------------------------------ what evaluators may ask (dart.evals)
+    def scores_in_one_pass(self) -> bool:
+        """Whether lm-eval's requests are scored whole in one forward each (`score`), the compat protocol."""
+        return False
+
+    def score(self, model, input_ids, prompt_len, attention_mask=None):
+        """Logits of one scoring forward over whole requests (only where scores_in_one_pass())."""
+        raise NotImplementedError(f"strategy {self.name!r} does not score requests in one pass")
+
+    def requests_started(self) -> int:
+        """Requests (batches of rows) the strategy has started so far: numbers its drift-log entries."""
+        return 0
+
+    def lockstep(self, batch_size: int) -> bool:
+        """Whether a batch of this size runs as one request with one shared mask (batch_mask=shared)."""
+        return False
+
 
 class Dense(Strategy):
     name = "dense"

@@ -59,7 +59,7 @@ class Static(EngineStrategy):
         masks = self.compute_masks(model, tokenizer)
         seconds = time.perf_counter() - t0
         self.controller = Controller(model, self.spec, fixed_masks=masks).attach()
-        self.controller.build_seconds += seconds
+        self.controller.count(seconds=seconds)
         if self.calibration_info is not None:
             self.calibration_info["seconds"] = round(seconds, 4)
 

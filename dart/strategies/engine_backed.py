@@ -60,9 +60,22 @@ class EngineStrategy(Strategy):
     def paused(self):
         return self.controller.paused()
 
+    def scores_in_one_pass(self) -> bool:
+        c = self.controller
+        return c is not None and c.fixed is None and c.spec.protocol == "compat"
+
+    def score(self, model, input_ids, prompt_len, attention_mask=None):
+        return self.controller.score(model, input_ids, prompt_len, attention_mask=attention_mask)
+
+    def requests_started(self) -> int:
+        return self.controller.counts.requests if self.controller is not None else 0
+
+    def lockstep(self, batch_size: int) -> bool:
+        return self.controller is not None and self.controller.spec.batch_mask == "shared" and batch_size > 1
+
     def drift_log(self):
         c = self.controller
-        return (c.window_log, c.triggers) if c is not None else ([], [])
+        return (c.counts.window_log, c.counts.triggers) if c is not None else ([], [])
 
     def _measure(self) -> dict[str, Any]:
         from dart.engine.overhead import summarize
@@ -70,8 +83,8 @@ class EngineStrategy(Strategy):
         c = self.controller
         per_layer_achieved = None
         achieved = None
-        if c.builds:
-            kept = [v / (c.builds * c.I) for v in c.kept_sum.tolist()]
+        if c.counts.builds:
+            kept = [v / (c.counts.builds * c.I) for v in c.kept_sum.tolist()]
             per_layer_achieved = [1.0 - k for k in kept]
             achieved = sum(per_layer_achieved) / len(per_layer_achieved)
         if c.fixed_keep is not None:
@@ -91,8 +104,8 @@ class EngineStrategy(Strategy):
                          "ffn_bytes_per_generated_token": eff["ffn_bytes_per_generated_token"],
                          "ffn_bytes_dense": eff["ffn_bytes_dense"]},
             "overhead": summarize(c, self.model),
-            "drift": {"enabled": self.spec.drift.enabled, "requests": c.requests, "checks": c.checks,
-                      "triggers": list(c.triggers), "windows": list(c.window_log)},
+            "drift": {"enabled": self.spec.drift.enabled, "requests": c.counts.requests, "checks": c.counts.checks,
+                      "triggers": list(c.counts.triggers), "windows": list(c.counts.window_log)},
         }
 
     def summary(self) -> dict[str, Any]:
