@@ -46,21 +46,25 @@ def _hooked(mod) -> bool:
 def fuse_qkv(attn) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One (Hq + 2 Hkv) x D weight (and bias) for q, k and v: a decode step reads them in one GEMV instead of three
     small ones (small GEMVs run far below the memory bandwidth on a CPU). The three weight parameters become row views
-    of it (the same values, no extra memory), so the model computes exactly as before; done once per module."""
+    of it (the same values, no extra memory), so the model computes exactly as before. Once fused, a second call
+    finds the three weights adjacent in one storage and returns a view of them (nothing is stored on the module)."""
     projs = (attn.q_proj, attn.k_proj, attn.v_proj)
-    done = getattr(attn, "_dart_qkv", None)
-    if done is not None and done[0].data_ptr() == projs[0].weight.data_ptr():
-        return done
-    fused = torch.cat([p.weight.data for p in projs])
-    start = 0
-    for p in projs:
-        n = p.weight.shape[0]
-        p.weight.data = fused[start:start + n]
-        start += n
+    ws = [p.weight.data for p in projs]
+    rows = sum(w.shape[0] for w in ws)
+    adjacent = all(w.is_contiguous() and w.untyped_storage().data_ptr() == ws[0].untyped_storage().data_ptr()
+                   for w in ws) and all(b.storage_offset() == a.storage_offset() + a.numel() for a, b in zip(ws, ws[1:]))
+    if adjacent:
+        fused = ws[0].new_empty(0).set_(ws[0].untyped_storage(), ws[0].storage_offset(), (rows, ws[0].shape[1]))
+    else:
+        fused = torch.cat(ws)
+        start = 0
+        for p in projs:
+            n = p.weight.shape[0]
+            p.weight.data = fused[start:start + n]
+            start += n
     bias = None
     if any(p.bias is not None for p in projs):
         bias = torch.cat([p.bias.data if p.bias is not None else fused.new_zeros(p.weight.shape[0]) for p in projs])
-    attn._dart_qkv = (fused, bias)
     return fused, bias
 
 

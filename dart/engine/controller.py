@@ -108,7 +108,7 @@ class Controller:
         self.h: dict[int, torch.Tensor] = {}  # this forward's FFN inputs (depth-aware allocation's alignment)
         self.captured: torch.Tensor | None = None  # a forced forward's drift signal (plan.capture)
         self.alloc: torch.Tensor | None = None  # this forward's depth-aware allocation (in-layer builds)
-        self.counts = Counters(self.device)  # run-level accounting: changed only through count() and log_*()
+        self.counts = Counters(self.device)  # run-level accounting: changed only through count()
         self.kept_sum = Layered.build(self.spans, lambda n, d: torch.zeros(n, dtype=torch.float64, device=d))
         self.rows: list = []
         self.reset_rows(1)
@@ -386,7 +386,6 @@ class Controller:
     # ------------------------------------------------------------------ construction helpers
     def identity_order(self) -> Layered:
         return Layered.build(self.spans, lambda n, d: torch.arange(self.I, dtype=torch.int32, device=d).repeat(n, 1))
-
 
     def score(self, model, input_ids: torch.Tensor, prompt_len: torch.Tensor, attention_mask: torch.Tensor | None = None, **kw):
         """Logits of one scoring forward over whole requests (lm-eval's loglikelihood protocol): dart.engine.onepass."""
