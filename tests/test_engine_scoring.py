@@ -250,3 +250,46 @@ def test_token_values_are_fp32_and_do_not_overflow_fp16():
         v = token_values(kind, a)
         assert v.dtype == torch.float32
         assert v.flatten().tolist() == pytest.approx([expected, expected])
+
+
+def _forwards(d, a, sizes, fresh=True):
+    """A's state after forwards of `sizes` tokens each (the first fresh): the reference the one-call weights equal."""
+    s = Statistics(1, a.shape[-1], "ema", "cpu")
+    s.reset(1)
+    t = 0
+    for i, k in enumerate(sizes):
+        s.update(0, a[:, t : t + k], *ema_weights(torch.ones(1, k), d, torch.tensor([fresh and i == 0])))
+        t += k
+    return s.A[0, 0]
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+def test_ema_weights_group_equals_a_prompt_then_single_token_forwards(fresh):
+    """group=q: a q-token forward then one forward per token, in one call (chunked forcing: q = 1; one-pass
+    scoring: q = the prompt's length); padding columns get no weight."""
+    d = 0.7
+    a = torch.randn(1, 6, 4, generator=torch.Generator().manual_seed(1))
+    for q in (1, 3, 6):
+        one = Statistics(1, 4, "ema", "cpu")
+        one.reset(1)
+        if not fresh:  # some earlier state the continuing row decays
+            one.update(0, a[:, :2], *ema_weights(torch.ones(1, 2), d, torch.tensor([True])))
+        ref = _forwards(d, torch.cat([a[:, :2], a], dim=1), [2, q] + [1] * (6 - q)) if not fresh else \
+            _forwards(d, a, [q] + [1] * (6 - q))
+        valid = torch.cat([torch.ones(1, 6), torch.zeros(1, 2)], dim=1)
+        padded = torch.cat([a, torch.randn(1, 2, 4)], dim=1)
+        one.update(0, padded, *ema_weights(valid, d, torch.tensor([fresh]), group=q if fresh else None))
+        assert torch.allclose(one.A[0, 0], ref, rtol=1e-6, atol=1e-7), q
+
+
+def test_ema_weights_head_then_tail_equals_one_prompt_forward():
+    """A prompt's common head run un-normalised, then its tail with head=k: the same state as the whole prompt in one
+    normalised forward (chunked forcing's shared few-shot head)."""
+    d = 0.6
+    a = torch.randn(1, 7, 4, generator=torch.Generator().manual_seed(2))
+    k = 3
+    s = Statistics(1, 4, "ema", "cpu")
+    s.reset(1)
+    s.update(0, a[:, :k], *ema_weights(torch.ones(1, k), d, torch.tensor([True]), normalise=False))
+    s.update(0, a[:, k:], *ema_weights(torch.ones(1, 7 - k), d, torch.tensor([True]), head=k))
+    assert torch.allclose(s.A[0, 0], _forwards(d, a, [7]), rtol=1e-6, atol=1e-7)

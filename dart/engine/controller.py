@@ -12,6 +12,7 @@ State, by owner:
     tally       Tally (dart.engine.tally): effective-sparsity counts and the effective budget
     union       Union (dart.engine.union): the batch's union compaction
     stepper     Stepper (dart.engine.stepper): the token-by-token driver (plans between forwards)
+    book        Bookkeeping (dart.engine.bookkeeping): what a forward's rules do to the rows, the detector and counts
     counts      Counters (dart.engine.counters): the run's accounting (requests, builds, checks, tokens, logs)
 No other module assigns the controller's attributes: drivers report what they did through count, a build
 through masks_built, a compaction through compaction/compaction_done, restored rows through restore_rows.
@@ -27,6 +28,7 @@ import torch
 
 from dart.engine.adapters import adapter_for, forward_input
 from dart.engine.allocation import list_keep, uniform_keep
+from dart.engine.bookkeeping import Bookkeeping
 from dart.engine.counters import Counters
 from dart.engine.drift import DriftDetector
 from dart.engine.ffn import PrunableFFN, permute_neurons
@@ -103,6 +105,7 @@ class Controller:
                                                                 if t.dim() == 2), spec)
         self.union = Union(self)
         self.stepper = Stepper(self)
+        self.book = Bookkeeping(self)  # what the rules do to rows, detector and counters, for every driver
         self.plan, self.forced_plan = IDLE, None
         self.attn: dict[int, torch.Tensor] = {}  # this forward's monitored attention outputs
         self.h: dict[int, torch.Tensor] = {}  # this forward's FFN inputs (depth-aware allocation's alignment)

@@ -260,21 +260,9 @@ class Chunked:
         c = self.c
         w, decay = valid.to(torch.float32), None
         if c.spec.statistic == "ema":
-            d = float(c.spec.ema_decay)
-            if part == "whole":
-                w, decay = ema_weights(w, d, torch.ones(w.shape[0], dtype=torch.bool, device=self.dev))
-            elif part == "head":
-                k = w.shape[1]
-                w = torch.pow(torch.tensor(d, device=self.dev), torch.arange(k - 1, -1, -1, device=self.dev, dtype=torch.float32))[None, :]
-                decay = torch.zeros(1, device=self.dev)
-            else:
-                S = w.sum(dim=1, keepdim=True)
-                n = S + self.shared
-                dd = torch.tensor(d, device=self.dev)
-                Z = (1 - torch.pow(dd, n)) / (1 - d)
-                j = w.cumsum(dim=1) - 1
-                w = torch.pow(dd, (S - 1 - j).clamp_min(0)) * w / Z
-                decay = (torch.pow(dd, S) / Z)[:, 0]
+            fresh = torch.ones(w.shape[0], dtype=torch.bool, device=self.dev)
+            w, decay = ema_weights(w, float(c.spec.ema_decay), fresh, head=self.shared if part == "tail" else 0,
+                                   normalise=part != "head")
         plan = Plan(trace_w=w, decay=decay, align=c.stats.alignment, capture=self.det is not None,
                     drift_trace_w=valid.to(torch.float32) if self.det is not None else None)
         if self.m == 0:  # the published same-pass build: mask the prefill it was traced from
@@ -295,26 +283,10 @@ class Chunked:
         lens = valid.sum(dim=1).tolist()
         for g in range(G):
             c.tally.count(c.rows[g], "prefill", int(lens[g]), pruned=self.m == 0)
-        if self.det is not None:
-            self.det.collect_trace(c.captured, valid.to(torch.float32))
-            for g in range(G):
-                c.rows[g].base_count += int(lens[g])
-                c.count(baseline=int(lens[g]))
-        if not finished:
-            return
-        if self.det is not None:
-            done = [c.schedule.baseline_ready(c.rows[g], 0) for g in range(G)]
-            if any(done):
-                self.det.finalize(c.flags(done))
-                for g, flag in enumerate(done):
-                    if flag:
-                        c.rows[g].base_done = True
-            if all(done):
-                self.det.drop_windows()
-        if self.m == 0:
-            for row in c.rows:
-                row.has_mask = True
-            c.count(builds=G)
+        if self.det is not None:  # the prompt's vectors join the baseline, which may close after the whole prompt
+            c.book.baseline(c.captured, valid.to(torch.float32), [int(n) for n in lens], [0 if finished else None] * G)
+        if finished and self.m == 0:
+            c.book.built([True] * G)
 
     # ------------------------------------------------------------------ parked rows (dart.engine.rounds)
     def park(self, i: int, b: int, drop: int, t: int) -> None:

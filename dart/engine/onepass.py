@@ -39,18 +39,12 @@ def score(c, model, input_ids: torch.Tensor, prompt_len: torch.Tensor, attention
         prefill = valid * (pos < prompt_len)
     c.new_request(B)
     decay = None
-    if c.spec.statistic == "ema":
-        d = float(c.spec.ema_decay)
-        w0, _ = ema_weights(prefill, d, torch.ones(B, dtype=torch.bool, device=c.device))
-        steps = (pos - prompt_len + 1).clamp_min(0)  # decode step index k of the traced positions after the prompt
-        tail = (1 - d) * torch.pow(torch.tensor(d, device=c.device), (m - 1 - steps).clamp_min(0))
-        lead = d ** max(m - 1, 0)
-        trace = torch.where(prefill > 0, w0 * lead, tail * trace)  # compat: the whole request is the prefill
-        decay = torch.zeros(B, device=c.device)
+    if c.spec.statistic == "ema":  # the prompt is one forward, each traced position after it one of its own
+        fresh = torch.ones(B, dtype=torch.bool, device=c.device)
+        trace, decay = ema_weights(trace, float(c.spec.ema_decay), fresh, group=prefill.sum(dim=1))
     c.count(seen=valid.sum())
     c.count(traced=(trace > 0).sum())
     every = torch.ones(B, dtype=torch.bool, device=c.device)
-    c.count(builds=B)
     if c.spec.global_build:
         with c.forced(Plan(trace_w=trace, decay=decay, align=c.stats.alignment)):
             model(input_ids=input_ids, **kwargs)
@@ -60,8 +54,7 @@ def score(c, model, input_ids: torch.Tensor, prompt_len: torch.Tensor, attention
         plan = Plan(trace_w=trace, decay=decay, build_rows=every, prune=prune)
     with c.forced(plan):
         out = model(input_ids=input_ids, **kwargs)
-    for row in c.rows:
-        row.has_mask = True
+    c.book.built([True] * B)
     _count(c, valid > 0, prune, pos < prompt_len)
     return out.logits
 

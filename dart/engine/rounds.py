@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from dart.engine.plan import ROWS, Plan
-from dart.engine.stats import sequential_ema_weights
+from dart.engine.stats import ema_weights
 
 
 class Rounds:
@@ -104,7 +104,7 @@ class Rounds:
         if c.spec.statistic == "ema":
             fresh = c.schedule.fresh(c.rows[0], s_first, early)
             flags = torch.full((w.shape[0],), fresh, dtype=torch.bool, device=self.w.dev)
-            w, decay = sequential_ema_weights(w, float(c.spec.ema_decay), flags)
+            w, decay = ema_weights(w, float(c.spec.ema_decay), flags, group=1)  # one forward per token
         return w, decay
 
     def trace_plan(self, early: torch.Tensor, late: torch.Tensor, s_first: int) -> Plan:
@@ -128,9 +128,7 @@ class Rounds:
         ids, valid, pos = w.chunk(rows, 1)
         split = slice(sch.split, c.L)
         for i in range(len(rows)):
-            c.tally.set_dense(i, split)
-            for sl, _ in c.spans.within(split):
-                c.M.view(sl)[:, i] = 1
+            c.drop_masks(i, split)
         valid_h = valid.cpu()
         plan = self.trace_plan(torch.zeros_like(valid_h), valid_h, 0)
         plan.prune = valid
@@ -176,10 +174,7 @@ class Rounds:
         build = [w.j_next[b] < w.N[b] and (r is None or w.j_next[b] + 1 < r) for b in rows]
         if any(build):
             c.build(c.flags(build))
-            c.count(builds=sum(build))
-            for i, flag in enumerate(build):
-                if flag:
-                    c.rows[i].has_mask = True
+            c.book.built(build)
         if (len(rows) == 1 and c.rows[0].has_mask and c.spec.execution != "masked"
                 and (c.spec.execution == "compact" or w.N[rows[0]] - w.j_next[rows[0]] >= w.compact_min)):
             c.maybe_compact()
@@ -214,7 +209,6 @@ class Rounds:
                     flags = [f and sch.group_builds(c.rows[i], g) for i, f in enumerate(build)]
                     p.build_rows = c.flags(flags) if any(flags) else None
                     p.prune = pruned.to(w.dev)
-            c.count(builds=sum(build))
             plan.capture = self.det is not None
         else:
             traced = torch.zeros_like(valid_h)
@@ -228,9 +222,7 @@ class Rounds:
         logits = w.forward(ids, valid, pos, plan)
         w.emit(rows, j_start, logits)
         if merge:
-            for i, flag in enumerate(build):
-                if flag:
-                    c.rows[i].has_mask = True
+            c.book.built(build)
             c.count(traced=traced.sum())
         fired = self.baseline(rows, j_start, valid_h, valid_h & open_h, pruned)
         if sch.timing != "detector":
@@ -265,30 +257,23 @@ class Rounds:
         if det is None:
             return [None] * n
         wts = torch.zeros(n, T)
-        close = [None] * n
+        counts, last = [0] * n, [None] * n
         col = torch.arange(T)
         for i in range(n):
             row = c.rows[i]
             if row.base_done:
                 continue
             s0 = j_start[i] + 1 - row.origin
-            cc = sch.baseline_close_col(row, s0)
-            span = live_h[i] & (col <= cc) & (col >= max(row.base_from - s0, 0))
+            span = live_h[i] & (col <= sch.baseline_close_col(row, s0)) & (col >= max(row.base_from - s0, 0))
             wts[i] = span.float()
-            row.base_count += int(span.sum())
-            c.count(baseline=int(span.sum()))
-            if cc < T and bool(live_h[i, cc]):
-                close[i] = cc
+            counts[i] = int(span.sum())
+            if counts[i]:
+                last[i] = s0 + int(span.nonzero()[-1, 0])
+        was_done = [r.base_done for r in c.rows]
         if wts.any():
-            det.collect_trace(c.captured, wts.to(self.w.dev))
-            c.count(detector_bytes=det.nbytes())
-        if any(x is not None for x in close):
-            det.finalize(c.flags(x is not None for x in close))
-            for i, x in enumerate(close):
-                if x is not None:
-                    c.rows[i].base_done = True
-            if all(r.base_done for r in c.rows):
-                det.drop_windows()
+            c.book.baseline(c.captured, wts.to(self.w.dev), counts, last)
+        close = [None if was or not r.base_done else last[i] - (j_start[i] + 1 - r.origin)
+                 for i, (was, r) in enumerate(zip(was_done, c.rows))]
         if pruned is None:
             return [None] * n
         start = []
@@ -304,7 +289,7 @@ class Rounds:
 
     def windows(self, rows, j_start, pruned, start) -> list[int | None]:
         """Windows of W pruned columns from each row's start column; returns the column whose window fired."""
-        c, det, sch = self.c, self.det, self.c.schedule
+        c, det = self.c, self.det
         W = det.W
         n = len(rows)
         out: list[int | None] = [None] * n
@@ -325,37 +310,25 @@ class Rounds:
         cos = det.window_cosines(v, max(n_w))
         values = torch.cat([cos, det.tau[:, None]], dim=1).tolist()  # one read per chunk
         for i, b in enumerate(rows):
-            row, tau = c.rows[i], values[i][-1]
+            tau = values[i][-1]
             steps = [j_start[i] + start[i] + (x + 1) * W for x in range(n_w[i])]  # forward closing each window
             request = self.w.request0 + 1 + self.w.names[b]
-            hit = None
-            for x in range(n_w[i]):
-                if not sch.checked(row, steps[x]):  # inside the cool-down: closes unchecked
-                    continue
-                entry = {"request": request, "row": 0, "step": steps[x], "cosine": values[i][x], "threshold": tau}
-                c.count(window=entry)
-                c.count(checks=1)
-                if sch.press(row, det.below(values[i][x], tau, steps[x])):
-                    c.count(trigger=entry)
-                    hit = x
+            for x in range(n_w[i]):  # (inside the cool-down a window closes unchecked: judge gives None)
+                c.book.window(i, W)
+                if c.book.judge(i, steps[x], values[i][x], tau, request=request, row=0):
+                    out[i] = start[i] + (x + 1) * W - 1
                     break
-            c.count(signal=(hit + 1) * W if hit is not None else n_w[i] * W)
-            if hit is not None:
-                out[i] = start[i] + (hit + 1) * W - 1
         return out
 
     def rule_fires(self, rows, j_start, pruned) -> list[int | None]:
         """retrace_at=periodic / random: per row, the pruned column at which the rule fires (the rows' `since` counted
         up to it, or over the whole chunk)."""
-        c, sch = self.c, self.c.schedule
+        c = self.c
         out: list[int | None] = [None] * len(rows)
         for i, b in enumerate(rows):
-            row, request = c.rows[i], self.w.request0 + 1 + self.w.names[b]
+            request = self.w.request0 + 1 + self.w.names[b]
             for col in pruned[i].nonzero().flatten().tolist():
-                row.since += 1
-                step = j_start[i] + col + 1
-                if sch.fires(row, step, request, 0):
-                    c.count(trigger={"request": request, "row": 0, "step": step, "cause": sch.timing})
+                if c.book.tick(i, j_start[i] + col + 1, request, row=0):
                     out[i] = col
                     break
         return out

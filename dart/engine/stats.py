@@ -34,31 +34,35 @@ def token_values(kind: str, a: torch.Tensor) -> torch.Tensor:
     raise ValueError(kind)
 
 
-def ema_weights(valid: torch.Tensor, decay: float, fresh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token weights (B, T) and per-row decays (B,) of one EMA update over the valid tokens of a forward.
-
-    valid: (B, T) 0/1 float, the tokens traced in this forward; fresh: (B,) bool, rows starting from zero.
-    """
+def ema_weights(valid: torch.Tensor, decay: float, fresh: torch.Tensor, group=None, head: int = 0,
+                normalise: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The EMA's per-token weights (B, T) and per-row decays (B,) for the traced tokens `valid` (B, T, 0/1 float, in
+    order) of one model forward, equal to the updates a run of forwards would make, A <- decay * A + sum_t w_t |a_t|.
+    The one rule for every driver: the first `group` traced tokens of a row (None: all of them; an int or a (B,)
+    tensor) were one forward, each later token a forward of its own. A row of `fresh` (B,) bool starts from zero: its
+    first forward's tokens get d^(q-1-j) / Z (Z: the sum of those powers; q tokens), every later token (1 - d), each
+    update decaying what came before by d; the other rows continue: (1 - d) d^(n-1-j), decay d^n.
+    head: the fresh first forward's first `head` tokens are already in A with the un-normalised weights d^(head-1-t)
+    (a prompt whose common head ran once: `normalise=False` makes those weights); the decay rescales them."""
+    d = torch.as_tensor(decay, dtype=torch.float32, device=valid.device)
     n = valid.sum(dim=1, keepdim=True)  # tokens per row
     j = valid.cumsum(dim=1) - 1  # index of each token among its row's traced tokens
-    powers = torch.pow(torch.as_tensor(decay, dtype=torch.float32, device=valid.device), (n - 1 - j).clamp_min(0)) * valid
-    normalised = powers / powers.sum(dim=1, keepdim=True).clamp_min(1e-30)
-    w = torch.where(fresh[:, None], normalised, (1.0 - decay) * powers)
-    row_decay = torch.where(fresh, torch.zeros_like(n[:, 0]), torch.pow(torch.as_tensor(decay, device=valid.device), n[:, 0]))
-    return w, row_decay
-
-
-def sequential_ema_weights(valid: torch.Tensor, decay: float, fresh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights (B, T) and decays (B,) that equal the valid tokens of a chunk fed as single-token forwards, one EMA
-    update each: A <- d A + (1 - d) |a|, except that a fresh row's first token starts A = |a| (a one-token first
-    forward after a reset). Used by chunked teacher forcing for the traced tokens after the prefill."""
-    n = valid.sum(dim=1, keepdim=True)
-    j = valid.cumsum(dim=1) - 1
-    d = torch.as_tensor(decay, dtype=torch.float32, device=valid.device)
+    q = n if group is None else torch.minimum(torch.as_tensor(group, dtype=torch.float32, device=valid.device)
+                                              .reshape(-1, 1).expand_as(n), n)
+    first = (j < q) & (valid > 0)
     powers = torch.pow(d, (n - 1 - j).clamp_min(0)) * valid
-    first = fresh[:, None] & (j == 0) & (valid > 0)
-    w = torch.where(first, powers, (1.0 - decay) * powers)
-    row_decay = torch.where(fresh, torch.zeros_like(n[:, 0]), torch.pow(d, n[:, 0]))
+    own = torch.pow(d, (q - 1 - j).clamp_min(0)) * first  # the first forward's powers
+    Z = torch.ones_like(n)
+    if normalise:
+        Z = own.sum(dim=1, keepdim=True) + torch.pow(d, q) * torch.pow(d, torch.arange(head, device=valid.device,
+                                                                                     dtype=torch.float32)).sum()
+        Z = Z.clamp_min(1e-30)
+    lead = own / Z
+    if group is not None:  # the later single-token forwards decay the first one's contribution
+        lead = lead * torch.pow(d, n - q)
+    w = torch.where(fresh[:, None] & first, lead, (1.0 - decay) * powers)
+    restart = torch.pow(d, n[:, 0]) / Z[:, 0] if head else torch.zeros_like(n[:, 0])
+    row_decay = torch.where(fresh, restart, torch.pow(d, n[:, 0]))
     return w, row_decay
 
 

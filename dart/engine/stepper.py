@@ -57,11 +57,8 @@ class Stepper:
         self.tokens = valid.sum(dim=1).long().tolist() if step == 0 and valid is not None else [T] * B
         between = [building[b] and not inlayer[b] for b in range(B)]
         if any(between):
-            c.count(builds=sum(between))
             c.build(c.flags(between))
-            for b, flag in enumerate(between):
-                if flag:
-                    rows[b].has_mask = True
+            c.book.built(between)
         if any(inlayer) and sch.global_build and not any(sch.group_builds(rows[b], g) for b in range(B) if inlayer[b]
                                                          for g in (True, False)):
             raise ConfigError("strategy.allocation=auto needs every layer's statistics before any mask, so it cannot "
@@ -95,7 +92,7 @@ class Stepper:
         traced = [tr[True][b] or tr[False][b] for b in range(B)]
         if any(traced):
             c.count(traced=float(sum(n for n, t in zip(self.tokens, traced) if t)))
-        c.count(builds=sum(f and any(sch.group_builds(rows[b], g) for g in (True, False)) for b, f in enumerate(inlayer)))
+        self.inlayer_builds = sum(f and any(sch.group_builds(rows[b], g) for g in (True, False)) for b, f in enumerate(inlayer))
         c.count(seen=float(B * T) if valid is None else valid.sum())
         self.pruned_now = [masked[b] or inlayer[b] for b in range(B)]
         self.masked = masked
@@ -119,59 +116,30 @@ class Stepper:
     def on_signal(self, v: torch.Tensor, p: Plan) -> Plan:
         """The drift signal v of the running forward (plan p): baselines, windows, checks. Returns the plan the rest
         of the forward runs (a mid-forward re-trace, published_quirks, changes its late layers)."""
-        c, sch, det = self.c, self.c.schedule, self.c.detector
-        rows = c.rows
+        c = self.c
         if p.drift_trace_w is not None:
-            det.collect_trace(v, p.drift_trace_w)
-            c.count(detector_bytes=det.nbytes())
-            done = []
-            for b, r in enumerate(rows):
-                if self.baseline[b]:
-                    r.base_count += self.tokens[b]
-                    c.count(baseline=self.tokens[b])
-                done.append(self.baseline[b] and sch.baseline_ready(r, self.s[b]))
-            if any(done):
-                det.finalize(c.flags(done))
-                for b, flag in enumerate(done):
-                    if flag:
-                        rows[b].base_done, rows[b].window = True, 0
+            c.book.baseline(v, p.drift_trace_w, [n if f else 0 for n, f in zip(self.tokens, self.baseline)],
+                            [s if f else None for s, f in zip(self.s, self.baseline)])
         if p.drift_decode_rows is not None:
-            det.collect_decode(v, p.drift_decode_rows)
-            c.count(signal=sum(self.windows))
-            due = []
-            for b, r in enumerate(rows):
-                r.window += int(self.windows[b])
-                due.append(self.windows[b] and r.window == sch.W)
+            c.detector.collect_decode(v, p.drift_decode_rows)
+            due = [bool(f) and c.book.window(b, 1) > 0 for b, f in enumerate(self.windows)]
             if any(due):
                 p = self._check(due, p)
-        if not any(self.baseline) and det.windows.shape[1]:
-            det.drop_windows()
         return p
 
     def _check(self, due: list[bool], p: Plan) -> Plan:
         c, sch, det = self.c, self.c.schedule, self.c.detector
         step = c.step
-        cooling = [d and not sch.checked(c.rows[b], step) for b, d in enumerate(due)]
+        cooling = [d and not c.book.checked(b, step) for b, d in enumerate(due)]
         if any(cooling):  # windows inside the cool-down close unchecked
             det.discard(c.flags(cooling))
-            for b, flag in enumerate(cooling):
-                if flag:
-                    c.rows[b].window = 0
             due = [d and not k for d, k in zip(due, cooling)]
             if not any(due):
                 return p
         cos = det.close_window(c.flags(due))
         values = torch.stack([cos, det.tau]).tolist()  # one read per window
         for b, flag in enumerate(due):
-            if not flag:
-                continue
-            row = c.rows[b]
-            row.window = 0
-            entry = {"request": c.counts.requests, "row": b, "step": step, "cosine": values[0][b], "threshold": values[1][b]}
-            c.count(window=entry)
-            c.count(checks=1)
-            if sch.press(row, det.below(values[0][b], values[1][b], step)):
-                c.count(trigger=entry)
+            if flag and c.book.judge(b, step, values[0][b], values[1][b], request=c.counts.requests, row=b):
                 (self.midway if sch.midway else self.fired).append(b)
         return self._reset_midway(p) if self.midway else p
 
@@ -181,12 +149,9 @@ class Stepper:
         c, sch = self.c, self.c.schedule
         split = slice(sch.split, c.L)
         for b in self.midway:
-            c.tally.fold(c.rows, [b])
-            c.tally.set_dense(b, split)
-            for sl, _ in c.spans.within(split):
-                c.M.view(sl)[:, b] = 1
+            c.drop_masks(b, split)
             c.restart_row(b)
-            sch.retrace(c.rows[b], c.step)
+            c.book.retrace(b, c.step)
         flags = [b in self.midway for b in range(c.B)]
         late = dataclasses.replace(p.late if p.late is not None else p, compact=None, build_rows=None, late=None,
                                    _on={})
@@ -203,19 +168,14 @@ class Stepper:
     # ------------------------------------------------------------------ after a forward
     def after(self) -> None:
         c, sch = self.c, self.c.schedule
-        for b, flag in enumerate(self.inlayer):
-            if flag:
-                c.rows[b].has_mask = True
+        c.book.built(self.inlayer, builds=self.inlayer_builds)
         kind = "prefill" if c.step == 0 else "decode"
         for b, row in enumerate(c.rows):
             c.tally.count(row, kind, self.tokens[b], self.pruned_now[b])
         if sch.timing != "detector":  # the timing controls: after each pruned forward, their rule
-            for b, row in enumerate(c.rows):
-                if self.masked[b]:
-                    row.since += 1
-                    if sch.fires(row, c.step, c.counts.requests, b):
-                        c.count(trigger={"request": c.counts.requests, "row": b, "step": c.step, "cause": sch.timing})
-                        self.fired.append(b)
+            for b in range(c.B):
+                if self.masked[b] and c.book.tick(b, c.step, c.counts.requests, row=b):
+                    self.fired.append(b)
         for b in self.midway:  # the rest of the new segment's re-trace runs dense in every layer
             c.drop_masks(b)
         for b in self.fired:  # a clean re-trace from the next forward on (or, on_retrace=dense, a dense hold)
@@ -224,5 +184,5 @@ class Stepper:
                 c.restart_row(b)
             else:
                 self.invalidate()
-            sch.retrace(c.rows[b], c.step)
+            c.book.retrace(b, c.step)
 
