@@ -16,7 +16,7 @@ import torch
 
 from tests.conftest import run_cli, tiny_gpt2, tiny_llama  # noqa: E402
 from dart.engine.adapters import FFNWeights  # noqa: E402
-from dart.engine.calibration import (  # noqa: E402
+from dart.strategies.calibration_stats import (  # noqa: E402
     calibrate, ffn_activations, neuron_scores, quantile_threshold,
     sample_counts, static_masks,
 )

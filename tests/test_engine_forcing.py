@@ -1,4 +1,4 @@
-"""Exact chunked teacher forcing (dart/engine/forcing.py) against its reference, token-by-token decoding through the
+"""Exact chunked teacher forcing (dart/engine/forcing/) against its reference, token-by-token decoding through the
 engine's own schedule: every logit within 1e-4 and the same drift checks and triggers, on tiny random Llama, GPT-2
 and GPT-NeoX models, with scripted triggers (first, middle and last window of a continuation; several in one
 continuation), natural triggers, m = 0 / 1 / 2 / 20, a release step, the EMA statistic, depth-aware allocation,

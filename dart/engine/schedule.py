@@ -1,7 +1,8 @@
 """DART's schedule, written once (docs/method.md sections 2 and 5): which forward of a row traces, builds, prunes,
 feeds the drift detector's baseline or a window, and what a trigger starts. Every driver asks these rules: the
-token-by-token one (dart.engine.stepper, the exact reference), chunked teacher forcing (dart.engine.forcing and
-dart.engine.rounds) and one-pass scoring (dart.engine.onepass) for its single pass.
+token-by-token one (dart.engine.stepper, the exact reference), chunked teacher forcing (dart.engine.forcing) and
+one-pass scoring (dart.engine.onepass) for its single pass; what a decision does to a row, the detector and the
+counters is dart.engine.bookkeeping's.
 
 A row's life is a sequence of segments (the request's first one, then one per trigger). In a segment, local step
 s = forward index - row.origin and n = row.n (masking_step for the first segment, the re-trace length after):

@@ -1,6 +1,8 @@
-"""Which calibration text a strategy calibrates on (strategy.calibration): the corpus name and its size. The engine
-(dart.engine.calibration) takes the text itself; the names it may come from are dart.data.texts.CALIBRATION_SOURCES,
-every one disjoint from every evaluation text. Defaults: conf/strategy/_calibration.yaml (the dataclass has none)."""
+"""Which calibration text a strategy calibrates on (strategy.calibration): the corpus name and its size. The
+statistics over it (dart.strategies.calibration_stats) take the text itself; the names it may come from are
+dart.data.texts.CALIBRATION_SOURCES, every one disjoint from every evaluation text. Defaults:
+conf/strategy/_calibration.yaml (the dataclass has none). Imports no torch, so a bad knob fails before anything
+heavy is imported."""
 from __future__ import annotations
 
 import dataclasses
@@ -43,9 +45,9 @@ class CalibrationSpec:
         return self
 
     def sequences(self, tokenizer) -> list:
-        """The calibration tokens as sequences of at most seq_len (dart.engine.calibration.calibration_sequences)."""
+        """The calibration tokens as sequences of at most seq_len (dart.strategies.calibration_stats.calibration_sequences)."""
         from dart.data.texts import CALIBRATION_SOURCES
-        from dart.engine.calibration import calibration_sequences
+        from dart.strategies.calibration_stats import calibration_sequences
 
         text = CALIBRATION_SOURCES[self.source]()
         return calibration_sequences(tokenizer, text, self.tokens, self.seq_len, name=f"the calibration text {self.source!r}")

@@ -1,4 +1,5 @@
-"""Strategies that run on the DART engine (dart.engine): dart, static_prompt and griffin.
+"""Strategies that run on the DART engine (dart.engine): dart, static_prompt and griffin, and what every strategy
+that owns an engine Controller shares (ControllerStrategy; strategy=static, dart.strategies.calibrated, is the other).
 
 - Dart: trace the prompt, prune, watch the attention output for a change of topic and re-trace.
 - StaticPrompt: the prompt's mask, never re-traced (DART without the detector): the paper's "static mask".
@@ -14,42 +15,25 @@ from dart.engine.spec import EngineSpec
 from dart.strategies.base import Strategy
 
 
-class EngineStrategy(Strategy):
-    """A strategy on the DART engine. Its knobs are exactly its composed YAML node (conf/strategy/<name>.yaml on
-    top of _engine.yaml): build it with dart.compose.build_strategy (or `strategy=<name>` in a run), which supplies
-    every default; the constructor has none."""
+class ControllerStrategy(Strategy):
+    """A strategy that owns an engine Controller (dart.engine.controller). A subclass sets `spec` (its EngineSpec) in
+    its constructor and builds its controller in `make_controller`; this class attaches it, measures the run at
+    detach (sparsity, overhead, drift: results.json) and answers what evaluators ask (dart.strategies.base)."""
 
-    dynamic = True
+    spec: EngineSpec
 
-    def __init__(self, name: str, calibration: dict, **knobs):
-        from dart.strategies.calibration import CalibrationSpec
-
-        super().__init__(name=name, sparsity=knobs.get("sparsity"), ranking=knobs.get("ranking"))
-        self.spec = EngineSpec.from_dict(knobs).validate()
-        self.calibration = CalibrationSpec.from_dict(calibration)  # prior_mix: the global ranking's text
+    def __init__(self, name: str, sparsity: float, ranking: str | None):
+        super().__init__(name=name, sparsity=sparsity, ranking=ranking)
         self.controller = None
         self._summary: dict[str, Any] = {}
 
+    def make_controller(self, model, tokenizer):
+        """The Controller this strategy runs on `model`, not yet attached (called by attach, after Strategy.attach)."""
+        raise NotImplementedError
+
     def attach(self, model, tokenizer=None) -> None:
-        from dart.engine.controller import Controller
-
         super().attach(model, tokenizer)
-        scores = self._global_ranking(model, tokenizer) if self.spec.prior_mix > 0 else None
-        self.controller = Controller(model, self.spec, global_scores=scores).attach()
-
-    def _global_ranking(self, model, tokenizer):
-        """A calibration-corpus ranking per layer (activation L2 norm over text disjoint from every evaluation),
-        for strategy.prior_mix (GLASS, 2025: blend the global ranking into the request's own)."""
-        from dart.engine.adapters import adapter_for
-        from dart.engine.calibration import calibrate, neuron_scores
-        from dart.errors import ConfigError
-
-        if tokenizer is None:
-            raise ConfigError("strategy.prior_mix needs the tokenizer (for its calibration text)")
-        adapter = adapter_for(model)
-        weights = [adapter.weights(adapter.ffn(layer)) for layer in adapter.layers(model)]
-        cal = calibrate(model, self.calibration.sequences(tokenizer), norms=True)
-        return neuron_scores("act_norm", weights, cal.act_sq)
+        self.controller = self.make_controller(model, tokenizer).attach()
 
     def detach(self) -> None:
         if self.controller is not None:
@@ -113,6 +97,41 @@ class EngineStrategy(Strategy):
         out["strategy"]["spec"] = _spec_dict(self.spec)
         out.update(self._summary or (self._measure() if self.controller is not None else {}))
         return out
+
+
+class EngineStrategy(ControllerStrategy):
+    """A strategy on the DART engine. Its knobs are exactly its composed YAML node (conf/strategy/<name>.yaml on
+    top of _engine.yaml): build it with dart.compose.build_strategy (or `strategy=<name>` in a run), which supplies
+    every default; the constructor has none."""
+
+    dynamic = True
+
+    def __init__(self, name: str, calibration: dict, **knobs):
+        from dart.strategies.calibration import CalibrationSpec
+
+        super().__init__(name=name, sparsity=knobs.get("sparsity"), ranking=knobs.get("ranking"))
+        self.spec = EngineSpec.from_dict(knobs).validate()
+        self.calibration = CalibrationSpec.from_dict(calibration)  # prior_mix: the global ranking's text
+
+    def make_controller(self, model, tokenizer):
+        from dart.engine.controller import Controller
+
+        scores = self._global_ranking(model, tokenizer) if self.spec.prior_mix > 0 else None
+        return Controller(model, self.spec, global_scores=scores)
+
+    def _global_ranking(self, model, tokenizer):
+        """A calibration-corpus ranking per layer (activation L2 norm over text disjoint from every evaluation),
+        for strategy.prior_mix (GLASS, 2025: blend the global ranking into the request's own)."""
+        from dart.engine.adapters import adapter_for
+        from dart.errors import ConfigError
+        from dart.strategies.calibration_stats import calibrate, neuron_scores
+
+        if tokenizer is None:
+            raise ConfigError("strategy.prior_mix needs the tokenizer (for its calibration text)")
+        adapter = adapter_for(model)
+        weights = [adapter.weights(adapter.ffn(layer)) for layer in adapter.layers(model)]
+        cal = calibrate(model, self.calibration.sequences(tokenizer), norms=True)
+        return neuron_scores("act_norm", weights, cal.act_sq)
 
 
 def _spec_dict(spec: EngineSpec) -> dict:

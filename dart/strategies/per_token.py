@@ -353,7 +353,7 @@ class Cats(PerTokenStrategy):
     name = "cats"
 
     def make_rule(self, model, tokenizer) -> Rule:
-        from dart.engine.calibration import calibrate, quantile_threshold
+        from dart.strategies.calibration_stats import calibrate, quantile_threshold
 
         spec = self.calibration
         cal = calibrate(model, spec.sequences(tokenizer), values=("gate",), sample=spec.sample, seed=spec.seed)
@@ -373,7 +373,7 @@ class Teal(PerTokenStrategy):
     name = "teal"
 
     def make_rule(self, model, tokenizer) -> Rule:
-        from dart.engine.calibration import calibrate, quantile_threshold
+        from dart.strategies.calibration_stats import calibrate, quantile_threshold
 
         spec = self.calibration
         cal = calibrate(model, spec.sequences(tokenizer), values=("input", "down"), sample=spec.sample, seed=spec.seed)

@@ -1,5 +1,6 @@
-"""Calibration for the input-independent baselines (docs/baselines.md): a text disjoint from every evaluation text
-(chosen by the strategy, dart.strategies.calibration) runs dense through the model once, and per layer the
+"""Calibration statistics for the input-independent baselines (docs/method.md sections 8 and 8a: static, CATS, TEAL)
+and for DART's global prior (strategy.prior_mix): a text disjoint from every evaluation text (which one: the
+strategy's CalibrationSpec, dart.strategies.calibration) runs dense through the model once, and per layer the
 statistics a baseline needs are collected in fp32:
 
 - `act_sq` (L, I): sum over the calibration tokens of a_tj^2, a = the FFN intermediate activation (the input of
@@ -47,8 +48,8 @@ class Calibration:
 
 # ---------------------------------------------------------------------------------------------------- the text
 def calibration_sequences(tokenizer, text: str, tokens: int, seq_len: int, name: str = "the calibration text") -> list[torch.Tensor]:
-    """The first `tokens` tokens of `text`, as 1-D LongTensors of at most `seq_len` tokens (the engine takes the text;
-    which corpus it comes from is the strategy's business: dart.strategies.calibration)."""
+    """The first `tokens` tokens of `text`, as 1-D LongTensors of at most `seq_len` tokens (this takes the text;
+    which corpus it comes from is the strategy's CalibrationSpec: dart.strategies.calibration)."""
     if tokenizer is None:
         raise ConfigError("the calibration needs the model's tokenizer (strategy.attach(model, tokenizer))")
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]

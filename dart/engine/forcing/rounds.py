@@ -1,4 +1,4 @@
-"""The schedule run in chunks (dart.engine.forcing): rounds over rows in the same phase of their segment, every
+"""The chunked driver (step 2 of dart.engine.forcing): rounds over rows in the same phase of their segment, every
 decision taken from the rules of dart.engine.schedule.
 
 A round takes a cohort of rows whose segments started together (every row right after the prompts, or rows that
@@ -16,7 +16,7 @@ schedule allows:
 - the detector as the token-by-token driver runs it: the baseline collects the monitored vectors of the segment, later
   pruned tokens close a window every W, checked against the baseline (not inside the cool-down after a trigger) with
   the row's pressure counter (Schedule.press); chunks end on window boundaries.
-A row whose window fires at forward f is parked (Chunked.park) with its KV cache (through f, or through f - 1 when
+A row whose window fires at forward f is parked (Rounds.park) with its KV cache (through f, or through f - 1 when
 forward f is run again) and its host state; the parked rows re-trace together in the next round (their caches padded
 with hidden columns).
 """
@@ -24,26 +24,49 @@ from __future__ import annotations
 
 import torch
 
+from dart.engine.forcing.batch import Batch
+from dart.engine.forcing.checks import Checks
+from dart.engine.forcing.prompts import Prompts, fixed_plan
 from dart.engine.plan import ROWS, Plan
 from dart.engine.stats import ema_weights
+from dart.errors import ConfigError
 
 
 class Rounds:
-    def __init__(self, work):
-        self.w, self.c, self.det = work, work.c, work.det
+    """The chunked driver of one force() call: the prompts' forward, then rounds of cohorts until no row is parked."""
+
+    def __init__(self, model, c, prefixes, forced, group, names, take, prefix_logits, pad_id, compact_min, shared=0):
+        self.c = c
+        self.w = Batch(model, c, prefixes, forced, group, names, take, prefix_logits, pad_id)
+        self.det = c.detector if c is not None else None
+        self.dynamic = c is not None and c.fixed is None
+        self.m = int(c.spec.masking_step) if self.dynamic else None
+        if self.dynamic and self.m == 0 and c.spec.global_build:
+            raise ConfigError("strategy.allocation=auto needs every layer's statistics before any mask, so it cannot "
+                              "mask the prefill it traces (masking_step=0); use masking_step >= 1")
+        # a common head of the prompts runs once (never under m = 0: its masks are built inside the prefill)
+        pre = self.w.prefixes
+        usable = not prefix_logits and not (self.dynamic and self.m == 0) and len(pre) > 1
+        self.shared = min(int(shared), min(len(p) for p in pre) - 1) if usable else 0
+        if self.shared and any(p[: self.shared] != pre[0][: self.shared] for p in pre):
+            raise ValueError(f"the prompts do not share their first {self.shared} tokens")
+        self.compact_min = int(compact_min)
+        self.request0 = c.counts.requests if c is not None else 0  # the chunk logs number rows from here
+        self.parked: list[dict] = []  # rows that fired, waiting for their re-trace round
         self.retrace_chunk = 4 * self.det.W if self.det is not None else None
+        self.checks = Checks(self.c, self.w, self.request0)
 
     def run(self) -> None:
         w = self.w
-        w.prompts()
+        Prompts(w, self.c, self.dynamic, self.m, self.shared).run()
         rows = list(range(w.B))
-        if not w.dynamic:
+        if not self.dynamic:
             self.rest_in_one(rows)
             return
         self.process(rows, first=True)
-        while w.parked:
-            batch, w.parked = (w.parked, []) if w.holes else (w.parked[:1], w.parked[1:])
-            w.restore(batch)
+        while self.parked:
+            batch, self.parked = (self.parked, []) if w.holes else (self.parked[:1], self.parked[1:])
+            self.restore(batch)
             self.process([p["row"] for p in batch], first=False)
 
     def rest_in_one(self, rows: list[int]) -> None:
@@ -53,7 +76,7 @@ class Rounds:
         if T == 0:
             return
         ids, valid, pos = w.chunk(rows, T)
-        logits = w.forward(ids, valid, pos, w.fixed_plan(len(rows)) if c is not None else None)
+        logits = w.forward(ids, valid, pos, fixed_plan(c, len(rows)) if c is not None else None)
         if c is not None:
             c.count(seen=valid.sum())
         w.emit(rows, [0] * len(rows), logits)
@@ -61,7 +84,7 @@ class Rounds:
     # ------------------------------------------------------------------ one cohort
     def s0(self, rows: list[int]) -> int:
         """The local step of the cohort's next forward (the same for every row of a cohort)."""
-        return self.w.j_next[rows[0]] + 1 - self.c.rows[0].origin
+        return self.w.at[rows[0]] + 1 - self.c.rows[0].origin
 
     def process(self, rows: list[int], first: bool) -> None:
         w, c, sch = self.w, self.c, self.c.schedule
@@ -73,10 +96,10 @@ class Rounds:
                 return
             s0 += 1
         n = row0.n
-        T1 = max(0, min(n - s0, max(w.N[b] - w.j_next[b] for b in rows)))  # trace forwards of every layer group
+        T1 = max(0, min(n - s0, max(w.left(b) for b in rows)))  # trace forwards of every layer group
         same_pass = sch.in_layer(row0) and s0 <= n  # a group's statistics start at the build forward
         long_single = (first and len(rows) == 1 and c.spec.execution != "masked"
-                       and w.N[rows[0]] - w.j_next[rows[0]] - T1 >= w.compact_min)
+                       and w.left(rows[0]) - T1 >= self.compact_min)
         merge = same_pass or (T1 > 0 and not (sch.global_build or long_single))
         if T1 > 0 and not merge:
             self.trace_alone(rows, T1)
@@ -86,7 +109,7 @@ class Rounds:
         cap = None if first or self.det is None else self.retrace_chunk
         head = True
         while rows:
-            T = max(w.N[b] - w.j_next[b] for b in rows)
+            T = max(w.left(b) for b in rows)
             if T <= 0:
                 return
             if cap is not None:
@@ -133,7 +156,7 @@ class Rounds:
         plan = self.trace_plan(torch.zeros_like(valid_h), valid_h, 0)
         plan.prune = valid
         plan.late.prune = None
-        j_start = [w.j_next[b] for b in rows]
+        j_start = list(w.at[b] for b in rows)
         logits = w.forward(ids, valid, pos, plan)
         w.emit(rows, j_start, logits)
         c.count(seen=valid.sum())
@@ -141,8 +164,8 @@ class Rounds:
         for i, b in enumerate(rows):
             c.tally.count(c.rows[i], "decode", int(valid_h[i].sum()), pruned=True)
             c.drop_masks(i)
-            w.j_next[b] = min(w.j_next[b] + 1, w.N[b])
-        go_on = [i for i, b in enumerate(rows) if w.j_next[b] < w.N[b]]
+            w.advance(b, 1)
+        go_on = [i for i, b in enumerate(rows) if w.left(b)]
         if len(go_on) < len(rows) and go_on:
             w.select(torch.tensor(go_on, device=w.dev))
         return [rows[i] for i in go_on]
@@ -156,27 +179,27 @@ class Rounds:
         live = valid.cpu() & ((k < int(r)) if r is not None else True)
         s_first = self.s0(rows)
         plan = self.trace_plan(live, live, s_first)
-        j_start = [w.j_next[b] for b in rows]
+        j_start = list(w.at[b] for b in rows)
         logits = w.forward(ids, valid, pos, plan)
         w.emit(rows, j_start, logits)
         c.count(seen=valid.sum())
         c.count(traced=live.sum())
         for i in range(len(rows)):
             c.tally.count(c.rows[i], "decode", int(valid[i].sum()), pruned=False)
-        self.baseline(rows, j_start, valid.cpu(), live)
+        self.checks.baseline(rows, j_start, valid.cpu(), live)
         for b in rows:
-            w.j_next[b] = min(w.j_next[b] + T1, w.N[b])
+            w.advance(b, T1)
 
     def build_between(self, rows: list[int]) -> None:
         """The masks of the rows with tokens left and not released, between forwards."""
         w, c = self.w, self.c
         r = c.spec.release_step
-        build = [w.j_next[b] < w.N[b] and (r is None or w.j_next[b] + 1 < r) for b in rows]
+        build = [w.left(b) > 0 and (r is None or w.at[b] + 1 < r) for b in rows]
         if any(build):
             c.build(c.flags(build))
             c.book.built(build)
         if (len(rows) == 1 and c.rows[0].has_mask and c.spec.execution != "masked"
-                and (c.spec.execution == "compact" or w.N[rows[0]] - w.j_next[rows[0]] >= w.compact_min)):
+                and (c.spec.execution == "compact" or w.left(rows[0]) >= self.compact_min)):
             c.maybe_compact()
         c.compaction_done()
 
@@ -218,15 +241,15 @@ class Rounds:
             plan.prune = pruned.to(w.dev)
             if n == 1 and c.compacted and c.rows[0].has_mask and bool((pruned | ~valid_h).all()):
                 plan.prune, plan.compact = ROWS, c.kept_prefix
-        j_start = [w.j_next[b] for b in rows]
+        j_start = list(w.at[b] for b in rows)
         logits = w.forward(ids, valid, pos, plan)
         w.emit(rows, j_start, logits)
         if merge:
             c.book.built(build)
             c.count(traced=traced.sum())
-        fired = self.baseline(rows, j_start, valid_h, valid_h & open_h, pruned)
+        fired = self.checks.baseline(rows, j_start, valid_h, valid_h & open_h, pruned)
         if sch.timing != "detector":
-            fired = self.rule_fires(rows, j_start, pruned)
+            fired = self.checks.rule_fires(rows, j_start, pruned)
         # counting, up to each row's trigger (its later tokens are recomputed; under published_quirks the trigger
         # forward itself too)
         again = 1 if sch.midway else 0
@@ -237,98 +260,42 @@ class Rounds:
             c.tally.count(c.rows[i], "decode", int((valid_h[i, :u] & ~pruned[i, :u] & ~traced[i, :u]).sum()), pruned=False)
             c.count(seen=float(valid_h[i, :u].sum()))
         for i, b in enumerate(rows):
-            w.j_next[b] = min(w.j_next[b] + T, w.N[b]) if fired[i] is None else w.j_next[b] + upto[i]
-        go_on = [i for i, b in enumerate(rows) if fired[i] is None and w.j_next[b] < w.N[b]]
+            w.advance(b, T if fired[i] is None else upto[i])
+        go_on = [i for i, b in enumerate(rows) if fired[i] is None and w.left(b)]
         for i, b in enumerate(rows):
-            if fired[i] is not None and w.j_next[b] < w.N[b]:
-                w.park(i, b, T - upto[i], j_start[i] + fired[i] + 1)
+            if fired[i] is not None and w.left(b):
+                self.park(i, b, T - upto[i], j_start[i] + fired[i] + 1)
         if len(go_on) < n:
             if not go_on:
                 return []
             w.select(torch.tensor(go_on, device=w.dev))
         return [rows[i] for i in go_on]
 
-    # ------------------------------------------------------------------ the detector
-    def baseline(self, rows, j_start, valid_h, live_h, pruned=None) -> list[int | None]:
-        """The detector over one chunk: the baseline's vectors (and its close), then, where `pruned` is given, the
-        windows of the pruned columns after the baseline. Returns per row the column whose window fired."""
-        c, det, sch = self.c, self.det, self.c.schedule
-        n, T = valid_h.shape
-        if det is None:
-            return [None] * n
-        wts = torch.zeros(n, T)
-        counts, last = [0] * n, [None] * n
-        col = torch.arange(T)
-        for i in range(n):
-            row = c.rows[i]
-            if row.base_done:
-                continue
-            s0 = j_start[i] + 1 - row.origin
-            span = live_h[i] & (col <= sch.baseline_close_col(row, s0)) & (col >= max(row.base_from - s0, 0))
-            wts[i] = span.float()
-            counts[i] = int(span.sum())
-            if counts[i]:
-                last[i] = s0 + int(span.nonzero()[-1, 0])
-        was_done = [r.base_done for r in c.rows]
-        if wts.any():
-            c.book.baseline(c.captured, wts.to(self.w.dev), counts, last)
-        close = [None if was or not r.base_done else last[i] - (j_start[i] + 1 - r.origin)
-                 for i, (was, r) in enumerate(zip(was_done, c.rows))]
-        if pruned is None:
-            return [None] * n
-        start = []
-        for i in range(n):  # windows begin after the baseline closed (here, or before this chunk: its first pruned column)
-            if not c.rows[i].base_done:
-                start.append(None)
-            elif close[i] is not None:
-                start.append(close[i] + 1)
-            else:
-                first = pruned[i].nonzero()
-                start.append(int(first[0, 0]) if len(first) else None)
-        return self.windows(rows, j_start, pruned, start)
-
-    def windows(self, rows, j_start, pruned, start) -> list[int | None]:
-        """Windows of W pruned columns from each row's start column; returns the column whose window fired."""
-        c, det = self.c, self.det
-        W = det.W
-        n = len(rows)
-        out: list[int | None] = [None] * n
-        n_w = []
-        for i in range(n):
-            if start[i] is None:
-                n_w.append(0)
-                continue
-            run = pruned[i, start[i]:]
-            stop = int(run.long().cumprod(0).sum())  # pruned columns are contiguous until a release
-            n_w.append(stop // W)
-        width = max(n_w) * W
-        if width == 0:
-            return out
-        cols = torch.tensor([[min((start[i] or 0) + x, pruned.shape[1] - 1) for x in range(width)] for i in range(n)],
-                            device=self.w.dev)
-        v = c.captured.gather(1, cols[..., None].expand(n, width, c.captured.shape[-1]))
-        cos = det.window_cosines(v, max(n_w))
-        values = torch.cat([cos, det.tau[:, None]], dim=1).tolist()  # one read per chunk
-        for i, b in enumerate(rows):
-            tau = values[i][-1]
-            steps = [j_start[i] + start[i] + (x + 1) * W for x in range(n_w[i])]  # forward closing each window
-            request = self.w.request0 + 1 + self.w.names[b]
-            for x in range(n_w[i]):  # (inside the cool-down a window closes unchecked: judge gives None)
-                c.book.window(i, W)
-                if c.book.judge(i, steps[x], values[i][x], tau, request=request, row=0):
-                    out[i] = start[i] + (x + 1) * W - 1
-                    break
-        return out
-
-    def rule_fires(self, rows, j_start, pruned) -> list[int | None]:
-        """retrace_at=periodic / random: per row, the pruned column at which the rule fires (the rows' `since` counted
-        up to it, or over the whole chunk)."""
+    # ------------------------------------------------------------------ parked rows
+    def park(self, i: int, b: int, drop: int, t: int) -> None:
+        """Keep row b (cohort index i) for its re-trace round: its KV cache up to its trigger at forward t (the last
+        `drop` columns are after it), its state for the segment it starts (Schedule.retrace) and, under
+        published_quirks or on_retrace=dense, its old masks, which it runs again with."""
         c = self.c
-        out: list[int | None] = [None] * len(rows)
-        for i, b in enumerate(rows):
-            request = self.w.request0 + 1 + self.w.names[b]
-            for col in pruned[i].nonzero().flatten().tolist():
-                if c.book.tick(i, j_start[i] + col + 1, request, row=0):
-                    out[i] = col
-                    break
-        return out
+        c.tally.fold(c.rows, [i])
+        state = c.rows[i].copy()
+        c.schedule.retrace(state, t)
+        park = {"row": b, "state": state, **self.w.keep(i, drop)}
+        if c.schedule.midway or c.schedule.action == "dense":  # the masks in the ORIGINAL neuron order (a compaction
+            # may move neurons meanwhile)
+            park["M"] = [torch.zeros_like(p[:, i]).scatter_(-1, o.long(), p[:, i]) for p, o in zip(c.M.parts, c.order.parts)]
+            park["kept"] = [p[:, i].clone() for p in c.tally.kept.parts]
+        self.parked.append(park)
+
+    def restore(self, batch: list[dict]) -> None:
+        """The cache, attention mask and engine state of parked rows."""
+        c = self.c
+        self.w.restore(batch)
+        c.reset_rows(len(batch))
+        c.restore_rows([p["state"] for p in batch])
+        for i, p in enumerate(batch):
+            if "M" in p:
+                for part, col, o in zip(c.M.parts, p["M"], c.order.parts):
+                    part[:, i] = col.gather(-1, o.long())
+                for part, col in zip(c.tally.kept.parts, p["kept"]):
+                    part[:, i] = col
