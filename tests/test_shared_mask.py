@@ -116,3 +116,49 @@ def test_compacted_shared_equals_masked():
         outs[execution] = (decode(model, prompts(4)), c.compacted, c.union.rows_differ())
     assert (outs["compact"][0] - outs["masked"][0]).abs().max() <= 1e-5
     assert outs["compact"][1:] == (True, False)  # one prefix, no per-row mask inside it
+
+
+@pytest.mark.parametrize("spec", [
+    dict(),  # the detector (W = 5), natural triggers at a threshold with no margin
+    dict(published_quirks=True),  # a trigger resets its row inside the forward that closes the window
+    dict(release_step=23),
+    dict(execution="compact", union_max_keep=1.0),
+])
+def test_chunked_lockstep_equals_one_forward_per_token(spec):
+    """A shared-mask batch teacher-forced in lockstep: the tokens between two changes of the schedule in one forward
+    (Stepper.steady) give the logits, drift checks, triggers, effective sparsity and generated-token bytes of one
+    forward per token (the reference), in fewer forwards."""
+    from dart.engine.forcing import _lockstep
+
+    model = tiny_llama()
+    drift = {"enabled": True, "window": 5, "min_windows": 1, "sigma_scale": 0.0, "min_margin": 0.0}
+    g = torch.Generator().manual_seed(3)
+    prefixes = [torch.randint(3, 128, (9,), generator=g).tolist() for _ in range(3)]
+    forced = [torch.randint(3, 128, (40,), generator=g).tolist() for _ in range(3)]
+    runs = {}
+    for chunked in (False, True):
+        c = attach(model, batch_mask="shared", retrace_tokens=3, drift=drift, **spec)
+        out, calls = {}, []
+        handle = model.register_forward_pre_hook(lambda *a: calls.append(1))
+
+        def take(rows, j0, logits):
+            for t in range(logits.shape[1]):
+                out[j0 + t] = logits[:, t].float().log_softmax(-1)
+
+        try:
+            _lockstep(model, prefixes, forced, [0, 1, 2], take, False, chunked=chunked)
+        finally:
+            handle.remove()
+            c.detach()
+        eff = c.effective()
+        runs[chunked] = (out, [(e["row"], e["step"], round(e["cosine"], 4)) for e in c.counts.window_log],
+                         [(t["row"], t["step"]) for t in c.counts.triggers], eff["decode"], c.tally.gen_ffn_bytes,
+                         c.tally.gen_tokens, len(calls))
+    ref, got = runs[False], runs[True]
+    assert sorted(got[0]) == sorted(ref[0]) == list(range(-1, 40))
+    assert max(float((ref[0][j] - got[0][j]).abs().max()) for j in ref[0]) < 1e-4
+    assert got[1] == ref[1] and got[2] == ref[2]
+    assert got[3] == pytest.approx(ref[3], abs=1e-9) and got[4:6] == ref[4:6]
+    if "release_step" not in spec:
+        assert ref[2], "the reference run should re-trace at least once"
+    assert ref[6] == 41 and got[6] <= 0.7 * ref[6], (got[6], ref[6])  # W = 5: at best 2 forwards per window

@@ -18,6 +18,16 @@ def list_keep(keep: list[float], width: int) -> list[int]:
     return [max(1, math.floor(float(v) * width + 1e-9)) for v in keep]
 
 
+def fixed_keep(spec, num_layers: int, width: int) -> list[int] | None:
+    """Per-layer keep counts that do not depend on the input (top-k with a uniform or a listed allocation), else None
+    (the depth-aware allocation and the mean threshold decide them per build)."""
+    if spec.mask_rule == "topk" and spec.allocation == "uniform":
+        return uniform_keep(num_layers, width, spec.sparsity)
+    if spec.mask_rule == "topk" and spec.allocation == "list":
+        return list_keep(list(spec.layer_keep), width)
+    return None
+
+
 def depth_prior(num_layers: int, spec: AutoAllocSpec) -> torch.Tensor:
     """D_l: protects early and late layers (z = l / (L - 1))."""
     L = num_layers

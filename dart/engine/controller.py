@@ -14,9 +14,8 @@ State, by owner:
     stepper     Stepper (dart.engine.stepper): the token-by-token driver (plans between forwards)
     book        Bookkeeping (dart.engine.bookkeeping): what a forward's rules do to the rows, the detector and counts
     counts      Counters (dart.engine.counters): the run's accounting (requests, builds, checks, tokens, logs)
-No other module assigns the controller's attributes: drivers report what they did through count, a build
-through masks_built, a compaction through compaction/compaction_done, restored rows through restore_rows.
-Every per-layer tensor lives on its layer's device (dart.engine.placement). A forward runs one Plan
+No other module assigns the controller's attributes (drivers report through count, book, masks_built, compaction,
+restore_rows). Per-layer tensors live on their layer's device (dart.engine.placement). A forward runs one Plan
 (dart.engine.plan): the stepper's, or one a driver forces with `forced(plan)`.
 """
 from __future__ import annotations
@@ -27,12 +26,12 @@ import dataclasses
 import torch
 
 from dart.engine.adapters import adapter_for, forward_input
-from dart.engine.allocation import list_keep, uniform_keep
+from dart.engine.allocation import fixed_keep
 from dart.engine.bookkeeping import Bookkeeping
 from dart.engine.counters import Counters
 from dart.engine.drift import DriftDetector
 from dart.engine.ffn import PrunableFFN, permute_neurons
-from dart.engine.masks import build_masks
+from dart.engine.masks import build_masks, original_masks
 from dart.engine.patch import Patch
 from dart.engine.placement import Layered, Spans, layer_devices
 from dart.engine.plan import IDLE, ROWS, Plan
@@ -88,11 +87,7 @@ class Controller:
         if weight is None and spec.ranking != "magnitude":  # the static weight of the ranking, from cached priors
             weight = ranking_weight(model, self.adapter, self.ffns, spec)
         self.weight = Layered.split(self.spans, weight) if weight is not None else None
-        self.fixed_keep = None
-        if spec.mask_rule == "topk" and spec.allocation == "uniform":
-            self.fixed_keep = uniform_keep(self.L, self.I, spec.sparsity)
-        elif spec.mask_rule == "topk" and spec.allocation == "list":
-            self.fixed_keep = list_keep(list(spec.layer_keep), self.I)
+        self.fixed_keep = fixed_keep(spec, self.L, self.I)  # the keep counts known before any statistics
         self.detector, self.monitored = None, []
         if spec.drift.enabled and self.fixed is None and spec.retrace_at == "detector":  # (the timing controls: no detector)
             self.monitored = sorted({l % self.L for l in spec.drift.layers})
@@ -106,7 +101,7 @@ class Controller:
         self.union = Union(self)
         self.stepper = Stepper(self)
         self.book = Bookkeeping(self)  # what the rules do to rows, detector and counters, for every driver
-        self.plan, self.forced_plan = IDLE, None
+        self.plan, self.forced_plan, self.steps = IDLE, None, 1
         self.attn: dict[int, torch.Tensor] = {}  # this forward's monitored attention outputs
         self.h: dict[int, torch.Tensor] = {}  # this forward's FFN inputs (depth-aware allocation's alignment)
         self.captured: torch.Tensor | None = None  # a forced forward's drift signal (plan.capture)
@@ -153,6 +148,16 @@ class Controller:
     @property
     def is_paused(self) -> bool:
         return self.patch.is_paused
+
+    @contextlib.contextmanager
+    def decode_steps(self, k: int):
+        """The model's forwards inside the block feed k tokens per row, run as k decode steps of the schedule (a
+        driver asks Stepper.steady how many steps nothing changes in: chunked lockstep teacher forcing)."""
+        self.steps = int(k)
+        try:
+            yield
+        finally:
+            self.steps = 1
 
     @contextlib.contextmanager
     def forced(self, plan: Plan):
@@ -285,7 +290,7 @@ class Controller:
             raise RuntimeError(f"batch size changed from {self.B} to {B} inside one request")
         mask = attention_mask
         valid = mask[:, -T:].to(torch.float32) if torch.is_tensor(mask) and mask.dim() == 2 else None
-        self.plan = self.stepper.plan(T, valid)
+        self.plan = self.stepper.plan(T, valid, self.steps)
 
     def _end(self, module, args, kwargs, output):
         self.end_forward()
@@ -295,7 +300,7 @@ class Controller:
             return
         if self.forced_plan is None:
             self.stepper.after()
-            self.step += 1
+            self.step += self.steps
         elif self.forced_plan.capture:
             self.captured = self.signal() if self.attn else None
         self.attn.clear()
@@ -380,11 +385,7 @@ class Controller:
 
     def masks(self) -> torch.Tensor:
         """Current masks in the ORIGINAL neuron order, (L, B, I) bool."""
-        parts = []
-        for (sl, _, M), o in zip(self.M.groups(), self.order.parts):
-            idx = o.long()[:, None, :].expand(M.shape)
-            parts.append(torch.zeros(M.shape, dtype=torch.bool, device=M.device).scatter_(-1, idx, M > 0.5))
-        return Layered(self.spans, parts).gather()
+        return original_masks(self)
 
     # ------------------------------------------------------------------ construction helpers
     def identity_order(self) -> Layered:

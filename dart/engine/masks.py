@@ -9,6 +9,8 @@ import time
 
 import torch
 
+from dart.engine.placement import Layered
+
 from dart.engine.allocation import auto_prune_fractions, keep_from_prune
 from dart.engine.scoring import scores
 
@@ -93,3 +95,12 @@ def build_masks(c, rows: torch.Tensor, layer: int | None = None) -> None:
         c.kept_sum.view(sl).add_((mask.sum(dim=-1).to(torch.float64) * new.to(dev)[None, :]).sum(dim=1))
         c.tally.note_kept(r, sl, mask)
     c.masks_built(time.perf_counter() - t0, alloc)
+
+
+def original_masks(c) -> torch.Tensor:
+    """A controller's current masks in the ORIGINAL neuron order, (L, B, I) bool (compaction reorders them)."""
+    parts = []
+    for (sl, _, M), o in zip(c.M.groups(), c.order.parts):
+        idx = o.long()[:, None, :].expand(M.shape)
+        parts.append(torch.zeros(M.shape, dtype=torch.bool, device=M.device).scatter_(-1, idx, M > 0.5))
+    return Layered(c.spans, parts).gather()

@@ -25,6 +25,7 @@ class Stepper:
     def __init__(self, c):
         self.c = c
         self.key, self.cached = None, None
+        self.steps = 1  # decode steps the running forward feeds (Controller.decode_steps)
         self.fired: list[int] = []  # rows whose window fired this forward (clean re-trace after it)
         self.midway: list[int] = []  # rows reset inside this forward (published_quirks)
 
@@ -43,8 +44,35 @@ class Stepper:
         return w, decay
 
     # ------------------------------------------------------------------ before a forward
-    def plan(self, T: int, valid: torch.Tensor | None) -> Plan:
+    def steady(self, limit: int) -> int:
+        """How many of the next forwards (1 to limit) change nothing in the schedule of any row: every row pruned
+        under its masks (or all released), none tracing, building or collecting a baseline, no window closing and no
+        timing rule or release among them. A driver may feed them as one forward of that many tokens per row
+        (Controller.decode_steps: chunked lockstep teacher forcing); the next forward then runs alone."""
         c, sch = self.c, self.c.schedule
+        step, k = c.step, int(limit)
+        if step == 0 or k <= 1 or sch.timing != "detector":
+            return 1
+        if sch.released(step):
+            return k
+        if sch.r is not None:
+            k = min(k, int(sch.r) - step)
+        for r in c.rows:
+            s = step - r.origin
+            if (not sch.pruned(r, s, step) or sch.builds_now(r, s) or sch.collects(r, s)
+                    or sch.traces(r, s, True) or sch.traces(r, s, False)):
+                return 1
+            if sch.W is not None:  # the forward that closes a window runs alone (a check may reset the row in it)
+                k = min(k, sch.W - 1 - r.window)
+        return max(k, 1)
+
+    def plan(self, T: int, valid: torch.Tensor | None, steps: int = 1) -> Plan:
+        """The Plan of the next forward of T tokens per row: one decode step (or the prefill), or `steps` = T decode
+        steps in which nothing changes (Stepper.steady)."""
+        c, sch = self.c, self.c.schedule
+        if steps > 1 and (steps != T or self.steady(steps) < steps):
+            raise RuntimeError(f"{steps} decode steps in one forward of {T} tokens, but the schedule changes within them")
+        self.steps = steps
         rows, B, step = c.rows, c.B, c.step
         released = sch.released(step)
         s = [step - r.origin for r in rows]
@@ -98,8 +126,8 @@ class Stepper:
         self.masked = masked
         self.inlayer, self.baseline, self.windows, self.s, self.T = inlayer, baseline, windows, s, T
         self.fired, self.midway = [], []
-        if T == 1:  # FFN weight bytes one generated token reads (a compacted prefix reads only its neurons)
-            c.tally.generated(sum(plan.compact) if plan.compact is not None else c.L * c.I, B)
+        if T == steps:  # FFN weight bytes a generated token reads (a compacted prefix reads only its neurons)
+            c.tally.generated(sum(plan.compact) if plan.compact is not None else c.L * c.I, B, steps)
         return plan
 
     def _group(self, T, valid, traced, fresh, builds) -> Plan:
@@ -122,7 +150,7 @@ class Stepper:
                             [s if f else None for s, f in zip(self.s, self.baseline)])
         if p.drift_decode_rows is not None:
             c.detector.collect_decode(v, p.drift_decode_rows)
-            due = [bool(f) and c.book.window(b, 1) > 0 for b, f in enumerate(self.windows)]
+            due = [bool(f) and c.book.window(b, self.steps) > 0 for b, f in enumerate(self.windows)]
             if any(due):
                 p = self._check(due, p)
         return p

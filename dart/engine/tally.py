@@ -89,10 +89,11 @@ class Tally:
                         skipped += n * (self.I - kept[:, b]).to(torch.float64)
                     setattr(row, attr, 0)
 
-    def generated(self, kept_neurons: int, rows: int) -> None:
-        """One decode step of `rows` rows read `kept_neurons` neurons' FFN weights (summed over layers) once."""
-        self.gen_ffn_bytes += kept_neurons * self.neuron_bytes
-        self.gen_tokens += rows
+    def generated(self, kept_neurons: int, rows: int, steps: int = 1) -> None:
+        """`steps` decode steps of `rows` rows, each reading `kept_neurons` neurons' FFN weights (summed over layers)
+        once."""
+        self.gen_ffn_bytes += kept_neurons * self.neuron_bytes * steps
+        self.gen_tokens += rows * steps
 
     # ------------------------------------------------------------------ budget
     def budget_keep(self, rows: Sequence[Row], building: Sequence[bool]) -> torch.Tensor:

@@ -113,21 +113,30 @@ def _reference(model, prefixes, forced, group, take, prefix_logits) -> None:
             take([b], j, out)
 
 
-def _lockstep(model, prefixes, forced, group, take, prefix_logits) -> None:
-    """Every row in one batch, one forward per token: token-by-token decoding of the whole batch (the rows share the
-    engine's batch state, such as strategy.batch_mask=shared). The rows need equal prompt and forced lengths."""
+def _lockstep(model, prefixes, forced, group, take, prefix_logits, chunked: bool = True) -> None:
+    """Every row in one batch, token-by-token decoding of the whole batch (the rows share the engine's batch state,
+    such as strategy.batch_mask=shared): the prompts in one forward, then the forced tokens in lockstep. Chunked:
+    the tokens between two changes of the schedule (Stepper.steady: a build, a baseline vector, a window that closes,
+    a re-trace) go in one forward, run as that many decode steps (Controller.decode_steps), and every forward where
+    something changes alone, exactly as one forward per token (chunked=False, the reference) runs them. The rows need
+    equal prompt and forced lengths."""
     from transformers import DynamicCache
 
     rows = [list(prefixes[g]) for g in group]
     if len({len(p) for p in rows}) > 1 or len({len(f) for f in forced}) > 1:
         raise ConfigError("strategy.batch_mask=shared teacher-forces a batch in lockstep (one mask for all rows): its "
                           "rows need equal prompt and continuation lengths; use batch size 1 or batch_mask=per_row")
+    c = controller_of(model)
     dev = device_of(model)
-    B, P = len(rows), len(rows[0])
+    B, P, N = len(rows), len(rows[0]), len(forced[0])
     cache = DynamicCache()
     with prompt_phase(model):
         out = model(input_ids=torch.tensor(rows, device=dev), past_key_values=cache, use_cache=True).logits
     take(list(range(B)), -P, out) if prefix_logits else take(list(range(B)), -1, out[:, -1:])
-    for j in range(len(forced[0])):
-        ids = torch.tensor([[f[j]] for f in forced], device=dev)
-        take(list(range(B)), j, model(input_ids=ids, past_key_values=cache, use_cache=True).logits)
+    j = 0
+    while j < N:
+        k = c.stepper.steady(N - j) if chunked else 1
+        ids = torch.tensor([f[j : j + k] for f in forced], device=dev)
+        with c.decode_steps(k):
+            take(list(range(B)), j, model(input_ids=ids, past_key_values=cache, use_cache=True).logits)
+        j += k
