@@ -1,5 +1,6 @@
-"""One run: check the config, load the model, attach the strategy, evaluate through Lightning, write
-results.json atomically, print the table. `dart.run` is the thin Hydra entry point around `run`."""
+"""One run: check the config, load the model, attach the strategy, evaluate through Lightning (then, with
+`eval.matched`, a second strategy at the run's effective sparsity on the same samples), write results.json
+atomically, print the table. `dart.run` is the thin Hydra entry point around `run`."""
 from __future__ import annotations
 
 import sys
@@ -209,20 +210,25 @@ def _run(cfg: DictConfig, run_dir: Path, results: dict, t0: float) -> dict[str, 
     stop_hook = signals.hook(loaded.model)  # SIGTERM / SIGUSR1: raise Terminated at the next forward
     try:
         trainer.test(module, verbose=False)
+        t_done = time.perf_counter()
+        matched = _matched(cfg, evaluator, strategy, ctx) if evaluator.matched else None
+        t_matched = time.perf_counter()
     finally:
         stop_hook.remove()
-    t_done = time.perf_counter()
 
     results.update(status="complete", model=loaded.info)
     summary = strategy.summary()
     results.update(summary)
-    results["metrics"] = {f"{evaluator.name}/{k}": v for k, v in module.metrics.items()}
+    results["metrics"] = _named(evaluator, module.metrics)
     if evaluator.extra:
         results["eval"] = evaluator.extra
+    if matched is not None:
+        results["matched"] = matched
     results["timing"] = {"load_s": round(t_loaded - t0, 3), "eval_s": round(t_done - t_loaded, 3),
+                         **({"matched_s": round(t_matched - t_done, 3)} if matched else {}),
                          "total_s": round(time.perf_counter() - t0, 3), **summary.get("timing", {})}
-    if dense_cache is not None:
-        results["timing"]["dense_cache"] = dense_cache.summary()
+    if ctx.dense_cache is not None:  # dense_cache=true's, or the matched pass's in memory
+        results["timing"]["dense_cache"] = ctx.dense_cache.summary()
     results["notes"] = ([note] if note else []) + list(evaluator.notes)
     results["versions"] = versions()
     write_json_atomic(run_dir / RESULTS, results)
@@ -234,6 +240,40 @@ def _run(cfg: DictConfig, run_dir: Path, results: dict, t0: float) -> dict[str, 
 
         print_run(results, run_dir)
     return results
+
+
+def _named(evaluator, metrics: dict) -> dict:
+    """Metrics as results.json holds them: "<eval name>/<metric>"."""
+    return {f"{evaluator.name}/{k}": v for k, v in metrics.items()}
+
+
+def _matched(cfg: DictConfig, evaluator, strategy, ctx) -> dict | None:
+    """eval.matched (the main job: static_prompt): that strategy, with the command line's defaults and this run's
+    ranking, scored on the evaluator's samples again at the effective sparsity this run measured (matched compute),
+    against the same dense reference. results.json `matched`: strategy, sparsity (target: the run's effective),
+    metrics as the run's, `paired` (run - matched, per subset, with a paired bootstrap interval), samples."""
+    sparsity = evaluator.matched_sparsity(strategy)
+    if sparsity is None:
+        return None
+    from dart.compose import build_strategy
+    from dart.lit import PlainTicker
+
+    name, ranking = evaluator.matched, cfg.ranking.name
+    other = build_strategy(name, sparsity=sparsity, ranking=ranking)
+    print(f"[dart] {evaluator.name}: {name} at {sparsity:.2%}, the effective sparsity of {strategy.name}, on the same "
+          "samples (eval.matched)", flush=True)
+    ticker = PlainTicker(f"{evaluator.name} ({name})", len(evaluator.batches()), float(cfg.get("progress_s", 30)))
+    other.attach(ctx.model, ctx.tokenizer)
+    try:
+        row = evaluator.score_matched(other, on_step=ticker.step)
+    finally:
+        other.detach()
+    ticker.finish()
+    sp = other.summary().get("sparsity") or {}
+    return {"strategy": name, "ranking": ranking,
+            "sparsity": {"target": sparsity, "achieved": sp.get("achieved"), "effective": sp.get("effective")},
+            "metrics": _named(evaluator, row["metrics"]), "paired": _named(evaluator, row["paired"]),
+            "samples": row["samples"]}
 
 
 def _finish_wandb(logger, results: dict) -> None:

@@ -16,11 +16,11 @@ def say_once(note: str) -> None:
         print(f"[dart] note: {note}", flush=True)
 
 
-def _fmt(v) -> str:
+def _fmt(v, sign: bool = False) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return f"{v:+.4g}" if sign else f"{v:.4g}"
     return str(v)
 
 
@@ -38,17 +38,24 @@ def title(results: dict) -> str:
     return " | ".join(parts)
 
 
-def _with_ci(m: dict, key: str) -> str:
+def _with_ci(m: dict, key: str, sign: bool = False) -> str:
     v = m.get(key)
     if v is None:
         return "-"
     lo, hi = m.get(f"{key}_lo"), m.get(f"{key}_hi")
-    return f"{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]" if lo is not None and hi is not None else _fmt(v)
+    if lo is None or hi is None:
+        return _fmt(v, sign)
+    return f"{_fmt(v, sign)} [{_fmt(lo, sign)}, {_fmt(hi, sign)}]"
+
+
+def _subset(metrics: dict, ev: str, sub: str) -> dict:
+    return {key.split("/", 2)[2]: v for key, v in metrics.items() if key.startswith(f"{ev}/{sub}/")}
 
 
 def comparison_table(results: dict):
     """Dense beside the pruned model on the same text, for evaluations that score both (eval=switch and its
-    `overview` preset: the main job): perplexity, KL and top-1 agreement against dense per subset, sparsity, cost."""
+    `overview` preset: the main job): perplexity, KL and top-1 agreement against dense per subset, sparsity, cost;
+    with `eval.matched` (the main job: static_prompt) a third column, that strategy at the run's effective sparsity."""
     from rich.table import Table
 
     metrics = results.get("metrics") or {}
@@ -63,24 +70,52 @@ def comparison_table(results: dict):
     cfg = results.get("config", {})
     strategy = (cfg.get("strategy") or {}).get("name")
     label = strategy if strategy == "dense" else f"{strategy} {round(100 * float(cfg.get('sparsity') or 0))}%"
-    table = Table(title="dense and the pruned model on the same text (95% bootstrap intervals over samples)")
-    table.add_column("")
-    table.add_column("dense", justify="right")
-    table.add_column(label, justify="right")
+    columns = [(label, metrics, results.get("sparsity") or {})]
+    matched = results.get("matched")
+    heading = "dense and the pruned model on the same text"
+    if matched:
+        sp = matched.get("sparsity") or {}
+        columns.append((f"{matched['strategy']} {100 * sp['target']:.1f}%", matched.get("metrics") or {}, sp))
+        heading = f"dense, {strategy}, and {matched['strategy']} at {strategy}'s effective sparsity"
+    table = Table(title=f"{heading} (95% bootstrap intervals over samples)")
+    for name in ("", "dense", *(c[0] for c in columns)):
+        table.add_column(name, justify="right" if name else "left")
     for sub in subsets:
-        m = {key.split("/", 2)[2]: v for key, v in metrics.items() if key.startswith(f"{ev}/{sub}/")}
-        n = m.get("n")
+        ms = [_subset(c[1], ev, sub) for c in columns]
+        n = ms[0].get("n")
         name = f"{sub} (n={int(n)})" if n else sub
-        table.add_row(f"{name}: perplexity", _with_ci(m, "ppl_dense"), _with_ci(m, "ppl"))
-        table.add_row(f"{name}: KL(dense || pruned)", "0", _with_ci(m, "kl"))
-        table.add_row(f"{name}: top-1 agreement", "1", _with_ci(m, "top1"))
-        if m.get("retraces") is not None:
-            table.add_row(f"{name}: re-traces per sample", "0", _with_ci(m, "retraces"))
-    sp = results.get("sparsity") or {}
+        table.add_row(f"{name}: perplexity", _with_ci(ms[0], "ppl_dense"), *(_with_ci(m, "ppl") for m in ms))
+        table.add_row(f"{name}: KL(dense || pruned)", "0", *(_with_ci(m, "kl") for m in ms))
+        table.add_row(f"{name}: top-1 agreement", "1", *(_with_ci(m, "top1") for m in ms))
+        if ms[0].get("retraces") is not None:
+            table.add_row(f"{name}: re-traces per sample", "0", *(_with_ci(m, "retraces") for m in ms))
     for key, text in (("achieved", "sparsity achieved (the masks)"), ("effective", "sparsity effective (skipped)")):
-        if sp.get(key) is not None:
-            table.add_row(text, "0", _fmt(sp[key]))
+        if columns[0][2].get(key) is not None:
+            table.add_row(text, "0", *(_fmt(c[2].get(key)) for c in columns))
     return table
+
+
+def matched_reading(results: dict) -> str | None:
+    """One line on eval.matched's comparison over all samples: the paired KL difference, run - matched, its interval,
+    and what it says (negative: the run is closer to dense)."""
+    matched = results.get("matched") or {}
+    paired = {k.split("/", 1)[1]: v for k, v in (matched.get("paired") or {}).items()}
+    if paired.get("all/kl") is None:
+        return None
+    run = ((results.get("config") or {}).get("strategy") or {}).get("name")
+    other = matched["strategy"]
+    lo, hi = paired.get("all/kl_lo"), paired.get("all/kl_hi")
+    if lo == hi == 0:
+        verdict = "identical on every sample"
+    elif hi is not None and hi < 0:
+        verdict = f"{run} is closer to dense than {other} at the same effective sparsity"
+    elif lo is not None and lo > 0:
+        verdict = f"{other} is closer to dense than {run} at the same effective sparsity"
+    else:
+        verdict = "no difference resolved at this n"
+    return (f"matched compute: KL {run} - {other}, paired over the same {int(paired['all/n'])} samples: "
+            f"{_with_ci(paired, 'all/kl', sign=True)} at {100 * matched['sparsity']['target']:.1f}% effective "
+            f"sparsity: {verdict}")
 
 
 def print_run(results: dict, run_dir: Path | None = None) -> None:
@@ -91,8 +126,12 @@ def print_run(results: dict, run_dir: Path | None = None) -> None:
     if side_by_side is not None:
         print(title(results), flush=True)
         Console(width=140).print(side_by_side)
+        reading = matched_reading(results)
+        if reading:
+            print(reading, flush=True)
         t = results.get("timing") or {}
-        print(f"time (s): load {_fmt(t.get('load_s'))}, eval {_fmt(t.get('eval_s'))}", flush=True)
+        extra = f", {results['matched']['strategy']} {_fmt(t['matched_s'])}" if t.get("matched_s") is not None else ""
+        print(f"time (s): load {_fmt(t.get('load_s'))}, eval {_fmt(t.get('eval_s'))}{extra}", flush=True)
         for note in results.get("notes") or []:
             say_once(note)
         if run_dir is not None:

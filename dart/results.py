@@ -9,6 +9,8 @@
   "sparsity": {"target": float, "achieved": float, "per_layer": {"target": [...], "achieved": [...]}},
   "overhead": {"state_bytes": int, ..., "flops_ratio": float},
   "drift": {"triggers": [{"request", "step", "cosine", "threshold"}, ...], ...},
+  "matched": {"strategy", "ranking", "sparsity": {"target": the run's effective, ...}, "metrics", "paired", "samples"}
+             (eval.matched only: a second strategy at the run's effective sparsity, dart.pipeline),
   "timing": {"load_s", "eval_s", "total_s", ...},
   "notes": [str, ...], "versions": {...}
 }

@@ -4,6 +4,8 @@
     batches() -> list     the units of work (one Lightning test step each; the progress bar counts them)
     step(batch) -> Any    run one unit on the model
     finalize(outputs) -> {metric: value}   aggregate; may write per-sample files into ctx.run_dir
+An evaluator with `eval.matched` (eval=switch / overview) also offers `matched_sparsity(strategy)` and
+`score_matched(strategy)`: a second strategy on the same samples after the run (dart.pipeline runs it).
 Metrics are reported under "<eval name>/<metric>". `notes` collects plain-language remarks (for instance a
 real task that could not be loaded offline) that the run prints and stores in results.json.
 """
@@ -27,6 +29,7 @@ class EvalContext:
 
 class Evaluator:
     name: str = "eval"
+    matched: str | None = None  # eval.matched: a strategy to score after the run at its effective sparsity
 
     def __init__(self, name: str | None = None, limit: int | None = None, **kwargs):
         if name:

@@ -12,6 +12,9 @@ token ids (the whole batch: a row's logits can differ in the last bits with the 
 Writes are atomic (a temporary file renamed); an unreadable entry is recomputed and replaced.
 Size: batch x scored tokens x vocabulary x bytes per logit (48 switch pairs on Qwen2.5-1.5B in bf16: 2.9 GB;
 on SmolLM2 in fp32: 1.9 GB). `rm -r ~/.cache/dart/dense` frees it.
+
+`MemoryCache` keeps the same logits in memory for one run only: a second strategy scored on the same batches
+(`eval.matched`, the main job's static mask) reuses the first one's dense reference instead of recomputing it.
 """
 from __future__ import annotations
 
@@ -104,3 +107,38 @@ class DenseCache:
 
     def summary(self) -> dict:
         return {"folder": str(self.folder), "hits": self.hits, "misses": self.misses}
+
+
+class MemoryCache:
+    """Dense logits of one run's batches, kept in memory (`logits` as DenseCache's): what the first strategy's
+    comparison computed, the second one's reads, so both are scored against the very same reference. Up to
+    `max_bytes` (the main job on SmolLM2: 24 x 200 positions x 49k logits in fp32, 0.94 GB); beyond, computed again."""
+
+    MAX_BYTES = 2 << 30
+
+    def __init__(self, max_bytes: int = MAX_BYTES):
+        self.max_bytes = int(max_bytes)
+        self.stored: dict[tuple, torch.Tensor] = {}
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def logits(self, ids: torch.Tensor, prefix: int, compute) -> torch.Tensor:
+        key = (tuple(ids.shape), prefix, ids.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+        if key in self.stored:
+            self.hits += 1
+            return self.stored[key]
+        out = compute()
+        self.misses += 1
+        size = out.numel() * out.element_size()
+        if self.bytes + size <= self.max_bytes:
+            self.stored[key] = out
+            self.bytes += size
+        return out
+
+    def clear(self) -> None:
+        self.stored.clear()
+        self.bytes = 0
+
+    def summary(self) -> dict:
+        return {"memory": True, "hits": self.hits, "misses": self.misses}

@@ -15,6 +15,10 @@ with dense, the perplexity of the pruned and of the dense model, and the re-trac
 during the sample (`strategy.drift_log()`). The dense reference is the same model with the strategy paused.
 Metrics per pair kind and over all pairs, each with a percentile-bootstrap 95% interval over samples
 (dart.stats, fixed seed) and n; one row per sample in `switch_samples.jsonl` in the run folder.
+
+`eval.matched=<strategy>` (the main job, eval=overview: static_prompt) scores a second strategy on the same samples
+after the run, at the effective sparsity the run measured (matched compute), against the same dense reference (kept
+in memory, or dense_cache's): `score_matched` gives its metrics and the paired difference run - matched per subset.
 """
 from __future__ import annotations
 
@@ -134,12 +138,31 @@ def row_of(entry: dict, request0: int, lockstep: bool) -> int:
     return int(entry["row"]) if lockstep else int(entry["request"]) - request0 - 1
 
 
+def compact(outputs: list[dict]) -> list[dict]:
+    """Per-sample figures small enough for results.json, for paired comparisons between runs (dart.tables.controls)."""
+    return [{"index": o["index"], "kind": o["kind"], "kl": round(o["kl"], 6), "top1": round(o["top1"], 6),
+             "retraces": o["retraces"]} for o in outputs]
+
+
+def check_matched(name) -> str | None:
+    """eval.matched: null, or a strategy of conf/strategy/ other than dense (dense is in every comparison already)."""
+    if name is None:
+        return None
+    from dart.compose import options
+
+    allowed = [o for o in options("strategy") if o != "dense"]
+    if name not in allowed:
+        raise choice_error("eval.matched", name, [*allowed, "null"])
+    return name
+
+
 # ----------------------------------------------------------------------------- the evaluator
 class Switch(Evaluator):
     name = "switch"
 
     def __init__(self, prefix=200, length=200, pairs=None, switch_pairs=120, controls=40, limit=None, seed=0,
-                 resamples=2000, forcing="chunked", batch_size=1, batching="consecutive", name=None, **kwargs):
+                 resamples=2000, forcing="chunked", batch_size=1, batching="consecutive", matched=None, name=None,
+                 **kwargs):
         super().__init__(name=name, limit=limit)
         from dart.engine.forcing import MODES as FORCING
         from dart.evals import batching as batching_rule
@@ -157,6 +180,8 @@ class Switch(Evaluator):
         self.n_switch, self.n_control, self.seed, self.resamples = switch_pairs, controls, int(seed), resamples
         self.pairs_file = pairs
         self.user_pairs = read_pairs_file(pairs) if pairs is not None else None  # fails before any model loads
+        self.matched = check_matched(matched)
+        self._outputs: list[dict] = []
 
     def setup(self, ctx) -> None:
         super().setup(ctx)
@@ -189,6 +214,10 @@ class Switch(Evaluator):
                                "batching": self.batching, "batch_sizes": [len(b) for b in self.batches()]}
         if ctx.dense_cache is not None:
             ctx.dense_cache.warm(ctx.model, [self.batch_ids(b) for b in self.batches()], self.prefix)
+        elif self._compares(ctx.strategy):  # the matched pass reads the run's dense reference back
+            from dart.evals.dense_cache import MemoryCache
+
+            ctx.dense_cache = MemoryCache()
 
     def batch_ids(self, batch) -> torch.Tensor:
         return torch.tensor([s["tokens"] for s in batch], device=self.ctx.device)
@@ -202,11 +231,13 @@ class Switch(Evaluator):
                             group=lambda s: s["kind"] if s["order"] == "user" else s["order"],
                             documents=lambda s: {tuple(s["a"]), tuple(s["b"])})
 
-    @torch.no_grad()
     def step(self, batch):
+        return self._score(batch, self.ctx.strategy)
+
+    @torch.no_grad()
+    def _score(self, batch, strategy):
         from dart.evals.decoding import compare_with_dense
 
-        strategy = self.ctx.strategy
         ids = self.batch_ids(batch)
         checks0, triggers0 = (len(x) for x in strategy.drift_log())  # the dense pass (strategy paused) logs nothing
         request0 = strategy.requests_started()
@@ -227,14 +258,9 @@ class Switch(Evaluator):
     def finalize(self, outputs):
         from dart.stats import bootstrap_ci
 
-        outputs = [o for batch in outputs for o in batch]
-        kinds = ["switch", "control"] if self.user_pairs is None else []  # built-in: both, even if one is empty
-        for o in outputs:
-            if o["kind"] not in kinds:
-                kinds.append(o["kind"])
+        outputs = self._outputs = [o for batch in outputs for o in batch]
         metrics: dict[str, float | None] = {}
-        for kind in kinds + ["all"]:
-            rows = outputs if kind == "all" else [o for o in outputs if o["kind"] == kind]
+        for kind, rows in self._subsets(outputs):
             metrics.update(self._aggregate(kind, rows, bootstrap_ci))
         with open(self.ctx.run_dir / SAMPLES_FILE, "w") as f:
             for o in outputs:
@@ -244,11 +270,59 @@ class Switch(Evaluator):
                 f.write(json.dumps(row) + "\n")
         self.extra["per_sample"] = SAMPLES_FILE
         # compact per-sample figures in results.json too, for paired comparisons between runs (dart.tables.controls)
-        self.extra["samples"] = [{"index": o["index"], "kind": o["kind"], "kl": round(o["kl"], 6),
-                                  "top1": round(o["top1"], 6), "retraces": o["retraces"]} for o in outputs]
+        self.extra["samples"] = compact(outputs)
         self.extra["bootstrap"] = {"method": "percentile", "resamples": self.resamples, "seed": self.seed,
                                    "level": 0.95, "unit": "sample"}
         return metrics
+
+    def _subsets(self, outputs: list[dict]) -> list[tuple[str, list[dict]]]:
+        """(kind, its rows) for every pair kind (built-in: switch and control, even if one is empty) and "all"."""
+        kinds = ["switch", "control"] if self.user_pairs is None else []
+        for o in outputs:
+            if o["kind"] not in kinds:
+                kinds.append(o["kind"])
+        return [(k, [o for o in outputs if o["kind"] == k]) for k in kinds] + [("all", outputs)]
+
+    # ------------------------------------------------------------------------- eval.matched
+    def _compares(self, strategy) -> bool:
+        return bool(self.matched) and strategy.name not in ("dense", self.matched)
+
+    def matched_sparsity(self, strategy) -> float | None:
+        """The sparsity eval.matched's strategy runs at: the effective sparsity this run measured (matched compute);
+        None, with a note, where there is nothing to match (the run is dense or that strategy, or skipped nothing)."""
+        if not self.matched:
+            return None
+        eff = (strategy.summary().get("sparsity") or {}).get("effective")
+        if self._compares(strategy) and eff:
+            return float(eff)
+        why = f"the run is strategy={strategy.name}" if not self._compares(strategy) else "the run skipped no FFN work"
+        self.notes.append(f"eval.matched={self.matched}: no matched row, {why}")
+        return None
+
+    def score_matched(self, strategy, on_step=None) -> dict:
+        """The run's samples again under `strategy` (attached, at the run's effective sparsity): its metrics as
+        finalize's, its compact per-sample rows, and per subset the paired difference of KL, run - matched, with a
+        bootstrap interval over the same samples (dart.stats.paired_diff_ci)."""
+        from dart.stats import bootstrap_ci, paired_diff_ci
+
+        outputs = []
+        for batch in self.batches():
+            outputs += self._score(batch, strategy)
+            if on_step is not None:
+                on_step()
+        if hasattr(self.ctx.dense_cache, "clear"):
+            self.ctx.dense_cache.clear()  # the in-memory reference has served both strategies
+        metrics: dict[str, float | None] = {}
+        paired: dict[str, float | None] = {}
+        theirs = {o["index"]: o["kl"] for o in outputs}
+        for kind, rows in self._subsets(outputs):
+            metrics.update(self._aggregate(kind, rows, bootstrap_ci))
+            mine = [o for o in self._outputs if o["kind"] == kind or kind == "all"]
+            a, b = [o["kl"] for o in mine], [theirs[o["index"]] for o in mine]
+            lo, hi = paired_diff_ci(a, b, resamples=self.resamples, seed=self.seed) if a else (None, None)
+            paired.update({f"{kind}/kl": (sum(a) - sum(b)) / len(a) if a else None, f"{kind}/kl_lo": lo,
+                           f"{kind}/kl_hi": hi, f"{kind}/n": float(len(a))})
+        return {"metrics": metrics, "paired": paired, "samples": compact(outputs)}
 
     def _aggregate(self, kind: str, rows: list[dict], bootstrap_ci) -> dict[str, float | None]:
         """`<kind>/<metric>`, `<kind>/<metric>_lo`, `_hi` (95% bootstrap interval over samples) and `<kind>/n`.
