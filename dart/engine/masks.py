@@ -104,3 +104,18 @@ def original_masks(c) -> torch.Tensor:
         idx = o.long()[:, None, :].expand(M.shape)
         parts.append(torch.zeros(M.shape, dtype=torch.bool, device=M.device).scatter_(-1, idx, M > 0.5))
     return Layered(c.spans, parts).gather()
+
+
+def row_masks(c, b: int) -> dict:
+    """Row b's masks in the ORIGINAL neuron order and its kept counts (a parked row of chunked teacher forcing, which
+    runs its trigger forward again with them; a compaction may move neurons meanwhile)."""
+    return {"M": [torch.zeros_like(p[:, b]).scatter_(-1, o.long(), p[:, b]) for p, o in zip(c.M.parts, c.order.parts)],
+            "kept": [p[:, b].clone() for p in c.tally.kept.parts]}
+
+
+def put_row_masks(c, b: int, saved: dict) -> None:
+    """Give row b the masks and kept counts `row_masks` saved (in the current physical order)."""
+    for part, col, o in zip(c.M.parts, saved["M"], c.order.parts):
+        part[:, b] = col.gather(-1, o.long())
+    for part, col in zip(c.tally.kept.parts, saved["kept"]):
+        part[:, b] = col

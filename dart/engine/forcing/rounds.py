@@ -27,6 +27,7 @@ import torch
 from dart.engine.forcing.batch import Batch
 from dart.engine.forcing.checks import Checks
 from dart.engine.forcing.prompts import Prompts, fixed_plan
+from dart.engine.masks import put_row_masks, row_masks
 from dart.engine.plan import ROWS, Plan
 from dart.engine.stats import ema_weights
 from dart.errors import ConfigError
@@ -281,10 +282,8 @@ class Rounds:
         state = c.rows[i].copy()
         c.schedule.retrace(state, t)
         park = {"row": b, "state": state, **self.w.keep(i, drop)}
-        if c.schedule.midway or c.schedule.action == "dense":  # the masks in the ORIGINAL neuron order (a compaction
-            # may move neurons meanwhile)
-            park["M"] = [torch.zeros_like(p[:, i]).scatter_(-1, o.long(), p[:, i]) for p, o in zip(c.M.parts, c.order.parts)]
-            park["kept"] = [p[:, i].clone() for p in c.tally.kept.parts]
+        if c.schedule.midway or c.schedule.action == "dense":  # the masks it runs again with
+            park["masks"] = row_masks(c, i)
         self.parked.append(park)
 
     def restore(self, batch: list[dict]) -> None:
@@ -294,8 +293,5 @@ class Rounds:
         c.reset_rows(len(batch))
         c.restore_rows([p["state"] for p in batch])
         for i, p in enumerate(batch):
-            if "M" in p:
-                for part, col, o in zip(c.M.parts, p["M"], c.order.parts):
-                    part[:, i] = col.gather(-1, o.long())
-                for part, col in zip(c.tally.kept.parts, p["kept"]):
-                    part[:, i] = col
+            if "masks" in p:
+                put_row_masks(c, i, p["masks"])
