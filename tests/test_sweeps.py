@@ -237,3 +237,34 @@ def test_a_path_valued_override_keeps_job_folders_one_level_deep(tmp_path):
     collection = collect_folders([sweep])
     assert len(collection.records) == 2 and all(r.complete for r in collection.records)
     assert not [n for n in collection.notes if "never started" in n or "planned" in n], collection.notes
+
+
+def test_export_sweep_never_replaces_complete_results_with_fewer(tmp_path):
+    """scripts/export_sweep.sh copies a multirun folder's results into benchmarks/sweeps/, but refuses to replace a
+    committed sweep whose complete jobs the source does not all hold complete (EXPORT_FORCE=1 overrides)."""
+    import shutil
+
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(REPO / "scripts" / "export_sweep.sh", tmp_path / "scripts")
+
+    def job(folder, name, status):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "results.json").write_text(json.dumps({"status": status}))
+
+    def export(env=None):
+        return subprocess.run(["bash", "scripts/export_sweep.sh", "multirun/s"], cwd=tmp_path, capture_output=True,
+                              text=True, env={**os.environ, **(env or {})})
+
+    src, dst = tmp_path / "multirun" / "s", tmp_path / "benchmarks" / "sweeps" / "s"
+    job(src, "a", "complete")
+    job(src, "b", "complete")
+    assert export().returncode == 0 and sorted(p.name for p in dst.iterdir()) == ["a", "b"]
+    shutil.rmtree(src)
+    job(src, "a", "complete")
+    job(src, "b", "failed")  # a re-run that failed must not overwrite the finished job
+    r = export()
+    assert r.returncode == 1 and "1 job(s) fewer complete" in r.stderr
+    assert json.loads((dst / "b" / "results.json").read_text())["status"] == "complete"
+    job(src, "c", "complete")
+    assert export({"EXPORT_FORCE": "1"}).returncode == 0
+    assert json.loads((dst / "b" / "results.json").read_text())["status"] == "failed"
