@@ -62,10 +62,6 @@ class Bookkeeping:
         self.c.count(signal=int(n))
         return total // W
 
-    def checked(self, b: int, step: int) -> bool:
-        """A window of row b closing at forward `step` is compared with the baseline (not inside the cool-down)."""
-        return self.c.schedule.checked(self.c.rows[b], step)
-
     def judge(self, b: int, step: int, cosine: float, tau: float, request: int, row: int) -> bool | None:
         """One window of row b closed at forward `step` with this cosine and threshold: None inside the cool-down
         (unchecked); else logged and counted, and whether the row's pressure fires."""

@@ -290,7 +290,7 @@ class Controller:
             raise RuntimeError(f"batch size changed from {self.B} to {B} inside one request")
         mask = attention_mask
         valid = mask[:, -T:].to(torch.float32) if torch.is_tensor(mask) and mask.dim() == 2 else None
-        self.plan = self.stepper.plan(T, valid, self.steps)
+        self.plan = self.stepper.plan(T, valid)
 
     def _end(self, module, args, kwargs, output):
         self.end_forward()

@@ -2,7 +2,8 @@
 detector's vectors, the time spent building and compacting masks, and the trigger and window logs.
 
 The controller owns one `Counters` (`controller.counts`); the drivers report through `Controller.count(...)`, and
-readers (the strategy's summary, the overhead report, benches, tests) read `controller.counts`. Token counts are device scalars (read once, in the summary), the rest host numbers.
+readers (the strategy's summary, the overhead report, benches, tests) read `controller.counts`. Token counts are
+device scalars (read once, in the summary), the rest host numbers.
 """
 from __future__ import annotations
 

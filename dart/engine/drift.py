@@ -104,10 +104,10 @@ class DriftDetector:
         self.windows = self.windows[:, :0]
         self.capacity_tokens = 0
 
-    def collect_decode(self, v: torch.Tensor, rows: torch.Tensor) -> None:
-        """Add the signal v (B, T, D) of rows (B,) bool to their current window: T tokens, each a decode step
-        (Controller.decode_steps; none of them closes a window before the last)."""
-        self.current += (v[:, -1].float() if v.shape[1] == 1 else v.float().sum(dim=1)) * rows.float()[:, None]
+    def collect_decode(self, v: torch.Tensor, rows: torch.Tensor, steps: int = 1) -> None:
+        """Add the signal of the last `steps` positions of v (B, T, D) of rows (B,) bool to their current window: one
+        vector per decode step (several: Controller.decode_steps, none of which closes a window before the last)."""
+        self.current += v[:, -steps:].float().sum(dim=1) * rows.float()[:, None]
 
     def discard(self, rows: torch.Tensor) -> None:
         """Close the current window of rows (B,) bool unchecked (a cool-down after a trigger)."""

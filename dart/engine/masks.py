@@ -9,9 +9,8 @@ import time
 
 import torch
 
-from dart.engine.placement import Layered
-
 from dart.engine.allocation import auto_prune_fractions, keep_from_prune
+from dart.engine.placement import Layered
 from dart.engine.scoring import scores
 
 

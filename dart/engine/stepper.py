@@ -25,7 +25,6 @@ class Stepper:
     def __init__(self, c):
         self.c = c
         self.key, self.cached = None, None
-        self.steps = 1  # decode steps the running forward feeds (Controller.decode_steps)
         self.fired: list[int] = []  # rows whose window fired this forward (clean re-trace after it)
         self.midway: list[int] = []  # rows reset inside this forward (published_quirks)
 
@@ -66,13 +65,13 @@ class Stepper:
                 k = min(k, sch.W - 1 - r.window)
         return max(k, 1)
 
-    def plan(self, T: int, valid: torch.Tensor | None, steps: int = 1) -> Plan:
-        """The Plan of the next forward of T tokens per row: one decode step (or the prefill), or `steps` = T decode
-        steps in which nothing changes (Stepper.steady)."""
+    def plan(self, T: int, valid: torch.Tensor | None) -> Plan:
+        """The Plan of the next forward of T tokens per row: one decode step (or the prefill), or, inside
+        Controller.decode_steps, c.steps = T decode steps in which nothing changes (Stepper.steady)."""
         c, sch = self.c, self.c.schedule
+        steps = c.steps
         if steps > 1 and (steps != T or self.steady(steps) < steps):
             raise RuntimeError(f"{steps} decode steps in one forward of {T} tokens, but the schedule changes within them")
-        self.steps = steps
         rows, B, step = c.rows, c.B, c.step
         released = sch.released(step)
         s = [step - r.origin for r in rows]
@@ -149,8 +148,8 @@ class Stepper:
             c.book.baseline(v, p.drift_trace_w, [n if f else 0 for n, f in zip(self.tokens, self.baseline)],
                             [s if f else None for s, f in zip(self.s, self.baseline)])
         if p.drift_decode_rows is not None:
-            c.detector.collect_decode(v, p.drift_decode_rows)
-            due = [bool(f) and c.book.window(b, self.steps) > 0 for b, f in enumerate(self.windows)]
+            c.detector.collect_decode(v, p.drift_decode_rows, c.steps)
+            due = [bool(f) and c.book.window(b, c.steps) > 0 for b, f in enumerate(self.windows)]
             if any(due):
                 p = self._check(due, p)
         return p
@@ -158,7 +157,7 @@ class Stepper:
     def _check(self, due: list[bool], p: Plan) -> Plan:
         c, sch, det = self.c, self.c.schedule, self.c.detector
         step = c.step
-        cooling = [d and not c.book.checked(b, step) for b, d in enumerate(due)]
+        cooling = [d and not sch.checked(c.rows[b], step) for b, d in enumerate(due)]
         if any(cooling):  # windows inside the cool-down close unchecked
             det.discard(c.flags(cooling))
             due = [d and not k for d, k in zip(due, cooling)]

@@ -157,7 +157,7 @@ class Rounds:
         plan = self.trace_plan(torch.zeros_like(valid_h), valid_h, 0)
         plan.prune = valid
         plan.late.prune = None
-        j_start = list(w.at[b] for b in rows)
+        j_start = [w.at[b] for b in rows]
         logits = w.forward(ids, valid, pos, plan)
         w.emit(rows, j_start, logits)
         c.count(seen=valid.sum())
@@ -180,7 +180,7 @@ class Rounds:
         live = valid.cpu() & ((k < int(r)) if r is not None else True)
         s_first = self.s0(rows)
         plan = self.trace_plan(live, live, s_first)
-        j_start = list(w.at[b] for b in rows)
+        j_start = [w.at[b] for b in rows]
         logits = w.forward(ids, valid, pos, plan)
         w.emit(rows, j_start, logits)
         c.count(seen=valid.sum())
@@ -242,7 +242,7 @@ class Rounds:
             plan.prune = pruned.to(w.dev)
             if n == 1 and c.compacted and c.rows[0].has_mask and bool((pruned | ~valid_h).all()):
                 plan.prune, plan.compact = ROWS, c.kept_prefix
-        j_start = list(w.at[b] for b in rows)
+        j_start = [w.at[b] for b in rows]
         logits = w.forward(ids, valid, pos, plan)
         w.emit(rows, j_start, logits)
         if merge:
