@@ -47,3 +47,5 @@ if [ ! -f "$stamp" ]; then
 fi
 
 "$vpy" -m dart.assets prepare
+# the decode kernels for this CPU, built once into the cache (one line says so; without a compiler, one line says why)
+"$vpy" -m dart.kernels build
