@@ -16,6 +16,10 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
+# the decode kernels' build, shared by every test and CLI subprocess, wherever a test moves DART_CACHE
+from dart.paths import cache_root  # noqa: E402
+
+os.environ.setdefault("DART_KERNELS_DIR", str(cache_root() / "kernels"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -20,7 +20,8 @@ from dart.strategies.calibration_stats import (  # noqa: E402
     calibrate, ffn_activations, neuron_scores, quantile_threshold,
     sample_counts, static_masks,
 )
-from dart.strategies.per_token import CatsRule, PerTokenEngine  # noqa: E402
+from dart.strategies.per_token_engine import PerTokenEngine  # noqa: E402
+from dart.strategies.per_token_rules import CatsRule  # noqa: E402
 from dart.errors import ConfigError  # noqa: E402
 from dart.compose import build_strategy, calibration_spec  # noqa: E402
 
@@ -141,7 +142,7 @@ class _Engine:  # the fields a PerTokenFFN reads from its engine, for hand-built
 
 
 def test_cats_zeroes_exactly_the_entries_below_the_threshold_by_hand():
-    from dart.strategies.per_token import PerTokenFFN
+    from dart.strategies.per_token_engine import PerTokenFFN
 
     down = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0]])
     engine = _Engine(2.0)

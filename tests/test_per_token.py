@@ -13,7 +13,7 @@ import torch
 from dart.compose import build_strategy, calibration_spec
 from dart.engine.adapters import FFNWeights
 from dart.strategies.calibration_stats import calibrate, quantile_threshold
-from dart.strategies.per_token import TealRule, WinaRule, keep_count, keep_top
+from dart.strategies.per_token_rules import TealRule, WinaRule, keep_count, keep_top
 from tests.conftest import run_cli, tiny_gpt2, tiny_llama
 
 SMALL_CAL = {"tokens": 1024, "seq_len": 256}

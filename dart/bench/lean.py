@@ -12,8 +12,13 @@ detector's monitored layers and `end_forward` after, so tracing, masking, compac
 projections as plain F.linear calls and the FFN through the engine directly (fewer dispatches; modules with hooks
 are still called as modules).
 
+Every product of a decode step (q/k/v as one GEMV, o_proj, the FFN, the LM head) runs through the CPU decode kernels
+(dart.kernels) where they are built and fit (a CPU, bf16 or fp32, at most 8 rows): `kernels=False` runs torch's own.
+A per-token method (TEAL, WINA, CATS: dart.strategies.per_token) is driven through its engine (`per_token`): the
+prompt dense, every decode step sparse, its FFNs on the sparse-input kernels.
+
 `compile=True` (opt-in): steady decode steps run as one torch.compile'd graph per FFN shape, which removes most
-of the per-op overhead that a small model's step pays on a CPU (see README "Performance").
+of the per-op overhead that a small model's step pays on a CPU (see README "Performance"); torch's products there.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from dart import kernels
 from dart.engine.ffn import compacted as ffn_compacted
 from dart.engine.ffn import down as ffn_down
 from dart.engine.ffn import intermediate as ffn_intermediate
@@ -70,7 +76,7 @@ def fuse_qkv(attn) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 class LeanDecoder:
     def __init__(self, model, max_len: int, batch: int = 1, controller=None, compile: bool = False,
-                 compile_mode: str | None = None, time_ffn: bool = False):
+                 compile_mode: str | None = None, time_ffn: bool = False, kernels: bool = True, per_token=None):
         """compile: run steady single-token steps (no tracing or mask build inside that forward) through one
         torch.compile'd function over the whole preallocated cache (dynamic=False: one compilation per FFN shape,
         i.e. per kept prefix, about a minute each on a 2-core CPU; cached on disk by inductor); other forwards run
@@ -81,7 +87,8 @@ class LeanDecoder:
         if cfg.model_type not in SUPPORTED:
             raise ConfigError(f"the lean decode loop supports model types {', '.join(SUPPORTED)}, not "
                               f"{cfg.model_type!r}; use transformers' generate (bench loop=hf) for it")
-        self.model, self.controller = model, controller
+        self.model, self.controller, self.per_token = model, controller, per_token
+        self.kernels = bool(kernels) and not compile  # a compiled step runs torch's products
         self.layers = list(model.model.layers)
         self.H, self.Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.H
@@ -112,7 +119,7 @@ class LeanDecoder:
 
     def _qkv(self, l: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, _ = h.shape
-        qkv = F.linear(h, *self.qkv[l])
+        qkv = kernels.linear(h, *self.qkv[l])
         nq, nk = self.H * self.hd, self.Hkv * self.hd
         return (qkv[..., :nq].view(B, T, self.H, self.hd), qkv[..., nq:nq + nk].view(B, T, self.Hkv, self.hd),
                 qkv[..., nq + nk:].view(B, T, self.Hkv, self.hd))
@@ -151,7 +158,7 @@ class LeanDecoder:
         else:  # a chunk after cached tokens: causal with an offset
             mask = torch.ones(T, pos + T, dtype=torch.bool, device=h.device).tril(pos)
             o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
-        return F.linear(o.transpose(1, 2).reshape(B, T, self.H * self.hd), attn.o_proj.weight, attn.o_proj.bias)
+        return kernels.linear(o.transpose(1, 2).reshape(B, T, self.H * self.hd), attn.o_proj.weight, attn.o_proj.bias)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, pos: int, last_only: bool = True) -> torch.Tensor:
@@ -162,8 +169,16 @@ class LeanDecoder:
         c = self.controller
         if c is not None:
             c.begin_forward(B, T, pos)
+        if self.per_token is not None:
+            self.per_token.begin_forward(B, T, pos)
         if self._step is not None and T == 1 and last_only and self._steady():
             return self._run_compiled(ids, pos)
+        with kernels.enabled(self.kernels):
+            return self._forward(ids, pos, last_only)
+
+    def _forward(self, ids: torch.Tensor, pos: int, last_only: bool) -> torch.Tensor:
+        B, T = ids.shape
+        c = self.controller
         x = self.model.model.embed_tokens(ids)
         for l, layer in enumerate(self.layers):
             a = self._attention(l, layer.self_attn, self._norm(layer.input_layernorm, x), pos)
@@ -179,7 +194,8 @@ class LeanDecoder:
         if c is not None:
             c.end_forward()
         x = self._norm(self.model.model.norm, x[:, -1:] if last_only else x)
-        return self.model.lm_head(x)
+        head = self.model.lm_head
+        return kernels.linear(x, head.weight, head.bias) if not _hooked(head) else head(x)
 
     # ------------------------------------------------------------------ the compiled step (opt-in)
     def _steady(self) -> bool:

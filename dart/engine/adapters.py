@@ -69,6 +69,25 @@ def forward_input(args: tuple, kwargs: dict) -> torch.Tensor:
     return x
 
 
+@torch.no_grad()
+def kmajor_weights(adapter: "Adapter", ffn: nn.Module, inputs: bool = True) -> FFNWeights:
+    """The FFN laid out in place for sparse-input decoding (dart.kernels): the down projection K-major, one contiguous
+    row of D per neuron (w_down_t contiguous), and with `inputs` gate and up too, one contiguous row of I per input
+    channel (w_in[i].t() contiguous). The same bytes, moved one tensor at a time (no second copy of the model); the
+    canonical views of the new layout. restore_ffn puts the row-major layout back. GPT-2's Conv1D weights already
+    are K-major."""
+    w = adapter.weights(ffn)
+    params = adapter.linear_params(ffn)
+    if params is None:
+        return w
+    ins, down = params
+    if inputs:
+        for p in ins:
+            p.data = p.data.t().contiguous().t()
+    down.data = down.data.t().contiguous().t()
+    return dataclasses.replace(w, w_in=[p.data for p in ins] if inputs else w.w_in, w_down_t=down.data.t())
+
+
 def restore_ffn(adapter: "Adapter", layer: nn.Module, original: nn.Module) -> None:
     """Put a layer's original FFN back, and undo the canonical re-layout: bit for bit the original model."""
     adapter.set_ffn(layer, original)
@@ -122,6 +141,10 @@ class Adapter:
     def weights(self, ffn) -> FFNWeights:
         raise NotImplementedError
 
+    def linear_params(self, ffn) -> tuple[list[nn.Parameter], nn.Parameter] | None:
+        """The FFN's input and down projections' Linear weight parameters (None: not Linear layers)."""
+        return None
+
 
 class LlamaAdapter(Adapter):
     """Gated FFNs with gate_proj/up_proj/down_proj: Llama, Mistral, Qwen2, Qwen3, SmolLM2, Gemma/Gemma3."""
@@ -141,6 +164,9 @@ class LlamaAdapter(Adapter):
             b_down=ffn.down_proj.bias.data if ffn.down_proj.bias is not None else None,
             act=ffn.act_fn,
         )
+
+    def linear_params(self, ffn):
+        return [ffn.gate_proj.weight, ffn.up_proj.weight], ffn.down_proj.weight
 
 
 class Gemma3Adapter(LlamaAdapter):
@@ -200,6 +226,9 @@ class GPTNeoXAdapter(Adapter):
             b_down=ffn.dense_4h_to_h.bias.data if ffn.dense_4h_to_h.bias is not None else None,
             act=ffn.act,
         )
+
+    def linear_params(self, ffn):
+        return [ffn.dense_h_to_4h.weight], ffn.dense_4h_to_h.weight
 
 
 ADAPTERS: dict[str, Adapter] = {}

@@ -9,13 +9,15 @@ Three ways to run, chosen per forward by the controller's plan:
              (dart.engine.union): down((act(gate[:k] x) * up[:k] x) * M[:, :k]).
 Reordering is in place (permute_neurons), so compaction costs no extra weight memory; the model's own
 parameters share storage with these tensors and are put back in order when the strategy detaches.
+Inside a decode loop (dart.kernels.enabled) the products of a decode step run through the CPU decode kernels: the
+gated input in one pass over gate and up, the down projection on its kept columns; elsewhere torch runs them.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from dart import kernels
 from dart.engine.adapters import FFNWeights
 
 
@@ -56,16 +58,19 @@ def intermediate(w: FFNWeights, x: torch.Tensor, k: int | None = None) -> torch.
         if k is not None:
             g, u = g[:k], u[:k]
             bg, bu = (bg[:k] if bg is not None else None), (bu[:k] if bu is not None else None)
-        return w.act(F.linear(x, g, bg)) * F.linear(x, u, bu)
+        if bg is None and bu is None:
+            return kernels.gated(x, g, u, w.act)
+        return w.act(kernels.linear(x, g, bg)) * kernels.linear(x, u, bu)
     fc, b = w.w_in[0], w.b_in[0]
     if k is not None:
         fc, b = fc[:k], (b[:k] if b is not None else None)
-    return w.act(F.linear(x, fc, b))
+    return w.act(kernels.linear(x, fc, b))
 
 
 def down(w: FFNWeights, a: torch.Tensor, k: int | None = None) -> torch.Tensor:
     wd = w.w_down_t if k is None else w.w_down_t[:k]  # neuron-major (I, D): the prefix is the first k neurons
-    out = torch.matmul(a, wd)
+    # the (D, k) weight itself: a Linear's own rows, its first k columns (row stride I)
+    out = kernels.linear(a, wd.t()) if kernels.fits(a, wd.t()) else torch.matmul(a, wd)
     return out if w.b_down is None else out + w.b_down
 
 

@@ -1,5 +1,5 @@
 """Attaching an engine to a Hugging Face model and taking it off again: every decoder layer's FFN module replaced by
-the engine's (dart.engine.ffn.PrunableFFN, dart.strategies.per_token.PerTokenFFN), forward hooks registered, and on detach
+the engine's (dart.engine.ffn.PrunableFFN, dart.strategies.per_token_engine.PerTokenFFN), forward hooks registered, and on detach
 both put back (the original FFN modules, whose parameters the engine shares). Used by the controller and by CATS."""
 from __future__ import annotations
 

@@ -34,7 +34,8 @@ def fit_document(tokenizer, template: str, document: str, max_tokens: int, chat:
 
 @torch.no_grad()
 def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device) -> list[list[int]]:
-    """Greedy continuations of a batch of prompts (left padding), stopping at EOS; new tokens only."""
+    """Greedy continuations of a batch of prompts (left padding), stopping at EOS; new tokens only. The decode steps
+    run through the CPU decode kernels where they fit (dart.kernels.decoding)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     T = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), T), pad, dtype=torch.long)
@@ -42,8 +43,11 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, devi
     for i, p in enumerate(prompts):
         ids[i, T - len(p) :] = torch.tensor(p)
         mask[i, T - len(p) :] = 1
-    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+    from dart import kernels
+
+    with kernels.decoding(model):  # decode steps (batch <= 8, CPU) on the decode kernels; the prefill through torch
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
     results = []
     for row in out[:, T:].tolist():
         if tokenizer.eos_token_id in row:

@@ -1,6 +1,6 @@
 """Building and loading the decode kernels (dart/kernels/csrc) as a torch C++ extension, once per machine.
 
-The build lands in the project's cache, `<cache>/kernels/<key>/`, keyed by the CPU's instruction-set flags, the torch
+The build lands in the project's cache, `<cache>/kernels/<key>/` (or `$DART_KERNELS_DIR/<key>/`), keyed by the CPU's instruction-set flags, the torch
 version, the compiler and the sources: a build from one machine is never loaded on another. `setup.sh` builds it
 (`python -m dart.kernels build`); otherwise the first use does, with one line saying so. With no C++ compiler (or no
 ninja, or a failed build) one line says why and the kernels stay off: every product runs through torch, exactly as
@@ -68,9 +68,10 @@ def key(cxx: str) -> str:
 
 
 def build_dir(k: str) -> Path:
+    """<$DART_KERNELS_DIR, else the project's cache / kernels>/<key>."""
     from dart.paths import cache_root
 
-    return cache_root() / "kernels" / k
+    return Path(os.environ.get("DART_KERNELS_DIR") or cache_root() / "kernels") / k
 
 
 def _ninja_on_path() -> bool:

@@ -13,7 +13,9 @@ prompt mask and no detector.
 `strategy.prompt=dense` (default): a request's prompt runs dense, every continuation token sparse, as these methods
 run when decoding and as the whole-sequence methods treat the prompt they trace: a forward with an empty KV cache,
 or one a scorer marks as the prompt's (dart.engine.patch.prompt_phase), is dense; `sparse`: every token.
-Nothing is reused or compacted: gate, up and down run masked (every weight read; speed needs sparse GEMV kernels).
+Nothing is reused or compacted. Scoring (teacher forcing) runs the rules masked, every weight read; decoding on a CPU
+runs them on the sparse-input kernels (dart.kernels), which read only the weight rows of active inputs
+(dart.strategies.per_token_rules: both executions and what they skip; the engine: dart.strategies.per_token_engine).
 **Effective sparsity**, the unit of every method: the fraction of the FFN's weight reads a sparse kernel would skip
 over the sparse tokens (padding left out). A zeroed input of gate and up skips a column of each (2I weights), of down
 a row (D weights); CATS's zeroed g skips a row of up and of down (2D); a neuron mask (DART, GRIFFIN, static) skips
@@ -24,253 +26,15 @@ each input). `achieved`: the zeroed fraction of what the method thresholds (CATS
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from dart.config_checks import check_sparsity
 from dart.strategies.base import Strategy
-
-
-# ------------------------------------------------------------------------------------------------ the rules
-def keep_top(score: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask of the k highest entries of score along its last dimension (per token)."""
-    idx = score.topk(k, dim=-1).indices
-    return torch.zeros(score.shape, dtype=torch.bool, device=score.device).scatter_(-1, idx, True)
-
-
-class Rule:
-    """One method's per-layer state and masked FFN. forward returns (out, zeroed, skipped): zeroed, the (B, T) count
-    of entries this method zeroes (what `achieved` counts), skipped, the (B, T) count of FFN weights a sparse kernel
-    would not read."""
-
-    name = "rule"
-
-    def forward(self, l: int, w, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def units(self, w) -> int:
-        """What `zeroed` is a count of, per token (CATS: the I entries of g; TEAL, WINA: the FFN's weights)."""
-        return w_elements(w)
-
-    def zeroed_is_skipped(self) -> bool:
-        return True
-
-
-def w_elements(w) -> int:
-    """The FFN's weights: 3ID (gated) or 2ID (plain)."""
-    I, D = w.w_in[0].shape
-    return (3 if w.gated else 2) * I * D
-
-
-def _down(w, a: torch.Tensor) -> torch.Tensor:
-    out = torch.matmul(a, w.w_down_t)
-    return out if w.b_down is None else out + w.b_down
-
-
-class CatsRule(Rule):
-    name = "cats"
-
-    def __init__(self, thresholds: list[torch.Tensor]):
-        self.t = thresholds  # per layer, 0-d in the model's dtype on the layer's device
-
-    def forward(self, l, w, x):
-        g = w.act(F.linear(x, w.w_in[0], w.b_in[0]))  # gate (gated) or fc (plain)
-        g = torch.where(g.abs() >= self.t[l], g, 0.0)
-        zeroed = (g == 0).sum(dim=-1)
-        a = g * F.linear(x, w.w_in[1], w.b_in[1]) if w.gated else g
-        D = w.w_down_t.shape[1]
-        return _down(w, a), zeroed, zeroed * (2 * D if w.gated else D)
-
-    def units(self, w) -> int:
-        return w.w_in[0].shape[0]
-
-    def zeroed_is_skipped(self) -> bool:
-        return False
-
-
-class TealRule(Rule):
-    name = "teal"
-
-    def __init__(self, t_in: list[torch.Tensor], t_down: list[torch.Tensor]):
-        self.t_in, self.t_down = t_in, t_down
-
-    def forward(self, l, w, x):
-        I, D = w.w_in[0].shape
-        x = torch.where(x.abs() >= self.t_in[l], x, 0.0)
-        z_in = (x == 0).sum(dim=-1)
-        if w.gated:
-            a = w.act(F.linear(x, w.w_in[0], w.b_in[0])) * F.linear(x, w.w_in[1], w.b_in[1])
-        else:
-            a = w.act(F.linear(x, w.w_in[0], w.b_in[0]))
-        a = torch.where(a.abs() >= self.t_down[l], a, 0.0)
-        z_down = (a == 0).sum(dim=-1)
-        skipped = z_in * ((2 if w.gated else 1) * I) + z_down * D
-        return _down(w, a), skipped, skipped
-
-
-class WinaRule(Rule):
-    name = "wina"
-
-    def __init__(self, norms_in: list[list[torch.Tensor]], norms_down: list[torch.Tensor], sparsity: float):
-        self.norms_in, self.norms_down = norms_in, norms_down  # per layer: fp32 column norms ([gate, up] or [fc]), down's
-        self.sparsity = sparsity
-
-    def forward(self, l, w, x):
-        I, D = w.w_in[0].shape
-        k_in, k_down = keep_count(D, self.sparsity), keep_count(I, self.sparsity)
-        ax = x.abs().float()
-        xs = [torch.where(keep_top(ax * c, k_in), x, 0.0) for c in self.norms_in[l]]
-        if w.gated:
-            a = w.act(F.linear(xs[0], w.w_in[0], w.b_in[0])) * F.linear(xs[1], w.w_in[1], w.b_in[1])
-        else:
-            a = w.act(F.linear(xs[0], w.w_in[0], w.b_in[0]))
-        a = torch.where(keep_top(a.abs().float() * self.norms_down[l], k_down), a, 0.0)
-        skipped = sum((v == 0).sum(dim=-1) for v in xs) * I + (a == 0).sum(dim=-1) * D
-        return _down(w, a), skipped, skipped
-
-
-def keep_count(n: int, sparsity: float) -> int:
-    """WINA's per-token k: floor((1 - sparsity) n), at least 1 (as the engine's top-k masks)."""
-    return max(1, math.floor((1.0 - float(sparsity)) * n + 1e-9))
-
-
-# ------------------------------------------------------------------------------------------------ the engine
-class PerTokenFFN(nn.Module):
-    """Replaces one decoder layer's FFN while a per-token method is attached."""
-
-    def __init__(self, original: nn.Module, weights, index: int, engine: "PerTokenEngine"):
-        super().__init__()
-        self.original = original  # kept (not as a submodule) to restore on detach
-        object.__setattr__(self, "_engine", engine)
-        self.w = weights
-        self.index = index
-
-    def __getattr__(self, name):  # keep attribute access of the wrapped module working (e.g. .gate_proj)
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.__dict__["original"], name)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        e = self._engine
-        if e.is_paused or not e.sparse:
-            from dart.engine.ffn import down, intermediate
-
-            return down(self.w, intermediate(self.w, x))
-        out, zeroed, skipped = e.rule.forward(self.index, self.w, x)
-        e.count(self.index, zeroed, skipped)
-        return out
-
-
-class PerTokenEngine:
-    def __init__(self, model, rule: Rule, prompt: str = "dense"):
-        from dart.engine.adapters import adapter_for
-        from dart.engine.patch import Patch
-
-        self.model, self.rule, self.prompt = model, rule, prompt
-        self.adapter = adapter_for(model)
-        self.layers = self.adapter.layers(model)
-        self.L = len(self.layers)
-        self.ffns = [PerTokenFFN(self.adapter.ffn(layer), self.adapter.weights(self.adapter.ffn(layer)), l, self)
-                     for l, layer in enumerate(self.layers)]
-        self.I = self.ffns[0].w.w_in[0].shape[0]
-        self.device = self.ffns[0].w.w_down_t.device
-        self.devices = [f.w.w_down_t.device for f in self.ffns]  # a model spread over GPUs: each layer's own
-        self.zeros = [torch.zeros((), dtype=torch.float64, device=d) for d in self.devices]
-        self.skipped = [torch.zeros((), dtype=torch.float64, device=d) for d in self.devices]
-        self.tokens = torch.zeros((), dtype=torch.float64, device=self.device)  # sparse (non-padding) tokens
-        self.prompt_tokens = torch.zeros((), dtype=torch.float64, device=self.device)  # dense prompt tokens
-        self.forwards = 0
-        self.in_prompt = False  # set by dart.engine.patch.prompt_phase around a scorer's prompt forwards
-        self.sparse = prompt == "sparse"  # the running forward is sparse (a continuation, or every one)
-        self._valid: torch.Tensor | None = None  # (B, T) fp32 of the running forward, None = every token
-        self._valid_on: dict = {}
-        self.patch = Patch(model, self.adapter, self.layers, self.ffns)
-
-    def attach(self) -> "PerTokenEngine":
-        from dart.engine.patch import PER_TOKEN
-
-        self.patch.apply(begin=self._begin)
-        setattr(self.model, PER_TOKEN, self)
-        return self
-
-    @torch.no_grad()
-    def detach(self) -> None:
-        from dart.engine.patch import PER_TOKEN
-
-        self.patch.undo()
-        if getattr(self.model, PER_TOKEN, None) is self:
-            delattr(self.model, PER_TOKEN)
-
-    def paused(self):
-        """Run dense (no masks, nothing counted) inside the block: the dense reference."""
-        return self.patch.paused()
-
-    @property
-    def is_paused(self) -> bool:
-        return self.patch.is_paused
-
-    def _begin(self, module, args, kwargs):
-        from dart.engine.adapters import forward_input
-
-        if self.is_paused:
-            return None
-        B, T = forward_input(args, kwargs).shape[:2]
-        cache = kwargs.get("past_key_values")
-        past = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
-        self.sparse = self.prompt == "sparse" or (past > 0 and not self.in_prompt)
-        mask = kwargs.get("attention_mask")
-        self._valid = mask[:, -T:].to(torch.float32) if torch.is_tensor(mask) and mask.dim() == 2 else None
-        self._valid_on = {}
-        n = float(B * T) if self._valid is None else self._valid.sum()
-        if self.sparse:
-            self.tokens += n
-            self.forwards += 1
-        else:
-            self.prompt_tokens += n
-        return None
-
-    def count(self, layer: int, zeroed: torch.Tensor, skipped: torch.Tensor) -> None:
-        """Add a forward's (B, T) counts of one layer over its evaluated tokens (on the device: no host sync)."""
-        valid = self._valid
-        if valid is not None and valid.device != zeroed.device:  # a layer on another device: the mask moved once
-            valid = self._valid_on.get(zeroed.device)
-            if valid is None:
-                valid = self._valid_on[zeroed.device] = self._valid.to(zeroed.device)
-        for acc, v in ((self.zeros, zeroed), (self.skipped, skipped)):
-            acc[layer] += v.sum(dtype=torch.float64) if valid is None else (v * valid).sum(dtype=torch.float64)
-
-    def measure(self) -> dict:
-        """results.json "sparsity" and "overhead" (one device read)."""
-        from dart.engine.overhead import model_flops_per_token
-
-        values = torch.stack([self.tokens, self.prompt_tokens]
-                             + [z.to(self.device) for z in self.zeros + self.skipped]).tolist()
-        n, prompt, zeros, skipped = values[0], values[1], values[2:self.L + 2], values[self.L + 2:]
-        w = self.ffns[0].w
-        achieved = [z / (n * self.rule.units(w)) for z in zeros] if n else None
-        effective = [s / (n * w_elements(w)) for s in skipped] if n else None
-        per_token = model_flops_per_token(self.model)
-        D = w.w_down_t.shape[1]
-        # per token and layer: |x| (or a score), the comparison, the select of each thresholded input; counting
-        flops = {"thresholding": n * self.L * (self.I + (2 if w.gated else 1) * D) * 3, "counting": n * self.L * 4 * self.I}
-        state = {"per_layer_state": self.L * 4 * (2 * D + self.I), "counters": (2 * self.L + 1) * 8}
-        return {
-            "achieved": None if achieved is None else sum(achieved) / self.L, "per_layer_achieved": achieved,
-            "effective": None if effective is None else sum(effective) / self.L, "per_layer_effective": effective,
-            "tokens": {"prompt": prompt, "sparse": n},
-            "overhead": {
-                "state_bytes": sum(state.values()), "state_breakdown": state,
-                "engine_flops": sum(flops.values()), "engine_flops_breakdown": flops,
-                "model_flops": per_token * n, "flops_ratio": sum(flops.values()) / (per_token * n) if n else None,
-                "tokens_seen": n, "tokens_traced": 0.0, "mask_builds": 0, "mask_build_s": 0.0,
-            },
-        }
+from dart.strategies.per_token_engine import PerTokenEngine
+from dart.strategies.per_token_rules import CatsRule, Rule, TealRule, WinaRule
 
 
 # ------------------------------------------------------------------------------------------------ the strategies
@@ -285,7 +49,8 @@ class PerTokenStrategy(Strategy):
     continuation after its prompt (as decoding), not in one pass."""
 
     dynamic = True
-    execution = "masked (every weight read: per-token masks need sparse GEMV kernels to skip reads)"
+    execution = ("masked when scoring (every weight read); decoding on a CPU: sparse-input kernels reading only the "
+                 "active inputs' weight rows (dart.kernels)")
 
     def __init__(self, name: str, sparsity: float, ranking: str, prompt: str, calibration: dict | None = None):
         from dart.errors import choice_error
