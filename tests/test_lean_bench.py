@@ -115,24 +115,34 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "dart.bench", "model=tiny_llama", "repeats=2", "warmup=0", "new_tokens=6",
          "prompt_tokens=16", "sparsities=[0.5]", "batch_sizes=[1,3]", "loops=[lean,hf,compiled]", "batch_loops=[lean]",
-         "remask_demo=false", "progress_s=0", f"out={out}"],
+         "sparse_methods=[teal]", "remask_demo=false", "progress_s=0", f"out={out}"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # stdout is a pipe: plain progress lines (every step with progress_s=0, the last one is the table), no bar
-    assert "[dart] decode bench: step 1/26, " in proc.stdout and "step 25/26" in proc.stdout and "step 26/26" not in proc.stdout
+    assert "[dart] decode bench: step 1/30, " in proc.stdout and "step 29/30" in proc.stdout and "step 30/30" not in proc.stdout
     res = json.loads((out / "bench.json").read_text())
     rows = {(r["batch"], r["loop"], r["mode"], r["sparsity"]): r for r in res["rows"]}
     assert set(rows) == {(1, loop, mode, s) for loop in ("lean", "hf", "compiled") for mode, s in
                          (("dense", 0.0), ("masked", 0.5), ("compacted", 0.5))} | {
-                        (3, "lean", mode, s) for mode, s in (("dense", 0.0), ("masked", 0.5), ("union", 0.5), ("shared", 0.5))}
+                        (3, "lean", mode, s) for mode, s in (("dense", 0.0), ("masked", 0.5), ("union", 0.5), ("shared", 0.5))} | {
+                        (1, loop, "sparse", 0.5) for loop in ("lean", "hf")}  # per-token: batch 1, not compiled
+    bw = res["bandwidth"]  # measured at the start of each timed repeat (twice per batch size)
+    assert len(bw["per_repeat"]) == 4 and bw["read_gb_s"] > 0 and res["kernels"]["available"] in (True, False)
     for r in rows.values():
         assert len(r["tokens_per_s_all"]) == 2 and r["tokens_per_s"] > 0
-        for key in ("batch", "mode", "sparsity", "speedup", "union_keep", "bound", "loadavg_1m_end"):
+        for key in ("batch", "mode", "method", "sparsity", "speedup", "union_keep", "bound", "loadavg_1m_end"):
             assert key in r
+        # the weight bytes it streamed per second, and their share of the bandwidth of the same repeats
+        assert r["weight_gb_s"] == pytest.approx(statistics.median(
+            r["bytes_per_token"] * 5 / (r["batch"] * 5 / t) / 1e9 for t in r["tokens_per_s_all"]))
+        assert 0 < r["share_of_bandwidth"] < 2
         # paired: the speed-up is the median of the per-repeat ratios against dense of the same repeat, with an interval
         assert r["speedup"] == pytest.approx(statistics.median(r["speedup_all"])) and len(r["speedup_all"]) == 2
         assert r["speedup_ci"][0] <= r["speedup"] <= r["speedup_ci"][1]
         assert r["interleaved"] == (r["loop"] != "compiled")
+    teal = rows[(1, "lean", "sparse", 0.5)]  # its bytes from its measured effective sparsity
+    assert teal["method"] == "teal" and 0.3 < teal["achieved_sparsity"] < 0.7
+    assert teal["bound"] == pytest.approx(res["weight_bytes"]["dense"] / teal["bytes_per_token"])
     shared = rows[(3, "lean", "shared", 0.5)]  # one kept set for the batch: batch 1's count, one prefix
     assert shared["union_keep"] == 0.5 and shared["achieved_sparsity"] == 0.5 and shared["compacted_ran"]
     assert shared["bound"] == pytest.approx(rows[(1, "lean", "compacted", 0.5)]["bound"])
@@ -151,8 +161,8 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path):
     assert union["auto_execution"] == ("union" if union["union_keep"] <= 0.9 else "masked")
     assert rows[(3, "lean", "masked", 0.5)]["bound"] == 1.0 and rows[(1, "lean", "dense", 0.0)]["bound"] == 1.0
     md = (out / "bench.md").read_text()
-    assert md.count("| lean |") == 7 and md.count("| compiled |") == 3 and "| 3 | lean | union | 0.50 |" in md
-    assert "| 3 | lean | shared | 0.50 |" in md and "paired ratios" in md
+    assert md.count("| lean |") == 8 and md.count("| compiled |") == 3 and "| 3 | lean | union | static_prompt | 0.50 |" in md
+    assert "| 3 | lean | shared | static_prompt | 0.50 |" in md and "paired ratios" in md and "Streaming read bandwidth" in md
     assert (out / "speedup.png").stat().st_size > 1000
 
 

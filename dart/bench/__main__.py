@@ -14,11 +14,11 @@ OUTPUTS = Outputs(json="bench.json", render=report.markdown, markdown="bench.md"
 
 def check(cfg: DictConfig) -> list[int]:
     """Every value checked before the model loads; the batch sizes."""
-    from dart.bench.decode import LOOPS, MODES, batch_sizes
+    from dart.bench.decode import LOOPS, MODES, SPARSE_METHODS, batch_sizes
     from dart.config_checks import check_sparsity
     from dart.errors import ConfigError, choice_error
 
-    for key, allowed in (("modes", MODES), ("loops", LOOPS), ("batch_loops", LOOPS)):
+    for key, allowed in (("modes", MODES), ("loops", LOOPS), ("batch_loops", LOOPS), ("sparse_methods", SPARSE_METHODS)):
         for v in cfg.get(key) or []:
             if v not in allowed:
                 raise choice_error(key, v, allowed)
@@ -47,13 +47,21 @@ def bench(cfg: DictConfig) -> dict:
     info = machine()
     info["loadavg_1m"] = load_at_start
     n_jobs = sum(len(configs(cfg, b, list(cfg.loops if b == 1 else (cfg.get("batch_loops") or cfg.loops)))) for b in sizes)
+    from dart import kernels
+
     with progress("decode bench", n_jobs * (int(cfg.warmup) + int(cfg.repeats)), float(cfg.get("progress_s", 30))) as step:
-        rows = measure(model, loaded.tokenizer, cfg, progress=step)
+        rows, bandwidth = measure(model, loaded.tokenizer, cfg, progress=step)
     res = {"config": {"model": cfg.model.name, "device": device, "dtype": dtype_name(model),
                       "batch_sizes": sizes, "union_max_keep": float(cfg.get("union_max_keep", 0.9)),
+                      "sparse_methods": list(cfg.get("sparse_methods") or []),
                       **{k: cfg[k] for k in ("prompt_tokens", "new_tokens", "warmup", "repeats")}},
            "machine": info, "weight_bytes": weight_bytes_per_token(model), "rows": rows,
-           "model": loaded.info}
+           "model": loaded.info, "kernels": kernels.info()}
+    if bandwidth:
+        import statistics
+
+        per = [b["read_gb_s"] for b in bandwidth]
+        res["bandwidth"] = {"read_gb_s": statistics.median(per), "per_repeat": per, "passes": bandwidth}
     if cfg.remask_demo and cfg.model.get("model_type") in ("llama", "mistral", "qwen2", "qwen3"):
         res["remask_demo"] = remask_demo(model, loaded.tokenizer, cfg, float(cfg.sparsities[0]))
     res["machine"]["loadavg_1m_end"] = os.getloadavg()[0]

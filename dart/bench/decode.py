@@ -1,4 +1,5 @@
-"""Decode-throughput measurement: dense, masked and compacted FFN execution on one model, at several batch sizes.
+"""Decode-throughput measurement: dense, masked, compacted and per-token sparse FFN execution on one model, at several
+batch sizes, beside the machine's streaming read bandwidth measured in the same run.
 
 For each (batch size, loop, mode, sparsity): `warmup` + `repeats` greedy generations of `new_tokens` from the
 same prompts; the prefill and the decode steps are timed apart (device-synchronised only at those two boundaries),
@@ -9,8 +10,14 @@ batch > 1 (row b's prompt starts at news article b: every row a different story,
 execution runs the UNION of the rows' kept neurons, each row masked inside it (dart.engine.union): mode `union`,
 with the union's size (`union_keep`, mean over layers) and whether execution=auto would run it
 (`auto_execution`). The time the engine spends building masks and compacting is reported as `remask_ms` (it is
-inside the decode time, as in real use). Loops: `lean` (dart.bench.lean), `hf` (model.generate) and `compiled`
-(the lean loop with torch.compile'd steady steps; its warm-up generation compiles).
+inside the decode time, as in real use). Mode `sparse` runs each per-token method of `sparse_methods` (TEAL, WINA,
+CATS) at each sparsity on its sparse-input kernels (weights laid out K-major before timing). Loops: `lean`
+(dart.bench.lean, its products on the decode kernels where they are built), `lean_torch` (the same loop on torch's
+products), `hf` (model.generate inside dart.kernels.decoding) and `compiled` (the lean loop with torch.compile'd
+steady steps, torch's products; its warm-up generation compiles).
+
+Bandwidth: every repeat first measures the machine's streaming read bandwidth (dart.bench.bandwidth); each row
+reports the weight bytes it streams per second and its share of that bandwidth (the median of per-repeat ratios).
 
 Bytes-bound limit: decoding one token reads every weight once (the output head included, the input embedding
 only as one row), so dense/pruned weight bytes bounds the speed-up a memory-bound decoder can get; for a batch the
@@ -31,9 +38,10 @@ from dart.bench.lean import LeanDecoder
 from dart.compose import build_strategy
 from dart.engine.overhead import state_bytes
 
-MODES = ("dense", "masked", "compacted", "shared")  # compacted at batch > 1: the rows' union (mode "union"); shared:
-# one kept set for the batch (batch > 1 only)
-LOOPS = ("lean", "hf", "compiled")  # compiled: the lean loop with its steady steps through torch.compile
+MODES = ("dense", "masked", "compacted", "shared", "sparse")  # compacted at batch > 1: the rows' union (mode "union");
+# shared: one kept set for the batch (batch > 1 only); sparse: the per-token methods of `sparse_methods`
+LOOPS = ("lean", "lean_torch", "hf", "compiled")  # compiled: the lean loop with its steady steps through torch.compile
+SPARSE_METHODS = ("teal", "wina", "cats")
 
 
 def sync(device: torch.device) -> None:
@@ -77,9 +85,11 @@ def prompt_ids(tokenizer, batch: int, tokens: int, device) -> torch.Tensor:
     return torch.tensor(rows, device=device)
 
 
-def bench_strategy(mode: str, sparsity: float):
+def bench_strategy(mode: str, sparsity: float, method: str = "static_prompt"):
     if mode == "dense":
         return None
+    if mode == "sparse":  # a per-token method (the prompt dense, every decode step its own inputs)
+        return build_strategy(method, sparsity=sparsity)
     # compacted: a single sequence's kept prefix, or a batch's union (forced: the bench measures the union even
     # where execution=auto would run the batch masked, and reports whether it would); shared: one kept set for the
     # batch (strategy.batch_mask=shared), compacted once, no per-row mask inside it
@@ -108,14 +118,17 @@ def _generate_lean(dec: LeanDecoder, ids: torch.Tensor, new: int, device) -> tup
 
 
 def _generate_hf(model, ids: torch.Tensor, new: int, pad: int, device) -> tuple[float, float, torch.Tensor]:
+    from dart import kernels
+
     kw = dict(do_sample=False, attention_mask=torch.ones_like(ids), pad_token_id=pad)
     sync(device)
-    t0 = time.perf_counter()
-    model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)  # prefill and the first token
-    sync(device)
-    t1 = time.perf_counter()
-    out = model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kw)
-    sync(device)
+    with kernels.decoding(model):  # what dart.prune + generate runs
+        t0 = time.perf_counter()
+        model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)  # prefill and the first token
+        sync(device)
+        t1 = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kw)
+        sync(device)
     total = time.perf_counter() - t1
     return t1 - t0, max(total - (t1 - t0), 1e-9), out[:, ids.shape[1]:]
 
@@ -131,38 +144,63 @@ def batch_sizes(cfg) -> list[int]:
     return [int(b) for b in sizes]
 
 
-def measure(model, tokenizer, cfg, progress=None) -> list[dict[str, Any]]:
+def measure(model, tokenizer, cfg, progress=None) -> tuple[list[dict[str, Any]], list[dict[str, float]]]:
+    """(rows, the bandwidth measured at the start of every timed repeat)."""
     device = next(model.parameters()).device
-    rows = []
+    rows, bandwidth = [], []
     for B in batch_sizes(cfg):
         loops = list(cfg.loops) if B == 1 else list(cfg.get("batch_loops") or cfg.loops)
-        rows += measure_batch(model, tokenizer, cfg, B, loops, device, progress)
-    return rows
+        got, bw = measure_batch(model, tokenizer, cfg, B, loops, device, progress)
+        rows += got
+        bandwidth += bw
+    return rows, bandwidth
 
 
-def configs(cfg, B: int, loops: list[str]) -> list[tuple[str, str, float]]:
-    """(loop, mode, sparsity) of one batch size (shared is a batch's mode: at batch 1 it is `compacted`)."""
-    return [(loop, mode, float(sp)) for loop in loops for mode in cfg.modes if not (mode == "shared" and B == 1)
-            for sp in ([0.0] if mode == "dense" else list(cfg.sparsities))]
+def sparse_methods(cfg) -> list[str]:
+    return list(cfg.get("sparse_methods") or SPARSE_METHODS)
+
+
+def configs(cfg, B: int, loops: list[str]) -> list[tuple[str, str, float, str]]:
+    """(loop, mode, sparsity, method) of one batch size (shared is a batch's mode: at batch 1 it is `compacted`;
+    sparse: one per per-token method, at batch 1, not in the compiled loop)."""
+    out = []
+    for loop in loops:
+        for mode in cfg.modes:
+            if (mode == "shared" and B == 1) or (mode == "sparse" and (loop == "compiled" or B > 1)):
+                continue
+            methods = ["dense"] if mode == "dense" else (sparse_methods(cfg) if mode == "sparse" else ["static_prompt"])
+            out += [(loop, mode, float(sp), m) for m in methods for sp in ([0.0] if mode == "dense" else cfg.sparsities)]
+    return out
 
 
 class _Run:
-    """One (loop, mode, sparsity): its strategy attached for one generation (or, compiled, for all of them)."""
+    """One (loop, mode, sparsity, method): its strategy attached for one generation (or, compiled, for all of them);
+    a per-token method's strategy is made once (its calibration) and attached again for every generation."""
 
     def __init__(self, model, tokenizer, key, ids, new: int, pad: int, device):
         self.model, self.tokenizer, self.key, self.ids, self.new, self.pad, self.device = model, tokenizer, key, ids, new, pad, device
         self.prefill, self.decode, self.remask, self.tokens, self.info = [], [], [], None, {}
-        self.strat = self.dec = None
+        self.strat = self.dec = self.made = None
 
     def attach(self) -> None:
-        loop, mode, sp = self.key
-        self.strat = bench_strategy(mode, sp)
+        from dart import kernels
+
+        loop, mode, sp, method = self.key
+        if mode == "sparse":
+            self.made = self.made or bench_strategy(mode, sp, method)
+            self.strat = self.made
+        else:
+            self.strat = bench_strategy(mode, sp, method)
         if self.strat is not None:
             self.strat.attach(self.model, self.tokenizer)
-        ctrl = self.strat.controller if self.strat is not None else None
+        ctrl = getattr(self.strat, "controller", None)
+        engine = getattr(self.strat, "engine", None)
+        if engine is not None and loop != "lean_torch" and kernels.available():
+            engine.lay_out()  # the K-major layout before anything is timed
         self.dec = None
-        if loop in ("lean", "compiled"):
-            self.dec = LeanDecoder(self.model, self.ids.shape[1] + self.new, self.ids.shape[0], ctrl, compile=loop == "compiled")
+        if loop in ("lean", "lean_torch", "compiled"):
+            self.dec = LeanDecoder(self.model, self.ids.shape[1] + self.new, self.ids.shape[0], ctrl,
+                                   compile=loop == "compiled", kernels=loop == "lean", per_token=engine)
 
     def detach(self) -> None:
         if self.strat is not None:
@@ -170,7 +208,7 @@ class _Run:
         self.strat = self.dec = None
 
     def once(self, timed: bool) -> None:
-        ctrl = self.strat.controller if self.strat is not None else None
+        ctrl = getattr(self.strat, "controller", None)
         b0 = ctrl.counts.build_seconds if ctrl is not None else 0.0
         if self.dec is not None:
             p, d, self.tokens = _generate_lean(self.dec, self.ids, self.new, self.device)
@@ -185,15 +223,20 @@ class _Run:
         if ctrl is not None:
             masks = ctrl.masks()  # (L, B, I), original order
             kept, union_keep, ran = float(masks.float().mean()), float(masks.any(dim=1).float().mean()), bool(ctrl.compacted)
+        elif self.strat is not None:  # a per-token method: what its decode steps skipped (the prompt ran dense)
+            sparsity = self.strat.summary()["sparsity"]
+            kept = union_keep = 1.0 - float(sparsity["effective"] or 0.0)
         self.info = {"kept": kept, "union_keep": union_keep, "ran": ran, "mem": peak_memory(self.device),
                      "state": state_bytes(ctrl)["total"] if ctrl is not None else 0}
 
 
 def measure_batch(model, tokenizer, cfg, B: int, loops: list[str], device, progress=None) -> list[dict[str, Any]]:
-    """Every (loop, mode, sparsity) of one batch size. The modes are INTERLEAVED within each repeat (dense, masked,
-    compacted, ..., then again), each attached for its one generation, so a speed-up is the median of per-repeat
-    PAIRED ratios against dense in the same repeat (with a bootstrap interval): a slow minute on a shared machine
-    slows both sides of a ratio. The compiled loop runs its repeats in one block (each attach would compile again)."""
+    """Every (loop, mode, sparsity, method) of one batch size. The modes are INTERLEAVED within each repeat (dense,
+    masked, compacted, ..., then again), each attached for its one generation, so a speed-up is the median of
+    per-repeat PAIRED ratios against dense in the same repeat (with a bootstrap interval): a slow minute on a shared
+    machine slows both sides of a ratio. Every repeat starts with the streaming read bandwidth (a share of it is
+    paired the same way). The compiled loop runs its repeats in one block (each attach would compile again)."""
+    from dart.bench.bandwidth import ReadProbe
     from dart.stats import paired_ratio
 
     ids = prompt_ids(tokenizer, B, int(cfg.prompt_tokens), device)
@@ -202,9 +245,13 @@ def measure_batch(model, tokenizer, cfg, B: int, loops: list[str], device, progr
     max_keep = float(cfg.get("union_max_keep", 0.9))
     warm, reps = int(cfg.warmup), int(cfg.repeats)
     runs = {k: _Run(model, tokenizer, k, ids, new, pad, device) for k in configs(cfg, B, loops)}
+    probe = ReadProbe() if device.type == "cpu" and cfg.get("bandwidth", True) else None
+    bandwidth = []  # per timed repeat: the machine's streaming read GB/s
     load_start = os.getloadavg()[0]
     interleaved = [r for k, r in runs.items() if k[0] != "compiled"]
     for rep in range(warm + reps):
+        if probe is not None and rep >= warm:
+            bandwidth.append(probe.measure())
         for run in interleaved:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -224,13 +271,15 @@ def measure_batch(model, tokenizer, cfg, B: int, loops: list[str], device, progr
                     progress()
         finally:
             run.detach()
+    del probe
     load_end = os.getloadavg()[0]
     steps = new - 1
+    bw = [b["read_gb_s"] for b in bandwidth]
     rows = []
-    for (loop, mode, sp), run in runs.items():
+    for (loop, mode, sp, method), run in runs.items():
         rates = [steps * B / d for d in run.decode]
         info = run.info
-        row = {"batch": B, "loop": loop, "mode": row_mode(mode, B), "sparsity": sp,
+        row = {"batch": B, "loop": loop, "mode": row_mode(mode, B), "sparsity": sp, "method": method,
                "achieved_sparsity": 1.0 - info["kept"], "union_keep": info["union_keep"],
                "tokens_per_s": statistics.median(rates), "tokens_per_s_all": rates,
                "prefill_ms": 1e3 * statistics.median(run.prefill), "remask_ms": 1e3 * statistics.median(run.remask),
@@ -238,28 +287,32 @@ def measure_batch(model, tokenizer, cfg, B: int, loops: list[str], device, progr
                "decode_ms_per_token": 1e3 * statistics.median(run.decode) / (steps * B),
                "engine_state_bytes": info["state"], "loadavg_1m": load_start, "loadavg_1m_end": load_end,
                "interleaved": loop != "compiled", **info["mem"]}
-        compact = mode in ("compacted", "shared")
+        reads_less = mode in ("compacted", "shared", "sparse")
         wb = weight_bytes_per_token(model, info["union_keep"])
-        row["bytes_per_token"] = wb["pruned"] if compact else wb["dense"]  # weight bytes read per step
+        row["bytes_per_token"] = wb["pruned"] if reads_less else wb["dense"]  # weight bytes read per step
         row["bytes_bound_limit"] = wb["limit"]  # what the masks allow if run compacted (a batch: its union)
-        row["bound"] = wb["limit"] if compact else 1.0  # dense bytes / the bytes this execution reads
-        if compact:
+        row["bound"] = wb["limit"] if reads_less else 1.0  # dense bytes / the bytes this execution reads
+        gbs = [row["bytes_per_token"] * steps / d / 1e9 for d in run.decode]  # weight bytes streamed per second
+        row["weight_gb_s"] = statistics.median(gbs)
+        if bw and len(bw) == len(gbs):  # per repeat, paired with that repeat's bandwidth
+            row["share_of_bandwidth"] = statistics.median(g / b for g, b in zip(gbs, bw))
+        if mode in ("compacted", "shared"):
             row["compacted_ran"] = info["ran"]  # the engine really ran the prefix (forced: execution=compact)
             if B > 1 and mode == "compacted":  # what execution=auto would do with this union
                 row["auto_execution"] = "union" if info["union_keep"] <= max_keep else "masked"
-        dense = runs.get((loop, "dense", 0.0))
+        dense = runs.get((loop, "dense", 0.0, "dense"))
         med, ratios, ci = paired_ratio(rates, [steps * B / d for d in dense.decode] if dense is not None else [])
         row["speedup"], row["speedup_all"], row["speedup_ci"] = med, ratios, list(ci) if ci else None
-        row["share_of_limit"] = row["speedup"] / wb["limit"] if row["speedup"] and compact else None
+        row["share_of_limit"] = row["speedup"] / wb["limit"] if row["speedup"] and reads_less else None
         if dense is not None and dense.tokens is not None and mode != "dense":  # how much the text differs from dense
             row["token_agreement_with_dense"] = float((run.tokens == dense.tokens).float().mean())
         rows.append(row)
-    hf = runs.get(("hf", "dense", 0.0))
-    if hf is not None and ("lean", "dense", 0.0) in runs:
+    hf = runs.get(("hf", "dense", 0.0, "dense"))
+    if hf is not None and ("lean", "dense", 0.0, "dense") in runs:
         hf_rate = statistics.median(steps * B / d for d in hf.decode)
         for r in rows:
             r["speedup_vs_hf_dense"] = r["tokens_per_s"] / hf_rate
-    return rows
+    return rows, bandwidth
 
 
 def remask_demo(model, tokenizer, cfg, sparsity: float) -> dict[str, Any]:

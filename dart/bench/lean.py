@@ -103,6 +103,14 @@ class LeanDecoder:
         self.max_len = max_len
         self.monitored = set(controller.monitored) if controller is not None else set()
         self.qkv = [fuse_qkv(layer.self_attn) for layer in self.layers]
+        # a model without an engine: its FFNs through the engine's functions, i.e. the kernels (the module's own
+        # Linear layers would run torch's products)
+        self.plain = None
+        if self.kernels and controller is None and per_token is None:
+            from dart.engine.adapters import adapter_for
+
+            adapter = adapter_for(model)
+            self.plain = [adapter.weights(adapter.ffn(layer)) for layer in self.layers]
         norms = [m for layer in self.layers for m in (layer.input_layernorm, layer.post_attention_layernorm)]
         self._rms = {id(m): _plain_rms_norm(m) for m in norms + [model.model.norm]}
         self._step = None
@@ -128,6 +136,16 @@ class LeanDecoder:
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
+    def _add_norm(self, mod, x: torch.Tensor, add: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + add, the norm of it): one kernel call in a decode step (dart.kernels: the same roundings), else the
+        residual add and `_norm`."""
+        if add is not None and x.shape[1] == 1 and self._rms.get(id(mod)) and not _hooked(mod) and kernels.fits(x):
+            B, _, D = x.shape
+            res, y = kernels.ext().rms_norm(x.view(B, D), add.reshape(B, D), mod.weight, mod.variance_epsilon)
+            return res.view(B, 1, D), y.view(B, 1, D)
+        x = x if add is None else x + add
+        return x, self._norm(mod, x)
+
     def _norm(self, mod, x: torch.Tensor) -> torch.Tensor:
         """The model's RMSNorm as one fused op (fewer dispatches): in float32 with its weight; in a half dtype as the
         module computes it, normalised in float32, cast back, then scaled by the weight."""
@@ -139,6 +157,11 @@ class LeanDecoder:
 
     def _attention(self, l: int, attn, h: torch.Tensor, pos: int) -> torch.Tensor:
         B, T, _ = h.shape
+        if T == 1 and not hasattr(attn, "q_norm") and kernels.fits(h):  # a decode step: rope to values in one call
+            qkv = kernels.linear(h.view(B, -1), *self.qkv[l])
+            o = kernels.ext().attend(qkv, self.k[l], self.v[l], pos, self.cos, self.sin, self.H, self.Hkv,
+                                     self.hd ** -0.5)
+            return kernels.linear(o.view(B, 1, -1), attn.o_proj.weight, attn.o_proj.bias)
         q, k, v = self._qkv(l, h)
         if hasattr(attn, "q_norm"):  # qwen3
             q, k = attn.q_norm(q), attn.k_norm(k)
@@ -180,20 +203,30 @@ class LeanDecoder:
         B, T = ids.shape
         c = self.controller
         x = self.model.model.embed_tokens(ids)
+        f = None  # the last FFN's output, added to the residual together with the next norm
         for l, layer in enumerate(self.layers):
-            a = self._attention(l, layer.self_attn, self._norm(layer.input_layernorm, x), pos)
+            x, h = self._add_norm(layer.input_layernorm, x, f)
+            a = self._attention(l, layer.self_attn, h, pos)
             if l in self.monitored:
                 c.record_attention(l, a)
-            x = x + a
-            h = self._norm(layer.post_attention_layernorm, x)
+            x, h = self._add_norm(layer.post_attention_layernorm, x, a)
             # the engine's FFN directly (what layer.mlp, its PrunableFFN, calls), else the model's own
             t0 = time.perf_counter() if self.time_ffn else 0.0
-            x = x + (c.run_ffn(c.ffns[l], h) if c is not None and not _hooked(layer.mlp) else layer.mlp(h))
+            if _hooked(layer.mlp):
+                f = layer.mlp(h)
+            elif c is not None:
+                f = c.run_ffn(c.ffns[l], h)
+            elif self.plain is not None:
+                f = ffn_down(self.plain[l], ffn_intermediate(self.plain[l], h))
+            else:
+                f = layer.mlp(h)
             if self.time_ffn:
                 self.ffn_seconds += time.perf_counter() - t0
         if c is not None:
             c.end_forward()
-        x = self._norm(self.model.model.norm, x[:, -1:] if last_only else x)
+        if last_only:
+            x, f = x[:, -1:], f[:, -1:]
+        x = self._add_norm(self.model.model.norm, x, f)[1]
         head = self.model.lm_head
         return kernels.linear(x, head.weight, head.bias) if not _hooked(head) else head(x)
 

@@ -86,17 +86,32 @@ def markdown(res: dict[str, Any]) -> str:
         + (f", {m['gpu']}" if m.get("gpu") else "") + f", load {m['loadavg_1m']:.2f} at start"
         + (f", {m['loadavg_1m_end']:.2f} at the end" if m.get("loadavg_1m_end") is not None else "") + ".",
         "",
-        "| batch | loop | mode | sparsity | union keep | tok/s | speed-up | bytes-bound limit | share of limit | prefill ms | re-mask ms | agreement with dense |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    bw = res.get("bandwidth")
+    if bw:
+        k = res.get("kernels") or {}
+        lines += [f"Streaming read bandwidth, measured at the start of every repeat: {bw['read_gb_s']:.1f} GB/s "
+                  f"(median; range {min(bw['per_repeat']):.1f}-{max(bw['per_repeat']):.1f}). Decode kernels: "
+                  + (k.get("isa") or f"off ({k.get('reason')})") + ". `weight GB/s`: the weight bytes a decode step "
+                  "reads times steps per second; `of bandwidth`: its share of the bandwidth of the same repeat.", ""]
+    lines += [
+        "| batch | loop | mode | method | sparsity | kept | tok/s | weight GB/s | of bandwidth | speed-up | bytes-bound limit | share of limit | prefill ms | re-mask ms | agreement with dense |",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     default_batch = sizes[0] if len(sizes) == 1 else 1
     for r in res["rows"]:
         keep = r.get("union_keep") if r["mode"] != "dense" else None
+        share_bw = r.get("share_of_bandwidth")
         lines.append(
-            f"| {r.get('batch', default_batch)} | {r['loop']} | {r['mode']} | {r['sparsity']:.2f} | {_fmt(keep)} | "
-            f"{r['tokens_per_s']:.1f} | {_speedup(r)} | "
+            f"| {r.get('batch', default_batch)} | {r['loop']} | {r['mode']} | {r.get('method', '')} | "
+            f"{r['sparsity']:.2f} | {_fmt(keep)} | {r['tokens_per_s']:.1f} | {_fmt(r.get('weight_gb_s'), '.1f')} | "
+            f"{_fmt(share_bw and 100 * share_bw, '.0f')}% | {_speedup(r)} | "
             f"{r['bytes_bound_limit']:.2f}x | {_share(r)} | "
             f"{r['prefill_ms']:.0f} | {r['remask_ms']:.1f} | {_fmt(r.get('token_agreement_with_dense'))} |")
+    if any(r["mode"] == "sparse" for r in res["rows"]):
+        lines += ["", "`sparse`: a per-token method (the prompt dense, every decode step its own inputs) on the sparse-"
+                      "input kernels; `kept` is 1 minus its measured effective sparsity (the FFN weight reads it "
+                      "skipped over the decode steps), from which its bytes-bound limit follows."]
     if any(r.get("flag") for r in res["rows"]):
         lines += ["", f"(!) {SHARE_FLAG}."]
     if (res.get("machine") or {}).get("load_warning"):
@@ -140,12 +155,14 @@ def plot(res: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 2 if multi else 1, figsize=(11 if multi else 6, 4))
     ax = axes[0] if multi else axes
     for loop in dict.fromkeys(r["loop"] for r in rows):
-        for mode in ("masked", "compacted", "union"):
+        for mode, method in [("masked", "static_prompt"), ("compacted", "static_prompt"), ("union", "static_prompt")] + [
+                ("sparse", m) for m in dict.fromkeys(r.get("method") for r in rows if r["mode"] == "sparse")]:
             pts = sorted((r["sparsity"], r["speedup"]) for r in rows
-                         if r["loop"] == loop and r["mode"] == mode and r["speedup"])
+                         if r["loop"] == loop and r["mode"] == mode and r.get("method", method) == method and r["speedup"])
             if pts:
-                ax.plot([0.0] + [p[0] for p in pts], [1.0] + [p[1] for p in pts], marker="o",
-                        linestyle=":" if mode == "masked" else "-", label=f"{mode} ({loop} loop)")
+                label = f"{method} ({loop} loop)" if mode == "sparse" else f"{mode} ({loop} loop)"
+                ax.plot([0.0] + [p[0] for p in pts], [1.0] + [p[1] for p in pts], marker="^" if mode == "sparse" else "o",
+                        linestyle=":" if mode == "masked" else ("-." if mode == "sparse" else "-"), label=label)
     s = np.linspace(0, 0.9, 50)
     dense, ffn = res["weight_bytes"]["dense"], res["weight_bytes"]["ffn"]
     ax.plot(s, dense / (dense - ffn * s), "k--", label="bytes-bound limit")

@@ -24,6 +24,14 @@ class PerTokenFFN(nn.Module):
         self.index = index
         self.kmajor = False  # laid out for the kernels' fast path (once, in place)
 
+    def lay_out(self) -> None:
+        """The weights K-major for the rule's fast path (once, in place: dart.engine.adapters.kmajor_weights)."""
+        if not self.kmajor:
+            from dart.engine.adapters import kmajor_weights
+
+            self.w = kmajor_weights(self._engine.adapter, self.original, inputs=self._engine.rule.kmajor_inputs)
+            self.kmajor = True
+
     def __getattr__(self, name):  # keep attribute access of the wrapped module working (e.g. .gate_proj)
         try:
             return super().__getattr__(name)
@@ -37,11 +45,7 @@ class PerTokenFFN(nn.Module):
 
             return down(self.w, intermediate(self.w, x))
         if e.rule.can_fast(self.w, x):
-            if not self.kmajor:
-                from dart.engine.adapters import kmajor_weights
-
-                self.w = kmajor_weights(e.adapter, self.original, inputs=e.rule.kmajor_inputs)
-                self.kmajor = True
+            self.lay_out()
             out, zeroed, skipped = e.rule.fast(self.index, self.w, x)
         else:
             out, zeroed, skipped = e.rule.forward(self.index, self.w, x)
@@ -88,6 +92,12 @@ class PerTokenEngine:
         self.patch.undo()
         if getattr(self.model, PER_TOKEN, None) is self:
             delattr(self.model, PER_TOKEN)
+
+    def lay_out(self) -> None:
+        """Every layer's weights laid out for the fast path now (a bench does it before it times anything; decoding
+        does it at its first sparse step otherwise)."""
+        for f in self.ffns:
+            f.lay_out()
 
     def paused(self):
         """Run dense (no masks, nothing counted) inside the block: the dense reference."""

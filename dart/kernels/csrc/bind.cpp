@@ -67,5 +67,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("bias") = py::none(), py::arg("isa") = -1);
   m.def("sparse_gated", &sparse_gated, "(act(xg' wgt) * (xu' wut), active inputs (2, B)), K-major weights", py::arg("xg"), py::arg("xu"),
         py::arg("t"), py::arg("wgt"), py::arg("wut"), py::arg("act"), py::arg("isa") = -1);
+  m.def("rms_norm", &rms_norm, "(x + add, RMSNorm of it): the residual add (optional) and the norm, fused",
+        py::arg("x"), py::arg("add"), py::arg("w"), py::arg("eps"));
+  m.def("attend", &attend, "one token's attention after its qkv projection (rope, cache write, softmax, values)",
+        py::arg("qkv"), py::arg("kc"), py::arg("vc"), py::arg("pos"), py::arg("cos"), py::arg("sin"), py::arg("H"),
+        py::arg("Hkv"), py::arg("scale"));
   m.def("read_pass", &read_pass, "one read-only pass over a buffer");
 }

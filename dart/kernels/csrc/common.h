@@ -1,4 +1,4 @@
-// Shared by the decode kernels (dense.cpp, sparse.cpp, bind.cpp): the ISA levels, bf16 <-> fp32, the activations
+// Shared by the decode kernels (dense.cpp, sparse.cpp, attention.cpp, bind.cpp): the ISA levels, bf16 <-> fp32, the activations
 // as torch computes them, the input vector, batch dispatch and argument checks.
 #pragma once
 #include <torch/extension.h>
@@ -243,5 +243,9 @@ std::vector<torch::Tensor> sparse(const torch::Tensor& x, const torch::Tensor& w
                                   const c10::optional<torch::Tensor>& bias, int64_t isa);
 std::vector<torch::Tensor> sparse_gated(const torch::Tensor& xg, const torch::Tensor& xu, double t,
                                         const torch::Tensor& wgt, const torch::Tensor& wut, int64_t act, int64_t isa);
+std::vector<torch::Tensor> rms_norm(const torch::Tensor& x, const c10::optional<torch::Tensor>& add,
+                                    const torch::Tensor& w, double eps);
+torch::Tensor attend(const torch::Tensor& qkv, torch::Tensor& kc, torch::Tensor& vc, int64_t pos,
+                     const torch::Tensor& cos, const torch::Tensor& sin, int64_t H, int64_t Hkv, double scale);
 
 }  // namespace dk
