@@ -231,6 +231,11 @@ def _run(cfg: DictConfig, run_dir: Path, results: dict, t0: float) -> dict[str, 
         results["timing"]["dense_cache"] = ctx.dense_cache.summary()
     results["notes"] = ([note] if note else []) + list(evaluator.notes)
     results["versions"] = versions()
+    from dart import kernels
+
+    used = kernels.used()
+    if used is not None:  # the run's generation decoded through the kernels (or was told why not)
+        results["kernels"] = used
     write_json_atomic(run_dir / RESULTS, results)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     if logger is not None:

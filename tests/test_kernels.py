@@ -179,3 +179,30 @@ def test_turned_off_by_the_environment(monkeypatch):
     monkeypatch.setenv("DART_KERNELS", "off")
     mod, reason = build.load()
     assert mod is None and "DART_KERNELS=off" in reason
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.int32])
+def test_move_equals_indexing(ext, dtype):
+    """Neurons moved in place (compaction) along rows and columns: exactly torch's indexing."""
+    g = torch.Generator().manual_seed(18)
+    t = (torch.randn(37, 301, generator=g) * 100).to(dtype)
+    perm = torch.randperm(301, generator=g)
+    src, dst = torch.randperm(301, generator=g)[:50], torch.randperm(301, generator=g)[:50]
+    for dim in (0, 1):
+        base = t if dim == 1 else t[:, :37].t().contiguous()  # rows: 37 x 301 -> move rows of a (301, 37) tensor
+        a = base.clone()
+        ext.move_(a, dim, None, perm[:base.shape[dim]] if dim == 1 else torch.randperm(base.shape[0], generator=g))
+        b = base.clone()
+        want = base.clone()
+        want_idx = torch.arange(base.shape[dim])
+        ext.move_(b, dim, dst[dst < base.shape[dim]][:5].contiguous(), src[src < base.shape[dim]][:5].contiguous())
+        d5, s5 = dst[dst < base.shape[dim]][:5], src[src < base.shape[dim]][:5]
+        if dim == 0:
+            want[d5] = base[s5]
+        else:
+            want[:, d5] = base[:, s5]
+        assert torch.equal(b, want)
+        del want_idx
+    a = t.clone()
+    ext.move_(a, 1, None, perm)
+    assert torch.equal(a, t[:, perm])

@@ -16,8 +16,10 @@ CATS) at each sparsity on its sparse-input kernels (weights laid out K-major bef
 products), `hf` (model.generate inside dart.kernels.decoding) and `compiled` (the lean loop with torch.compile'd
 steady steps, torch's products; its warm-up generation compiles).
 
-Bandwidth: every repeat first measures the machine's streaming read bandwidth (dart.bench.bandwidth); each row
-reports the weight bytes it streams per second and its share of that bandwidth (the median of per-repeat ratios).
+Bandwidth: right before each timed generation the machine's streaming read bandwidth is measured (dart.bench.bandwidth:
+it moves with the host's other tenants, by up to 2x within a minute on a shared VM); each row reports the weight
+bytes it streams per second and its share of the bandwidth measured before each of its generations (the median of
+those paired ratios).
 
 Bytes-bound limit: decoding one token reads every weight once (the output head included, the input embedding
 only as one row), so dense/pruned weight bytes bounds the speed-up a memory-bound decoder can get; for a batch the
@@ -180,6 +182,7 @@ class _Run:
     def __init__(self, model, tokenizer, key, ids, new: int, pad: int, device):
         self.model, self.tokenizer, self.key, self.ids, self.new, self.pad, self.device = model, tokenizer, key, ids, new, pad, device
         self.prefill, self.decode, self.remask, self.tokens, self.info = [], [], [], None, {}
+        self.bw = []  # the read bandwidth measured right before each timed generation
         self.strat = self.dec = self.made = None
 
     def attach(self) -> None:
@@ -234,8 +237,9 @@ def measure_batch(model, tokenizer, cfg, B: int, loops: list[str], device, progr
     """Every (loop, mode, sparsity, method) of one batch size. The modes are INTERLEAVED within each repeat (dense,
     masked, compacted, ..., then again), each attached for its one generation, so a speed-up is the median of
     per-repeat PAIRED ratios against dense in the same repeat (with a bootstrap interval): a slow minute on a shared
-    machine slows both sides of a ratio. Every repeat starts with the streaming read bandwidth (a share of it is
-    paired the same way). The compiled loop runs its repeats in one block (each attach would compile again)."""
+    machine slows both sides of a ratio. Every timed generation is preceded by a measurement of the streaming read
+    bandwidth (its share is paired with it). The compiled loop runs its repeats in one block (each attach would
+    compile again)."""
     from dart.bench.bandwidth import ReadProbe
     from dart.stats import paired_ratio
 
@@ -246,17 +250,18 @@ def measure_batch(model, tokenizer, cfg, B: int, loops: list[str], device, progr
     warm, reps = int(cfg.warmup), int(cfg.repeats)
     runs = {k: _Run(model, tokenizer, k, ids, new, pad, device) for k in configs(cfg, B, loops)}
     probe = ReadProbe() if device.type == "cpu" and cfg.get("bandwidth", True) else None
-    bandwidth = []  # per timed repeat: the machine's streaming read GB/s
+    bandwidth = []  # every probe: the machine's streaming read GB/s
     load_start = os.getloadavg()[0]
     interleaved = [r for k, r in runs.items() if k[0] != "compiled"]
     for rep in range(warm + reps):
-        if probe is not None and rep >= warm:
-            bandwidth.append(probe.measure())
         for run in interleaved:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             run.attach()
             try:
+                if probe is not None and rep >= warm:  # right before the generation it is paired with
+                    bandwidth.append(probe.measure(passes=3))
+                    run.bw.append(bandwidth[-1]["read_gb_s"])
                 run.once(timed=rep >= warm)
             finally:
                 run.detach()
@@ -266,6 +271,9 @@ def measure_batch(model, tokenizer, cfg, B: int, loops: list[str], device, progr
         run.attach()
         try:
             for rep in range(warm + reps):
+                if probe is not None and rep >= warm:
+                    bandwidth.append(probe.measure(passes=3))
+                    run.bw.append(bandwidth[-1]["read_gb_s"])
                 run.once(timed=rep >= warm)
                 if progress is not None:
                     progress()
@@ -274,7 +282,6 @@ def measure_batch(model, tokenizer, cfg, B: int, loops: list[str], device, progr
     del probe
     load_end = os.getloadavg()[0]
     steps = new - 1
-    bw = [b["read_gb_s"] for b in bandwidth]
     rows = []
     for (loop, mode, sp, method), run in runs.items():
         rates = [steps * B / d for d in run.decode]
@@ -294,8 +301,9 @@ def measure_batch(model, tokenizer, cfg, B: int, loops: list[str], device, progr
         row["bound"] = wb["limit"] if reads_less else 1.0  # dense bytes / the bytes this execution reads
         gbs = [row["bytes_per_token"] * steps / d / 1e9 for d in run.decode]  # weight bytes streamed per second
         row["weight_gb_s"] = statistics.median(gbs)
-        if bw and len(bw) == len(gbs):  # per repeat, paired with that repeat's bandwidth
-            row["share_of_bandwidth"] = statistics.median(g / b for g, b in zip(gbs, bw))
+        if run.bw and len(run.bw) == len(gbs):  # each generation against the bandwidth measured just before it
+            row["share_of_bandwidth"] = statistics.median(g / b for g, b in zip(gbs, run.bw))
+            row["bandwidth_gb_s"] = statistics.median(run.bw)
         if mode in ("compacted", "shared"):
             row["compacted_ran"] = info["ran"]  # the engine really ran the prefix (forced: execution=compact)
             if B > 1 and mode == "compacted":  # what execution=auto would do with this union

@@ -90,10 +90,11 @@ def markdown(res: dict[str, Any]) -> str:
     bw = res.get("bandwidth")
     if bw:
         k = res.get("kernels") or {}
-        lines += [f"Streaming read bandwidth, measured at the start of every repeat: {bw['read_gb_s']:.1f} GB/s "
+        lines += [f"Streaming read bandwidth, measured before every timed generation: {bw['read_gb_s']:.1f} GB/s "
                   f"(median; range {min(bw['per_repeat']):.1f}-{max(bw['per_repeat']):.1f}). Decode kernels: "
                   + (k.get("isa") or f"off ({k.get('reason')})") + ". `weight GB/s`: the weight bytes a decode step "
-                  "reads times steps per second; `of bandwidth`: its share of the bandwidth of the same repeat.", ""]
+                  "reads times steps per second; `of bandwidth`: the median over its generations of that against "
+                  "the bandwidth measured right before each.", ""]
     lines += [
         "| batch | loop | mode | method | sparsity | kept | tok/s | weight GB/s | of bandwidth | speed-up | bytes-bound limit | share of limit | prefill ms | re-mask ms | agreement with dense |",
         "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

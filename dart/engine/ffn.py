@@ -93,6 +93,8 @@ def _rows(t: torch.Tensor) -> tuple[torch.Tensor, int]:
 def move_neurons(t: torch.Tensor, dst: torch.Tensor, src: torch.Tensor) -> None:
     """In place: neuron dst[i] of t becomes its neuron src[i] (a neuron-major tensor or view)."""
     base, dim = _rows(t)
+    if kernels.move(base, dim, dst, src):  # a CPU kernel where it applies (columns: several times torch's speed)
+        return
     if dim == 0:
         base.index_copy_(0, dst, base.index_select(0, src))
     else:  # columns: advanced indexing is about twice as fast as index_select along dim 1 on a CPU
@@ -104,4 +106,5 @@ def permute_neurons(weights: FFNWeights, order: torch.Tensor, extra: list[torch.
     """Reorder neurons in place: new row i = old row order[i], for every neuron-major tensor (and `extra`)."""
     for t in [*weights.neuron_major, *extra]:
         base, dim = _rows(t)
-        base.copy_(base.index_select(0, order) if dim == 0 else base[:, order])
+        if not kernels.move(base, dim, None, order):
+            base.copy_(base.index_select(0, order) if dim == 0 else base[:, order])

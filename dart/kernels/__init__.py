@@ -10,7 +10,8 @@ built once per machine: dart.kernels.build) compute, with fp32 accumulation, on 
 - `sparse_linear(x, wt, t)`: x' @ wt with x' = x where x != 0 and |x| >= t, wt K-major (K, N): only the rows of active
   inputs are read (TEAL's and WINA's FFN products, CATS's down projection);
 - `sparse_gated(xg, xu, t, wgt, wut, act)`: act(xg' wgt) * (xu' wut), K-major (TEAL, WINA);
-- `cats(x, wg, wu, t, act)`: CATS's input side: the gate dense, up read only for the neurons whose |act(gate)| >= t.
+- `cats(x, wg, wu, t, act)`: CATS's input side: the gate dense, up read only for the neurons whose |act(gate)| >= t;
+- `move(t, dim, dst, src)`: neurons moved in place along rows or columns (the engine's compaction; exact).
 
 Each has a plain-torch reference in `dart.kernels.reference` (the exact path, tested against the kernels); every
 intermediate is rounded where torch rounds it (a bf16 linear's output, the activation's, the product's), so the two
@@ -58,6 +59,11 @@ def info() -> dict:
     e = ext()
     return {"available": e is not None, "isa": ISA_NAMES.get(e.isa()) if e is not None else None,
             "reason": _state["reason"]}
+
+
+def used() -> dict | None:
+    """`info()` once something asked for the kernels in this process (a decode loop, generation), else None."""
+    return info() if _state["loaded"] else None
 
 
 @contextlib.contextmanager
@@ -138,6 +144,15 @@ def cats(x: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, t: float, act) -> 
     """(a, kept neurons per row): g = act(x wg^T), a = g * (x wu^T) where |g| >= t (up read only there), else 0."""
     out, n = _state["ext"].cats(_rows(x), wg, wu, float(t), act_code(act))
     return out.view(*x.shape[:-1], wg.shape[0]), n.view(x.shape[:-1])
+
+
+def move(t: torch.Tensor, dim: int, dst: torch.Tensor | None, src: torch.Tensor) -> bool:
+    """In place, t[dst] = t[src] along `dim` (dst None: t = t[src], src a permutation) through the kernel, for a 2-d CPU
+    tensor with unit column stride (exact: bytes moved); False where it does not apply (the caller moves them)."""
+    if t.device.type != "cpu" or t.dim() != 2 or t.stride(1) != 1 or not available():
+        return False
+    _state["ext"].move_(t, dim, None if dst is None else dst.long().contiguous(), src.long().contiguous())
+    return True
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-SOURCES = ("dense.cpp", "sparse.cpp", "attention.cpp", "bind.cpp")
+SOURCES = ("dense.cpp", "sparse.cpp", "attention.cpp", "permute.cpp", "bind.cpp")
 HEADERS = ("common.h",)
 ISA_NAMES = {0: "scalar C++", 1: "AVX2+FMA", 2: "AVX512-BF16"}
 FLAGS = ("-O3", "-fopenmp", "-std=c++17")  # no -march: each ISA path is compiled for its own target and chosen

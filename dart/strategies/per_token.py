@@ -84,6 +84,7 @@ class PerTokenStrategy(Strategy):
         if self.engine is not None and self.model is not None:
             self._summary = self._measure()
             self.engine.detach()
+        self.engine = None  # nothing of the model's (its K-major copies above all) outlives the attachment
         super().detach()
 
     def paused(self):

@@ -72,5 +72,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attend", &attend, "one token's attention after its qkv projection (rope, cache write, softmax, values)",
         py::arg("qkv"), py::arg("kc"), py::arg("vc"), py::arg("pos"), py::arg("cos"), py::arg("sin"), py::arg("H"),
         py::arg("Hkv"), py::arg("scale"));
+  m.def("move_", &move_, "t[dst] = t[src] along dim 0 or 1, in place (dst None: src is a permutation)",
+        py::arg("t"), py::arg("dim"), py::arg("dst"), py::arg("src"));
   m.def("read_pass", &read_pass, "one read-only pass over a buffer");
 }

@@ -1,4 +1,4 @@
-// Shared by the decode kernels (dense.cpp, sparse.cpp, attention.cpp, bind.cpp): the ISA levels, bf16 <-> fp32, the activations
+// Shared by the decode kernels (dense.cpp, sparse.cpp, attention.cpp, permute.cpp, bind.cpp): the ISA levels, bf16 <-> fp32, the activations
 // as torch computes them, the input vector, batch dispatch and argument checks.
 #pragma once
 #include <torch/extension.h>
@@ -247,5 +247,6 @@ std::vector<torch::Tensor> rms_norm(const torch::Tensor& x, const c10::optional<
                                     const torch::Tensor& w, double eps);
 torch::Tensor attend(const torch::Tensor& qkv, torch::Tensor& kc, torch::Tensor& vc, int64_t pos,
                      const torch::Tensor& cos, const torch::Tensor& sin, int64_t H, int64_t Hkv, double scale);
+void move_(torch::Tensor& t, int64_t dim, const c10::optional<torch::Tensor>& dst, const torch::Tensor& src);
 
 }  // namespace dk

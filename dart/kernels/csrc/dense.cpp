@@ -155,7 +155,7 @@ void dots_range(const T* W, int64_t ldw, const Vec<T>& x, int64_t K, int64_t n0,
 #if DART_X86
   if (isa == AVX512) {  // one row at a time (a thread's rows are one sequential stream) unless the batch needs the
     // vector loads shared by several rows; chosen by measurement on a Zen 4 (docs/performance.md)
-    constexpr int RR = B <= 4 ? 1 : 4, UU = B == 1 ? 4 : (B == 2 ? 2 : 1);
+    constexpr int RR = B <= 4 ? 1 : 4, UU = B <= 2 ? 2 : 1;
     for (; n + RR <= n1; n += RR) {
       if constexpr (std::is_same<T, uint16_t>::value)
         dot_bf16_512<B, RR, UU>(W + n * ldw, ldw, static_cast<const uint16_t*>(x.ptr), x.ld, K, dots + (n - n0) * B);
