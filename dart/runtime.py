@@ -31,3 +31,18 @@ def versions() -> dict[str, str]:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "lightning": lightning.__version__, "lm_eval": getattr(lm_eval, "__version__", "?")}
+
+
+def release_memory() -> None:
+    """Give the memory of freed large tensors back to the system (glibc's malloc_trim; elsewhere nothing). Moving a
+    model's weights to another layout and back frees gigabytes in tensors of tens of MB, which glibc's allocator keeps
+    in its heap once its dynamic mmap threshold has risen: without this, a bench that attaches a per-token method again
+    and again grows until the system kills it."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass

@@ -89,15 +89,24 @@ class PerTokenEngine:
     def detach(self) -> None:
         from dart.engine.patch import PER_TOKEN
 
+        from dart.runtime import release_memory
+
         self.patch.undo()
+        if any(f.kmajor for f in self.ffns):  # the K-major copies are freed: their memory back to the system
+            for f in self.ffns:
+                f.w, f.kmajor = None, False
+            release_memory()
         if getattr(self.model, PER_TOKEN, None) is self:
             delattr(self.model, PER_TOKEN)
 
     def lay_out(self) -> None:
         """Every layer's weights laid out for the fast path now (a bench does it before it times anything; decoding
         does it at its first sparse step otherwise)."""
+        from dart.runtime import release_memory
+
         for f in self.ffns:
             f.lay_out()
+        release_memory()  # the row-major copies just freed
 
     def paused(self):
         """Run dense (no masks, nothing counted) inside the block: the dense reference."""
