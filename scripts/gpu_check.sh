@@ -7,7 +7,8 @@
 #
 # 1. python -m dart.bench: Llama-3.1-8B architecture with random weights (no download), bfloat16, CUDA: dense,
 #    masked and compacted (batch 8: the rows' union) FFN execution at 50% and 70% sparsity, batch 1 and 8, in the
-#    lean decode loop (plus transformers' generate at batch 1), each against its bytes-bound limit.
+#    lean decode loop (plus transformers' generate at batch 1), each against its bytes-bound limit (no per-token
+#    `sparse` mode: its kernels are the CPU's).
 # 2. python -m dart.bench.scoring (if present): lm-eval scoring time per strategy on tiny_llama, batch 1 and 8.
 # Needs the project's environment (bash setup.sh: hydra, lm-eval, and the embedded SmolLM2 tokenizer, which stands in
 # for Llama's when the hub is out of reach). PYTHON=... picks another interpreter.
@@ -35,6 +36,7 @@ export PYTHONUNBUFFERED=1 WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 if [ "$smoke" = 1 ]; then
   out="${out:-benchmarks/gpu/smoke}"
   decode=(model=tiny_llama device=cpu dtype=float32 "batch_sizes=[1,2]" "sparsities=[0.5,0.7]" "loops=[lean]"
+          "modes=[dense,masked,compacted,shared]"
           "batch_loops=[lean]" new_tokens=6 prompt_tokens=16 warmup=0 repeats=1 remask_demo=false threads=1)
   scoring=(model=tiny_llama device=cpu dtype=float32 "tasks=[boolq]" "strategies=[dense,dart]" "batch_sizes=[1,2]"
            limit=2 reference_limit=1 warmup=false repeats=2 threads=1)
@@ -46,6 +48,7 @@ else
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
   decode=(model=llama3_8b model.init=random dtype=bfloat16 device=cuda "batch_sizes=[1,8]" "sparsities=[0.5,0.7]"
+          "modes=[dense,masked,compacted,shared]"
           "loops=[lean,hf]" "batch_loops=[lean]" new_tokens=128 prompt_tokens=64 warmup=1 repeats=3 remask_demo=false)
   scoring=(model=tiny_llama device=cuda "tasks=[boolq,arc_easy]" "strategies=[dense,static_prompt,griffin,dart]"
            "batch_sizes=[1,8]" limit=20 reference_limit=2)

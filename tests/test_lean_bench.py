@@ -224,12 +224,17 @@ def test_profile_bench_splits_the_step(tmp_path):
 
     out = tmp_path / "profile"
     proc = subprocess.run([sys.executable, "-m", "dart.bench.profile", "model=tiny_llama", "new_tokens=6",
-                           "prompt_tokens=16", "repeats=2", "warmup=0", "sparsities=[0.5]", f"out={out}"],
+                           "prompt_tokens=16", "repeats=2", "warmup=0", "sparsities=[0.5]", "sparse_methods=[teal]",
+                           f"out={out}"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "profile.json").read_text())
     rows = {(r["mode"], r["sparsity"]): r for r in res["rows"]}
-    assert set(rows) == {("dense", 0.0), ("compacted", 0.5)}
+    assert set(rows) == {("dense", 0.0), ("compacted", 0.5), ("sparse", 0.5)}
+    teal = rows["sparse", 0.5]  # TEAL on the sparse-input kernels: kept = 1 - its measured effective sparsity
+    assert teal["method"] == "teal" and 0 < teal["ffn_ms"] < teal["ms_per_step"] and teal["ffn_gb_s"] > 0
+    kept = (rows["dense", 0.0]["ms_per_step"] / teal["overhead_aware_limit"] - rows["dense", 0.0]["rest_ms"]) / rows["dense", 0.0]["ffn_ms"]
+    assert 0.3 < kept < 0.7  # TEAL at 50% skips about half of the FFN's reads
     dense, comp = rows["dense", 0.0], rows["compacted", 0.5]
     assert dense["speedup"] == 1.0 and 0 < dense["ffn_ms"] < dense["ms_per_step"]
     assert comp["rest_ms"] == pytest.approx(comp["ms_per_step"] - comp["ffn_ms"])
