@@ -61,9 +61,10 @@ def cells(r: Record) -> list[str]:
     return [pct(target(r)), pct(effective(r)) + (MARK if below_target(r) else "")]
 
 
-PER_TOKEN_NOTE = ("CATS, TEAL, WINA: per-token masks (every token its own), run masked here, every weight read (a CPU "
-                  "has no sparse GEMV kernel in this project); their effective sparsity is the fraction of FFN weight "
-                  "reads such a kernel could skip, the unit of every row (docs/method.md \"Per-token methods\").")
+PER_TOKEN_NOTE = ("CATS, TEAL, WINA: per-token masks (every token its own), scored masked, every weight read (decoding "
+                  "runs them on the sparse-input kernels, docs/performance.md); their effective sparsity is the "
+                  "fraction of FFN weight reads such a kernel skips, the unit of every row (docs/method.md \"Per-token "
+                  "methods\").")
 
 
 def notes(records: Iterable[Record]) -> list[str]:
