@@ -6,13 +6,13 @@ strategy's hooks when testing starts and removes them when it ends. PlainProgres
 every so often when stdout is not a terminal (nohup, SLURM), where Lightning's bar shows nothing until the end."""
 from __future__ import annotations
 
-import sys
 import time
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
 
 from dart.evals.base import EvalContext, Evaluator
+from dart.progress import PlainTicker
 
 
 class _Items(Dataset):
@@ -66,46 +66,6 @@ class StrategyCallback(pl.Callback):
 
     def on_test_end(self, trainer, pl_module) -> None:
         self.strategy.detach()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
-def progress_line(label: str, done: int, total: int | None, elapsed: float) -> str:
-    """"[dart] perplexity: step 3/40, 0:42 elapsed, ETA 8:38"; the ETA assumes the remaining steps take as long
-    as the finished ones did on average."""
-    if total:
-        eta = _duration(elapsed / done * (total - done)) if done else "?"
-        return f"[dart] {label}: step {done}/{total}, {_duration(elapsed)} elapsed, ETA {eta}"
-    return f"[dart] {label}: step {done}, {_duration(elapsed)} elapsed"
-
-
-class PlainTicker:
-    """Plain progress for output that is not a terminal: `step()` once per finished step prints one line at most
-    every `interval_s` seconds (step i/n, elapsed, ETA; none for the last step), `finish()` one closing line.
-    `clock` and `stream` are for tests."""
-
-    def __init__(self, label: str, total: int | None, interval_s: float, clock=time.monotonic, stream=None):
-        self.label, self.total, self.interval_s, self.clock, self.stream = label, total, float(interval_s), clock, stream
-        self.done = 0
-        self.t0 = self.last = clock()
-
-    def _print(self, line: str) -> None:
-        print(line, file=self.stream or sys.stdout, flush=True)
-
-    def step(self, done: int | None = None) -> None:
-        self.done = self.done + 1 if done is None else done
-        now = self.clock()
-        if now - self.last >= self.interval_s and (self.total is None or self.done < self.total):
-            self.last = now
-            self._print(progress_line(self.label, self.done, self.total, now - self.t0))
-
-    def finish(self) -> None:
-        self._print(f"[dart] {self.label}: {self.done} steps done in {_duration(self.clock() - self.t0)}")
 
 
 class PlainProgress(pl.Callback):

@@ -261,7 +261,7 @@ def _matched(cfg: DictConfig, evaluator, strategy, ctx) -> dict | None:
     if sparsity is None:
         return None
     from dart.compose import build_strategy
-    from dart.lit import PlainTicker
+    from dart.progress import PlainTicker
 
     name, ranking = evaluator.matched, cfg.ranking.name
     other = build_strategy(name, sparsity=sparsity, ranking=ranking)

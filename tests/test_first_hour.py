@@ -230,7 +230,8 @@ class _FakeClock:
 
 
 def test_plain_progress_prints_every_interval_with_eta():
-    from dart.lit import PlainProgress, progress_line
+    from dart.lit import PlainProgress
+    from dart.progress import progress_line
 
     assert progress_line("ten", 3, 10, 90.0) == "[dart] ten: step 3/10, 1:30 elapsed, ETA 3:30"
     assert progress_line("ten", 0, 10, 5.0).endswith("ETA ?")

@@ -7,7 +7,8 @@ import hydra
 from omegaconf import DictConfig
 
 from dart.bench import report
-from dart.bench.common import Outputs, dtype_name, load, machine, prepare, progress, run_bench
+from dart.bench.common import Outputs, dtype_name, load, machine, prepare, run_bench
+from dart.progress import progress
 
 OUTPUTS = Outputs(json="bench.json", render=report.markdown, markdown="bench.md", plot="speedup.png", draw=report.plot)
 

@@ -12,7 +12,6 @@ Strategies are built only through `dart.compose.build_strategy` (`strategy_of` f
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import sys
@@ -79,22 +78,6 @@ def strategy_of(cfg):
     node = OmegaConf.to_container(cfg.strategy, resolve=True)
     knobs = {k: v for k, v in node.items() if k not in ("_target_", "name", "sparsity", "ranking")}
     return build_strategy(cfg.strategy.name, sparsity=float(cfg.sparsity), ranking=cfg.ranking.name, **knobs)
-
-
-@contextlib.contextmanager
-def progress(label: str, total: int, every_s: float = 30.0):
-    """A `step()` to call once per finished step: a transient bar on a terminal, else (nohup, SLURM, a pipe) a plain
-    line every `every_s` seconds (dart.lit.PlainTicker)."""
-    if sys.stdout.isatty():
-        from rich.progress import Progress
-
-        with Progress(transient=True) as bar:
-            task = bar.add_task(label, total=total)
-            yield lambda: bar.advance(task)
-    else:
-        from dart.lit import PlainTicker
-
-        yield PlainTicker(label, total, float(every_s)).step
 
 
 def time_scoring(lm, model) -> list[float]:

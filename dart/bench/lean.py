@@ -109,8 +109,7 @@ class LeanDecoder:
         if self.kernels and controller is None and per_token is None:
             from dart.engine.adapters import adapter_for
 
-            adapter = adapter_for(model)
-            self.plain = [adapter.weights(adapter.ffn(layer)) for layer in self.layers]
+            self.plain = adapter_for(model).all_weights(model)
         norms = [m for layer in self.layers for m in (layer.input_layernorm, layer.post_attention_layernorm)]
         self._rms = {id(m): _plain_rms_norm(m) for m in norms + [model.model.norm]}
         self._step = None

@@ -25,7 +25,8 @@ import hydra
 from omegaconf import DictConfig
 
 from dart.bench import scoring_report
-from dart.bench.common import Outputs, dtype_name, load, machine, prepare, progress, run_bench, time_scoring
+from dart.bench.common import Outputs, dtype_name, load, machine, prepare, run_bench, time_scoring
+from dart.progress import progress
 
 OUTPUTS = Outputs(json="scoring.json", render=scoring_report.markdown, markdown="scoring.md", plot="scoring.png",
                   draw=scoring_report.plot)

@@ -141,6 +141,10 @@ class Adapter:
     def weights(self, ffn) -> FFNWeights:
         raise NotImplementedError
 
+    def all_weights(self, model) -> list[FFNWeights]:
+        """Every layer's FFN weights, first layer first."""
+        return [self.weights(self.ffn(layer)) for layer in self.layers(model)]
+
     def linear_params(self, ffn) -> tuple[list[nn.Parameter], nn.Parameter] | None:
         """The FFN's input and down projections' Linear weight parameters (None: not Linear layers)."""
         return None

@@ -30,9 +30,9 @@ from dart.engine.allocation import fixed_keep
 from dart.engine.bookkeeping import Bookkeeping
 from dart.engine.counters import Counters
 from dart.engine.drift import DriftDetector
-from dart.engine.ffn import PrunableFFN, permute_neurons
+from dart.engine.ffn import PrunableFFN, move_neurons, permute_neurons
 from dart.engine.masks import build_masks, original_masks
-from dart.engine.patch import Patch
+from dart.engine.patch import Patch, attached
 from dart.engine.placement import Layered, Spans, layer_devices
 from dart.engine.plan import IDLE, ROWS, Plan
 from dart.engine.schedule import Schedule
@@ -46,8 +46,8 @@ from dart.errors import ConfigError
 
 
 def controller_of(model) -> "Controller | None":
-    """The engine controller attached to `model` (None: dense, CATS, or nothing attached)."""
-    return getattr(model, "_dart_controller", None)
+    """The engine controller attached to `model` (None: dense, a per-token method, or nothing attached)."""
+    return attached(model, "controller")
 
 
 class Controller:
@@ -67,7 +67,7 @@ class Controller:
         self.I = self.ffns[0].width
         if any(f.width != self.I for f in self.ffns):
             raise ConfigError("layers of different FFN widths are not supported")
-        self.patch = Patch(model, self.adapter, self.layers, self.ffns)
+        self.patch = Patch(model, self.adapter, self.layers, self.ffns, "controller", self)
         self.spans = Spans(layer_devices(self.ffns))
         self.devices = self.spans.devices
         self.device, self.dtype = self.spans.home, self.ffns[0].w.w_down_t.dtype
@@ -118,8 +118,7 @@ class Controller:
 
     # ------------------------------------------------------------------ attach / detach
     def attach(self) -> "Controller":
-        self.patch.apply(self._begin, self._end)
-        self.model._dart_controller = self  # controller_of(model) finds the engine of a model here
+        self.patch.apply(self._begin, self._end)  # controller_of(model) finds it from here on
         for l in self.monitored:
             self.patch.hook(self.adapter.attention(self.layers[l]).register_forward_hook(self._attn_hook(l)))
         if self.stats.alignment:
@@ -137,9 +136,27 @@ class Controller:
             permute_neurons(self.ffns[l].w, self.order[l].argsort().long())
         self.moved.clear()
         self.patch.undo()
-        if getattr(self.model, "_dart_controller", None) is self:
-            del self.model._dart_controller
         self.order = self.identity_order()
+
+    # ------------------------------------------------------------------ neuron order (dart.engine.union decides)
+    @torch.no_grad()
+    def reorder(self, l: int, order: torch.Tensor) -> None:
+        """Layer l's neurons into `order` (a permutation of the current physical positions), in place: its FFN
+        weights, the neuron order, the prior weight, every row's mask and the statistics."""
+        permute_neurons(self.ffns[l].w, order, [self.order[l]] + ([self.weight[l]] if self.weight is not None else []))
+        self.moved.add(l)
+        self.M[l] = self.M[l].index_select(-1, order)
+        self.stats.A[l] = self.stats.A[l].index_select(-1, order)
+
+    @torch.no_grad()
+    def swap(self, l: int, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """Layer l's neurons at positions src copied to dst (a set of swaps: dart.engine.union.swaps), in place, in
+        everything neuron-major reorder() moves."""
+        for t in [*self.ffns[l].w.neuron_major, self.order[l]] + ([self.weight[l]] if self.weight is not None else []):
+            move_neurons(t, dst, src)
+        self.moved.add(l)
+        self.M[l].index_copy_(-1, dst, self.M[l].index_select(-1, src))
+        self.stats.A[l].index_copy_(-1, dst, self.stats.A[l].index_select(-1, src))
 
     def paused(self):
         """Run the model dense (no tracing, masks or drift checks) inside the block: the dense reference."""

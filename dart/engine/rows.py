@@ -12,7 +12,7 @@ Invariants between two forwards (checked by the tests of dart.engine.schedule):
   were collected into it; window counts the vectors of the decode window being filled (0 <= window < W);
 - pressure: the detector's pressure counter (0 <= pressure < drift.triggers);
 - hold_until: after a trigger under on_retrace=dense, the forwards through hold_until run dense, the masks kept;
-- pend_prefill / pend_decode: pruned tokens not yet folded into the run's skipped-neuron totals: they were all
+- pending[kind] (prefill, decode): pruned tokens not yet folded into the run's skipped-neuron totals: they were all
   pruned under the row's CURRENT masks (a mask change folds them first: dart.engine.tally).
 """
 from __future__ import annotations
@@ -37,11 +37,10 @@ class Row:
     since: int = 0  # pruned forwards since the masks took effect (or a dense hold ended): retrace_at=periodic
     seg_lengths: list[int] = dataclasses.field(default_factory=list)  # forwards of the segments before this one
     # ---- what the row skipped (dart.engine.tally)
-    pend_prefill: int = 0
-    pend_decode: int = 0
+    pending: dict[str, int] = dataclasses.field(default_factory=lambda: {"prefill": 0, "decode": 0})
     debt_tokens: int = 0  # budget=effective: decode tokens so far, and the neuron fraction they skipped
     debt_skip: float = 0.0
     frac: float = 0.0  # the fraction of neurons the row's current masks skip
 
     def copy(self) -> "Row":
-        return dataclasses.replace(self, seg_lengths=list(self.seg_lengths))
+        return dataclasses.replace(self, seg_lengths=list(self.seg_lengths), pending=dict(self.pending))

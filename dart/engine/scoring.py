@@ -12,8 +12,10 @@ import torch
 
 
 @torch.no_grad()
-def vocab_projection_priors(w_down_t: torch.Tensor, embedding: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pmax, pmean) for one layer. w_down_t: (I, D) neuron-major down projection; embedding: (V, D)."""
+def vocab_projection_priors(w_down_t: torch.Tensor, embedding: torch.Tensor, chunk: int = 8192,
+                            step=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pmax, pmean) for one layer, in fp32. w_down_t: (I, D) neuron-major down projection; embedding: (V, D).
+    `step()` is called after every chunk of the vocabulary (progress)."""
     I, V = w_down_t.shape[0], embedding.shape[0]
     w = w_down_t.float()
     pmax = torch.zeros(I, dtype=torch.float32, device=w.device)
@@ -22,6 +24,8 @@ def vocab_projection_priors(w_down_t: torch.Tensor, embedding: torch.Tensor, chu
         p = (w @ embedding[v0 : v0 + chunk].to(w.device, torch.float32).T).abs_()  # (I, chunk)
         torch.maximum(pmax, p.amax(dim=1), out=pmax)
         psum += p.sum(dim=1, dtype=torch.float32)
+        if step is not None:
+            step()
     return pmax, psum / V
 
 
@@ -48,25 +52,25 @@ def scores(ranking: str, base: torch.Tensor, weight: torch.Tensor | None) -> tor
 
 @torch.no_grad()
 def cached_priors(model, embedding: torch.Tensor, w_down_ts: list[torch.Tensor], chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pmax, pmean), each (L, I) on the CPU, for every layer; cached on disk by a fingerprint of the model's
-    weights (computing them costs one pass over the vocabulary per layer)."""
-    import hashlib
+    """(pmax, pmean), each (L, I) on the CPU, for every layer; computed once per model's weights and kept on disk
+    (dart.disk_cache: one pass over the vocabulary per layer, minutes at 1.5B), with progress lines while it runs.
+    Call it on the model as loaded (its neurons in their original order)."""
+    import math
 
-    from dart.paths import cache_root
+    from dart.disk_cache import stored, weights_fingerprint
+    from dart.progress import phase
 
-    L, I = len(w_down_ts), w_down_ts[0].shape[0]
-    probe = [float(t[:k].float().sum()) for t, k in [(w, 2) for w in w_down_ts] + [(embedding, 4)]]  # once
-    key = hashlib.sha1(repr((type(model).__name__, L, I, tuple(embedding.shape),
-                             [round(v, 6) for v in probe])).encode()).hexdigest()[:20]
-    path = cache_root() / "priors" / f"{key}.pt"
-    if path.is_file():
-        return torch.load(path, map_location="cpu")
-    rows = [vocab_projection_priors(w, embedding, chunk) for w in w_down_ts]  # each on its layer's device
-    pmax, pmean = torch.stack([r[0].cpu() for r in rows]), torch.stack([r[1].cpu() for r in rows])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save((pmax, pmean), tmp)
-    tmp.replace(path)
+    L, I, V = len(w_down_ts), w_down_ts[0].shape[0], embedding.shape[0]
+
+    def compute():
+        label = f"vocabulary-projection priors ({L} layers x {I} neurons x {V} tokens, once per model, then cached)"
+        with phase(label, L * math.ceil(V / chunk), unit="chunk") as step:
+            rows = [vocab_projection_priors(w, embedding, chunk, step) for w in w_down_ts]  # each on its layer's device
+        return torch.stack([r[0].cpu() for r in rows]), torch.stack([r[1].cpu() for r in rows])
+
+    identity = {"weights": weights_fingerprint(model), "what": "vocab_projection_priors", "layers": L,
+                "chunk": int(chunk), "compute": "float32"}
+    pmax, pmean = stored("priors", identity, compute)
     return pmax, pmean
 
 

@@ -67,10 +67,7 @@ class Tally:
             return
         self.tokens[kind] += n
         if pruned:
-            if kind == "decode":
-                row.pend_decode += n
-            else:
-                row.pend_prefill += n
+            row.pending[kind] += n
         else:
             self.dense[kind] += n
         if kind == "decode":
@@ -82,12 +79,11 @@ class Tally:
         """Turn the rows' pruned-token counts into skipped neuron evaluations under their current masks."""
         for b in range(len(rows)) if which is None else which:
             row = rows[b]
-            for kind, attr in (("prefill", "pend_prefill"), ("decode", "pend_decode")):
-                n = getattr(row, attr)
+            for kind, n in row.pending.items():
                 if n:
                     for (_, _, skipped), kept in zip(self.skipped[kind].groups(), self.kept.parts):
                         skipped += n * (self.I - kept[:, b]).to(torch.float64)
-                    setattr(row, attr, 0)
+                    row.pending[kind] = 0
 
     def generated(self, kept_neurons: int, rows: int, steps: int = 1) -> None:
         """`steps` decode steps of `rows` rows, each reading `kept_neurons` neurons' FFN weights (summed over layers)

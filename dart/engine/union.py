@@ -37,7 +37,6 @@ import time
 
 import torch
 
-from dart.engine.ffn import move_neurons, permute_neurons
 
 
 @dataclasses.dataclass
@@ -92,16 +91,9 @@ class Union:
     def move(self, moves: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Apply per-layer swaps (dst, src), in place, to everything neuron-major the controller holds: the FFN
         weights, the neuron order, the priors, the masks of every row and the statistics."""
-        c = self.c
         for l, (dst, src) in enumerate(moves):
-            if dst.numel() == 0:
-                continue
-            ffn = c.ffns[l]
-            c.moved.add(l)
-            for t in [*ffn.w.neuron_major, c.order[l]] + ([c.weight[l]] if c.weight is not None else []):
-                move_neurons(t, dst, src)
-            c.M[l].index_copy_(-1, dst, c.M[l].index_select(-1, src))
-            c.stats.A[l].index_copy_(-1, dst, c.stats.A[l].index_select(-1, src))
+            if dst.numel():
+                self.c.swap(l, dst, src)
 
     @torch.no_grad()
     def single(self) -> None:
@@ -116,11 +108,7 @@ class Union:
             keep = M[:, 0] > 0.5  # (n, I)
             order = (~keep).to(torch.int8).argsort(dim=-1, stable=True)
             for i, l in enumerate(range(sl.start, sl.stop)):
-                o = order[i]
-                permute_neurons(c.ffns[l].w, o, [c.order[l]] + ([c.weight[l]] if c.weight is not None else []))
-                c.moved.add(l)
-                c.M[l, 0] = c.M[l, 0].index_select(0, o)
-                c.stats.A[l] = c.stats.A[l].index_select(-1, o)
+                c.reorder(l, order[i])
             counts.append(keep.sum(dim=-1))
         c.compaction([int(k) for n in counts for k in n.tolist()], time.perf_counter() - t0)
 

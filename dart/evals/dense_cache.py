@@ -26,27 +26,12 @@ from pathlib import Path
 
 import torch
 
+from dart.disk_cache import weights_fingerprint
 from dart.paths import cache_root
-
-def _digest(item) -> str:
-    name, p = item
-    data = p.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()  # the raw bytes, any dtype
-    return f"{name}|{tuple(p.shape)}|{p.dtype}|{hashlib.sha256(data).hexdigest()}"
-
 
 def batch_key(ids: torch.Tensor, prefix: int) -> bytes:
     """What identifies a batch's dense logits besides the model: its token ids (shape and values) and the prefix."""
     return f"|{tuple(ids.shape)}|{prefix}|".encode() + ids.detach().to("cpu", torch.int64).contiguous().numpy().tobytes()
-
-
-def weights_fingerprint(model) -> str:
-    """sha256 over every parameter's name, shape, dtype and bytes (about 1.2 GB/s per core: 1.5 s for a 1.5B model
-    in bf16 on two cores; hashlib releases the GIL, so parameters are hashed on a thread per core)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        parts = list(pool.map(_digest, model.named_parameters()))
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 class DenseCache:

@@ -66,7 +66,7 @@ class Static(ControllerStrategy):
         from dart.strategies.calibration_stats import calibrate, neuron_scores, static_masks
 
         adapter = adapter_for(model)
-        weights = [adapter.weights(adapter.ffn(layer)) for layer in adapter.layers(model)]
+        weights = adapter.all_weights(model)
         act_sq = None
         if self.score != "weight":  # weight-only needs no data
             cal = calibrate(model, self.calibration.sequences(tokenizer), norms=True)

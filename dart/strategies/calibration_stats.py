@@ -90,15 +90,41 @@ def calibrate(model, sequences: Sequence[torch.Tensor], norms: bool = False, gat
     """Run the dense model over the calibration sequences and collect, per layer, the activation sums of squares
     (norms=True) and/or, for each name in `values` (VALUES), a sample of `sample` of its |.| values (drawn uniformly,
     with replacement, by one generator seeded with `seed`; every value when the calibration holds no more than
-    that). gate_sample=N is values=("gate",), sample=N."""
+    that). gate_sample=N is values=("gate",), sample=N.
+
+    Computed once per model and request and kept on disk (dart.disk_cache; the key: the weights' fingerprint, the
+    device type, the torch version, the sequences' token ids and every argument), so the next job of a sweep starts
+    in seconds; a progress line while a long one runs."""
+    import hashlib
+
+    from dart.disk_cache import stored, weights_fingerprint
+
     if gate_sample:
         values, sample = ("gate",), gate_sample
     unknown = [v for v in values if v not in VALUES]
     if unknown:
         raise choice_error("calibration value", unknown[0], VALUES)
+    values = tuple(values)
+    ids = hashlib.sha256()
+    for s in sequences:
+        ids.update(s.to("cpu", torch.int64).contiguous().numpy().tobytes() + b"|")
+    device = adapter_for(model).all_weights(model)[0].w_down_t.device
+    identity = {"weights": weights_fingerprint(model), "device": device.type, "torch": torch.__version__,
+                "sequences": ids.hexdigest(), "norms": bool(norms), "values": list(values), "sample": int(sample),
+                "seed": int(seed)}
+    got = stored("calibration", identity, lambda: dataclasses.asdict(_calibrate(model, sequences, norms, seed, values, sample)))
+    act_sq = got["act_sq"].to(device) if got["act_sq"] is not None else None
+    return Calibration(tokens=int(got["tokens"]), act_sq=act_sq,
+                       values={k: [t.to(device) for t in v] for k, v in got["values"].items()})
+
+
+def _calibrate(model, sequences: Sequence[torch.Tensor], norms: bool, seed: int, values: tuple, sample: int) -> Calibration:
+    """calibrate's computation (uncached)."""
+    from dart.progress import phase
+
     adapter = adapter_for(model)
     layers = adapter.layers(model)
-    weights = [adapter.weights(adapter.ffn(layer)) for layer in layers]
+    weights = adapter.all_weights(model)
     L, (I, D) = len(layers), weights[0].w_in[0].shape
     device = weights[0].w_down_t.device
     act_sq = torch.zeros(L, I, dtype=torch.float32, device=device) if norms else None
@@ -127,9 +153,12 @@ def calibrate(model, sequences: Sequence[torch.Tensor], norms: bool = False, gat
 
     handles = [adapter.ffn(layer).register_forward_pre_hook(hook(l), with_kwargs=True) for l, layer in enumerate(layers)]
     try:
-        for i, ids in enumerate(sequences):
-            current["seq"] = i
-            model(input_ids=ids.reshape(1, -1).to(device), use_cache=False)
+        with phase(f"calibration ({sum(lengths)} tokens of dense forwards, once per model and text, then cached)",
+                   len(sequences), unit="sequence") as step:
+            for i, ids in enumerate(sequences):
+                current["seq"] = i
+                model(input_ids=ids.reshape(1, -1).to(device), use_cache=False)
+                step()
     finally:
         for h in handles:
             h.remove()

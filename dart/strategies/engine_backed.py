@@ -129,7 +129,7 @@ class EngineStrategy(ControllerStrategy):
         if tokenizer is None:
             raise ConfigError("strategy.prior_mix needs the tokenizer (for its calibration text)")
         adapter = adapter_for(model)
-        weights = [adapter.weights(adapter.ffn(layer)) for layer in adapter.layers(model)]
+        weights = adapter.all_weights(model)
         cal = calibrate(model, self.calibration.sequences(tokenizer), norms=True)
         return neuron_scores("act_norm", weights, cal.act_sq)
 

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from dart.config_checks import check_sparsity
+from dart.engine.adapters import adapter_for
 from dart.strategies.base import Strategy
 from dart.strategies.per_token_engine import PerTokenEngine
 from dart.strategies.per_token_rules import CatsRule, Rule, TealRule, WinaRule
@@ -111,13 +112,6 @@ class PerTokenStrategy(Strategy):
         return out
 
 
-def _weights(model) -> list:
-    from dart.engine.adapters import adapter_for
-
-    adapter = adapter_for(model)
-    return [adapter.weights(adapter.ffn(layer)) for layer in adapter.layers(model)]
-
-
 class Cats(PerTokenStrategy):
     name = "cats"
 
@@ -132,7 +126,7 @@ class Cats(PerTokenStrategy):
         self.calibration_info = {"source": spec.source, "tokens": cal.tokens, "seq_len": spec.seq_len, "seed": spec.seed,
                                  "values_per_layer": cal.values["gate"][0].numel(), "thresholds": got[0],
                                  "calibration_sparsity": got[1]}
-        weights = _weights(model)
+        weights = adapter_for(model).all_weights(model)
         dtype = weights[0].w_down_t.dtype
         # each threshold is one of the calibration |g| values, computed in this dtype: the cast is exact
         return CatsRule([t.to(w.w_down_t.device, dtype) for t, w in zip(thresholds, weights)])
@@ -146,7 +140,7 @@ class Teal(PerTokenStrategy):
 
         spec = self.calibration
         cal = calibrate(model, spec.sequences(tokenizer), values=("input", "down"), sample=spec.sample, seed=spec.seed)
-        weights = _weights(model)
+        weights = adapter_for(model).all_weights(model)
         dtype = weights[0].w_down_t.dtype
         t = {k: [quantile_threshold(v, self.sparsity) for v in cal.values[k]] for k in ("input", "down")}
         got = torch.stack([torch.stack(t["input"]), torch.stack(t["down"])]).tolist()
@@ -161,7 +155,7 @@ class Wina(PerTokenStrategy):
     name = "wina"
 
     def make_rule(self, model, tokenizer) -> Rule:
-        weights = _weights(model)
+        weights = adapter_for(model).all_weights(model)
         col = lambda m: torch.linalg.vector_norm(m, dim=0, dtype=torch.float32)  # noqa: E731  (||W[:, i]||)
         norms_in = [[col(m) for m in w.w_in] for w in weights]  # w_in[i] is (I, D): input i is its column i
         norms_down = [torch.linalg.vector_norm(w.w_down_t, dim=1, dtype=torch.float32) for w in weights]  # (I,)

@@ -76,19 +76,14 @@ class PerTokenEngine:
         self.sparse = prompt == "sparse"  # the running forward is sparse (a continuation, or every one)
         self._valid: torch.Tensor | None = None  # (B, T) fp32 of the running forward, None = every token
         self._valid_on: dict = {}
-        self.patch = Patch(model, self.adapter, self.layers, self.ffns)
+        self.patch = Patch(model, self.adapter, self.layers, self.ffns, "per_token", self)
 
     def attach(self) -> "PerTokenEngine":
-        from dart.engine.patch import PER_TOKEN
-
-        self.patch.apply(begin=self._begin)
-        setattr(self.model, PER_TOKEN, self)
+        self.patch.apply(begin=self._begin)  # dart.engine.patch.attached(model, "per_token") finds it from here on
         return self
 
     @torch.no_grad()
     def detach(self) -> None:
-        from dart.engine.patch import PER_TOKEN
-
         from dart.runtime import release_memory
 
         self.patch.undo()
@@ -96,8 +91,6 @@ class PerTokenEngine:
             for f in self.ffns:
                 f.w, f.kmajor = None, False
             release_memory()
-        if getattr(self.model, PER_TOKEN, None) is self:
-            delattr(self.model, PER_TOKEN)
 
     def lay_out(self) -> None:
         """Every layer's weights laid out for the fast path now (a bench does it before it times anything; decoding
