@@ -1,8 +1,9 @@
 """What is computed once per model and kept on disk under the cache (dart.paths.cache_root), and by which key.
 
-- `weights_fingerprint(model)`: the sha256 of every parameter's name, shape, dtype and bytes: the one identity of a
-  model's weights for every cache (the dense references, dart.evals.dense_cache; the vocabulary-projection priors,
-  dart.engine.scoring; the calibration statistics, dart.strategies.calibration_stats);
+- `weights_fingerprint(model)`: the sha256 of every parameter's name, shape, dtype and bytes: the identity of a
+  model's weights as it runs (the dense references, dart.evals.dense_cache; the calibration statistics,
+  dart.strategies.calibration_stats); `values_fingerprint(tensors)` that of the fp32 values of the tensors a
+  result is computed from in fp32 (the vocabulary-projection priors, dart.engine.scoring);
 - `stored(kind, identity, compute)`: compute() once for an identity (a JSON-able dict: the weights' fingerprint and
   everything else the result depends on) and keep it under `<cache>/<kind>/<sha of the identity>.pt`; later calls
   read it. Writes are atomic (a temporary file renamed); an unreadable entry is recomputed and replaced.
@@ -36,6 +37,17 @@ def weights_fingerprint(model) -> str:
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         parts = list(pool.map(_digest, model.named_parameters()))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def values_fingerprint(tensors) -> str:
+    """sha256 over the fp32 values (and shapes) of some tensors: the same for a model loaded in bf16 and in fp32
+    where the fp32 weights are the bf16 ones (a result computed from the fp32 values, as the priors are, is then
+    computed once for both)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(repr(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 def entry(kind: str, identity: dict) -> Path:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from dart import signals
 from dart.compose import instantiate
 from dart.config_checks import check_config
-from dart.runtime import quiet_libraries, versions
+from dart.runtime import cpu, quiet_libraries, versions
 from dart.errors import DartError
 from dart.results import RESULTS, SCHEMA, config_hash, is_complete, read_results, write_json_atomic
 
@@ -220,6 +220,9 @@ def _run(cfg: DictConfig, run_dir: Path, results: dict, t0: float) -> dict[str, 
     summary = strategy.summary()
     results.update(summary)
     results["metrics"] = _named(evaluator, module.metrics)
+    by_kind = evaluator.effective_by_kind()
+    if by_kind and results.get("sparsity") is not None:
+        results["sparsity"]["effective_by_kind"] = by_kind
     if evaluator.extra:
         results["eval"] = evaluator.extra
     if matched is not None:
@@ -231,6 +234,7 @@ def _run(cfg: DictConfig, run_dir: Path, results: dict, t0: float) -> dict[str, 
         results["timing"]["dense_cache"] = ctx.dense_cache.summary()
     results["notes"] = ([note] if note else []) + list(evaluator.notes)
     results["versions"] = versions()
+    results["cpu"] = cpu()  # numbers move slightly across CPUs (docs/results.md)
     from dart import kernels
 
     used = kernels.used()
@@ -252,45 +256,54 @@ def _named(evaluator, metrics: dict) -> dict:
     return {f"{evaluator.name}/{k}": v for k, v in metrics.items()}
 
 
-def _matched(cfg: DictConfig, evaluator, strategy, ctx) -> dict | None:
-    """eval.matched (the main job: static_prompt): that strategy, with the command line's defaults and this run's
-    ranking, scored on the evaluator's samples again at the effective sparsity this run measured (matched compute),
-    against the same dense reference. results.json `matched`: strategy, sparsity (target: the run's effective),
-    metrics as the run's, `paired` (run - matched, per subset, with a paired bootstrap interval), samples."""
-    sparsity = evaluator.matched_sparsity(strategy)
-    if sparsity is None:
+def _matched(cfg: DictConfig, evaluator, strategy, ctx) -> list[dict] | None:
+    """eval.matched (the main job: static_prompt and teal): each strategy, with the command line's defaults and this
+    run's ranking, scored on the evaluator's samples again, each kind's samples at the effective sparsity this run
+    measured on that kind (matched compute per subset), against the same dense reference (the run's own strategy
+    is skipped). results.json `matched`, one entry per strategy: strategy, sparsity (target: the run's effective;
+    by_kind: the target and the effective of each kind), metrics as the run's, `paired` (run - matched, per
+    subset, with a paired bootstrap interval), samples."""
+    targets = evaluator.matched_sparsities(strategy)
+    if targets is None:
         return None
     from dart.compose import build_strategy
     from dart.progress import PlainTicker
 
-    name, ranking = evaluator.matched, cfg.ranking.name
-    other = build_strategy(name, sparsity=sparsity, ranking=ranking)
-    print(f"[dart] {evaluator.name}: {name} at {sparsity:.2%}, the effective sparsity of {strategy.name}, on the same "
-          "samples (eval.matched)", flush=True)
-    ticker = PlainTicker(f"{evaluator.name} ({name})", len(evaluator.batches()), float(cfg.get("progress_s", 30)))
-    other.attach(ctx.model, ctx.tokenizer)
-    try:
-        row = evaluator.score_matched(other, on_step=ticker.step)
-    finally:
-        other.detach()
-    ticker.finish()
-    sp = other.summary().get("sparsity") or {}
-    return {"strategy": name, "ranking": ranking,
-            "sparsity": {"target": sparsity, "achieved": sp.get("achieved"), "effective": sp.get("effective")},
-            "metrics": _named(evaluator, row["metrics"]), "paired": _named(evaluator, row["paired"]),
-            "samples": row["samples"]}
+    out, ranking = [], cfg.ranking.name
+    run_eff = (evaluator.effective_by_kind() or {}).get("all")
+    for name in (n for n in evaluator.matched if n != strategy.name):
+        said = ", ".join(f"{k} {v:.2%}" for k, v in targets.items())
+        print(f"[dart] {evaluator.name}: {name} at the effective sparsity of {strategy.name} ({said}), on the same "
+              "samples (eval.matched)", flush=True)
+        ticker = PlainTicker(f"{evaluator.name} ({name})", len(evaluator.batches()), float(cfg.get("progress_s", 30)))
+        outputs = []
+        for kind, sparsity in targets.items():
+            other = build_strategy(name, sparsity=sparsity, ranking=ranking)
+            other.attach(ctx.model, ctx.tokenizer)
+            try:
+                outputs += evaluator.score_kind(other, kind, on_step=ticker.step)
+            finally:
+                other.detach()
+        ticker.finish()
+        row = evaluator.matched_row(outputs)
+        by_kind = {k: {"target": targets.get(k, targets.get("all")), "effective": row["effective_by_kind"].get(k)}
+                   for k in row["effective_by_kind"]}
+        out.append({"strategy": name, "ranking": ranking,
+                    "sparsity": {"target": run_eff, "effective": row["effective_by_kind"].get("all"),
+                                 "by_kind": by_kind},
+                    "metrics": _named(evaluator, row["metrics"]), "paired": _named(evaluator, row["paired"]),
+                    "samples": row["samples"]})
+    if hasattr(ctx.dense_cache, "clear"):
+        ctx.dense_cache.clear()  # the in-memory reference has served every strategy
+    return out or None
 
 
 def _finish_wandb(logger, results: dict) -> None:
+    from dart.results import flat_summary
+
     try:
         exp = logger.experiment
-        flat = {k: v for k, v in results["metrics"].items() if v is not None}
-        sp = results.get("sparsity") or {}
-        flat.update({f"sparsity/{k}": sp[k] for k in ("target", "achieved", "effective", "effective_prefill", "effective_all")
-                     if isinstance(sp.get(k), (int, float))})
-        ov = results.get("overhead") or {}
-        flat.update({f"overhead/{k}": v for k, v in ov.items() if isinstance(v, (int, float))})
-        exp.summary.update(flat)
+        exp.summary.update(flat_summary(results))
         exp.finish()
     except Exception as e:  # logging must never lose a finished result
         print(f"[dart] W&B summary not written: {e}")

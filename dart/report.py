@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dart.results import matched_entries
+
 _SAID: set[str] = set()
 
 
@@ -70,13 +72,16 @@ def comparison_table(results: dict):
     cfg = results.get("config", {})
     strategy = (cfg.get("strategy") or {}).get("name")
     label = strategy if strategy == "dense" else f"{strategy} {round(100 * float(cfg.get('sparsity') or 0))}%"
-    columns = [(label, metrics, results.get("sparsity") or {})]
-    matched = results.get("matched")
+    run_sp = results.get("sparsity") or {}
+    columns = [(label, metrics, run_sp, run_sp.get("effective_by_kind") or {})]
     heading = "dense and the pruned model on the same text"
+    matched = matched_entries(results)
+    for m in matched:
+        sp = m.get("sparsity") or {}
+        by_kind = {k: v.get("effective") for k, v in (sp.get("by_kind") or {}).items()}
+        columns.append((f"{m['strategy']} {100 * sp['target']:.1f}%", m.get("metrics") or {}, sp, by_kind))
     if matched:
-        sp = matched.get("sparsity") or {}
-        columns.append((f"{matched['strategy']} {100 * sp['target']:.1f}%", matched.get("metrics") or {}, sp))
-        heading = f"dense, {strategy}, and {matched['strategy']} at {strategy}'s effective sparsity"
+        heading = f"dense, {strategy}, and {' and '.join(m['strategy'] for m in matched)} at {strategy}'s effective sparsity"
     table = Table(title=f"{heading} (95% bootstrap intervals over samples)")
     for name in ("", "dense", *(c[0] for c in columns)):
         table.add_column(name, justify="right" if name else "left")
@@ -89,33 +94,37 @@ def comparison_table(results: dict):
         table.add_row(f"{name}: top-1 agreement", "1", *(_with_ci(m, "top1") for m in ms))
         if ms[0].get("retraces") is not None:
             table.add_row(f"{name}: re-traces per sample", "0", *(_with_ci(m, "retraces") for m in ms))
+        if any(c[3].get(sub) is not None for c in columns):
+            table.add_row(f"{name}: sparsity effective", "0", *(_fmt(c[3].get(sub)) for c in columns))
     for key, text in (("achieved", "sparsity achieved (the masks)"), ("effective", "sparsity effective (skipped)")):
         if columns[0][2].get(key) is not None:
             table.add_row(text, "0", *(_fmt(c[2].get(key)) for c in columns))
     return table
 
 
-def matched_reading(results: dict) -> str | None:
-    """One line on eval.matched's comparison over all samples: the paired KL difference, run - matched, its interval,
-    and what it says (negative: the run is closer to dense)."""
-    matched = results.get("matched") or {}
-    paired = {k.split("/", 1)[1]: v for k, v in (matched.get("paired") or {}).items()}
-    if paired.get("all/kl") is None:
-        return None
+def matched_reading(results: dict) -> list[str]:
+    """One line per eval.matched strategy on its comparison over all samples: the paired KL difference, run -
+    matched, its interval, and what it says (negative: the run is closer to dense)."""
+    lines = []
     run = ((results.get("config") or {}).get("strategy") or {}).get("name")
-    other = matched["strategy"]
-    lo, hi = paired.get("all/kl_lo"), paired.get("all/kl_hi")
-    if lo == hi == 0:
-        verdict = "identical on every sample"
-    elif hi is not None and hi < 0:
-        verdict = f"{run} is closer to dense than {other} at the same effective sparsity"
-    elif lo is not None and lo > 0:
-        verdict = f"{other} is closer to dense than {run} at the same effective sparsity"
-    else:
-        verdict = "no difference resolved at this n"
-    return (f"matched compute: KL {run} - {other}, paired over the same {int(paired['all/n'])} samples: "
-            f"{_with_ci(paired, 'all/kl', sign=True)} at {100 * matched['sparsity']['target']:.1f}% effective "
-            f"sparsity: {verdict}")
+    for matched in matched_entries(results):
+        paired = {k.split("/", 1)[1]: v for k, v in (matched.get("paired") or {}).items()}
+        if paired.get("all/kl") is None:
+            continue
+        other = matched["strategy"]
+        lo, hi = paired.get("all/kl_lo"), paired.get("all/kl_hi")
+        if lo == hi == 0:
+            verdict = "identical on every sample"
+        elif hi is not None and hi < 0:
+            verdict = f"{run} is closer to dense than {other} at the same effective sparsity"
+        elif lo is not None and lo > 0:
+            verdict = f"{other} is closer to dense than {run} at the same effective sparsity"
+        else:
+            verdict = "no difference resolved at this n"
+        lines.append(f"matched compute: KL {run} - {other}, paired over the same {int(paired['all/n'])} samples: "
+                     f"{_with_ci(paired, 'all/kl', sign=True)} at {100 * matched['sparsity']['target']:.1f}% "
+                     f"effective sparsity: {verdict}")
+    return lines
 
 
 def print_run(results: dict, run_dir: Path | None = None) -> None:
@@ -126,11 +135,11 @@ def print_run(results: dict, run_dir: Path | None = None) -> None:
     if side_by_side is not None:
         print(title(results), flush=True)
         Console(width=140).print(side_by_side)
-        reading = matched_reading(results)
-        if reading:
-            print(reading, flush=True)
+        for line in matched_reading(results):
+            print(line, flush=True)
         t = results.get("timing") or {}
-        extra = f", {results['matched']['strategy']} {_fmt(t['matched_s'])}" if t.get("matched_s") is not None else ""
+        names = " and ".join(m["strategy"] for m in matched_entries(results))
+        extra = f", {names} {_fmt(t['matched_s'])}" if t.get("matched_s") is not None else ""
         print(f"time (s): load {_fmt(t.get('load_s'))}, eval {_fmt(t.get('eval_s'))}{extra}", flush=True)
         for note in results.get("notes") or []:
             say_once(note)

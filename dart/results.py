@@ -9,10 +9,11 @@
   "sparsity": {"target": float, "achieved": float, "per_layer": {"target": [...], "achieved": [...]}},
   "overhead": {"state_bytes": int, ..., "flops_ratio": float},
   "drift": {"triggers": [{"request", "step", "cosine", "threshold"}, ...], ...},
-  "matched": {"strategy", "ranking", "sparsity": {"target": the run's effective, ...}, "metrics", "paired", "samples"}
-             (eval.matched only: a second strategy at the run's effective sparsity, dart.pipeline),
+  "matched": [{"strategy", "ranking", "sparsity": {"target": the run's effective, ...}, "metrics", "paired",
+               "samples"}, ...]  (eval.matched only: other strategies at the run's effective sparsity, dart.pipeline;
+             one object, not a list, in results written before 2026-12; read with matched_entries),
   "timing": {"load_s", "eval_s", "total_s", ...},
-  "notes": [str, ...], "versions": {...}
+  "notes": [str, ...], "versions": {...}, "cpu": {"model", "flags"} (dart.runtime.cpu)
 }
 Missing values are null, never 0.
 """
@@ -59,6 +60,33 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def matched_entries(results: dict) -> list[dict]:
+    """results.json `matched` as a list (eval.matched's strategies; older results hold one object)."""
+    m = results.get("matched")
+    if not m:
+        return []
+    return [m] if isinstance(m, dict) else list(m)
+
+
+def flat_summary(results: dict) -> dict[str, float]:
+    """A run's numbers for a tracker's summary (W&B): the metrics, sparsity, overhead, and each eval.matched
+    strategy's metrics, sparsity and paired differences under `matched/<strategy>/`."""
+    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    flat = {k: v for k, v in (results.get("metrics") or {}).items() if num(v)}
+    sp = results.get("sparsity") or {}
+    flat.update({f"sparsity/{k}": v for k, v in sp.items() if num(v)})
+    for kind, v in (sp.get("effective_by_kind") or {}).items():
+        if num(v):
+            flat[f"sparsity/effective/{kind}"] = v
+    flat.update({f"overhead/{k}": v for k, v in (results.get("overhead") or {}).items() if num(v)})
+    for m in matched_entries(results):
+        pre = f"matched/{m['strategy']}"
+        flat.update({f"{pre}/{k}": v for k, v in (m.get("metrics") or {}).items() if num(v)})
+        flat.update({f"{pre}/paired/{k}": v for k, v in (m.get("paired") or {}).items() if num(v)})
+        flat.update({f"{pre}/sparsity/{k}": v for k, v in (m.get("sparsity") or {}).items() if num(v)})
+    return flat
 
 
 def config_hash(config: dict) -> str:

@@ -33,6 +33,26 @@ def versions() -> dict[str, str]:
             "lightning": lightning.__version__, "lm_eval": getattr(lm_eval, "__version__", "?")}
 
 
+def cpu() -> dict[str, str]:
+    """The CPU a run computed on: its model name and its instruction-set flags (Linux: /proc/cpuinfo; elsewhere the
+    processor's name for both). Results record it (per-token thresholds sit where fp32 rounding differs between CPUs:
+    docs/results.md says how far committed numbers move), and the decode kernels' build is keyed by the flags."""
+    from pathlib import Path
+
+    model = flags = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key = line.split(":", 1)[0].strip()
+            if model is None and key in ("model name", "Model", "Hardware"):
+                model = line.split(":", 1)[1].strip()
+            elif flags is None and key in ("flags", "Features"):
+                flags = " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    fallback = f"{platform.machine()} {platform.processor()}".strip()
+    return {"model": model or fallback, "flags": flags or fallback}
+
+
 def release_memory() -> None:
     """Give the memory of freed large tensors back to the system (glibc's malloc_trim; elsewhere nothing). Moving a
     model's weights to another layout and back frees gigabytes in tensors of tens of MB, which glibc's allocator keeps

@@ -49,15 +49,24 @@ def test_matched_row_runs_at_the_runs_effective_sparsity_on_the_same_reference(t
     ctx, metrics = evaluate(ev, m, tok, run, tmp_path)
     assert isinstance(ctx.dense_cache, MemoryCache) and ctx.dense_cache.misses == 6 and ctx.dense_cache.hits == 0
     eff = run.summary()["sparsity"]["effective"]
-    assert ev.matched_sparsity(run) == eff and 0.3 < eff < 0.5  # dense re-trace tokens: below the 50% label
-    static = build_strategy("static_prompt", sparsity=eff)
-    static.attach(m, tok)
-    try:
-        row = ev.score_matched(static)
-    finally:
-        static.detach()
+    by_kind = ev.effective_by_kind()
+    assert by_kind["all"] == pytest.approx(eff, abs=1e-9) and 0.3 < eff < 0.5  # dense re-trace tokens: below 50%
+    # the kinds' figures, weighted by their decoded tokens (40 per sample, 4 switch and 2 control pairs), are the run's
+    assert (4 * by_kind["switch"] + 2 * by_kind["control"]) / 6 == pytest.approx(eff, abs=1e-9)
+    targets = ev.matched_sparsities(run)
+    assert targets == {"control": by_kind["control"], "switch": by_kind["switch"]}
+    outputs = []
+    for kind, sparsity in targets.items():  # each kind at its own effective sparsity (dart.pipeline does this)
+        static = build_strategy("static_prompt", sparsity=sparsity)
+        static.attach(m, tok)
+        try:
+            outputs += ev.score_kind(static, kind)
+        finally:
+            static.detach()
+    row = ev.matched_row(outputs)
     assert ctx.dense_cache.hits == 6 and ctx.dense_cache.misses == 6  # the run's dense logits, read back, not recomputed
-    assert static.summary()["sparsity"]["effective"] == pytest.approx(eff, abs=1 / 64)  # one neuron of 64 at most
+    for kind, sparsity in targets.items():
+        assert row["effective_by_kind"][kind] == pytest.approx(sparsity, abs=1 / 64)  # one neuron of 64 at most
     mine = {o["index"]: o["kl"] for o in ev.extra["samples"]}
     theirs = {o["index"]: o["kl"] for o in row["samples"]}
     assert sorted(theirs) == sorted(mine) == list(range(6))  # the same samples
@@ -71,9 +80,34 @@ def test_matched_row_runs_at_the_runs_effective_sparsity_on_the_same_reference(t
 
     # the same strategy run on its own (its own dense reference, from the plain model) gives the same KL
     alone = Switch(**SMALL)
-    _, own = evaluate(alone, m, tok, build_strategy("static_prompt", sparsity=eff), tmp_path)
+    sparsity = targets["switch"]
+    _, own = evaluate(alone, m, tok, build_strategy("static_prompt", sparsity=sparsity), tmp_path)
     for o in alone.extra["samples"]:
-        assert o["kl"] == pytest.approx(theirs[o["index"]], rel=1e-4, abs=2e-6)  # both rounded to 1e-6
+        if o["kind"] == "switch":
+            assert o["kl"] == pytest.approx(theirs[o["index"]], rel=1e-4, abs=2e-6)  # both rounded to 1e-6
+
+
+def test_effective_sparsity_per_kind_from_hand_counts(tok, tmp_path):
+    """A fixed mask of k of the 64 neurons of every layer skips exactly 1 - k/64 of every decoded token's work, on
+    every kind; dense skips nothing; kinds mixed in a batch have no figure of their own."""
+    from dart.evals.switch import Switch
+    from dart.strategies import Dense
+
+    m = model()
+    ev = Switch(**SMALL)
+    evaluate(ev, m, tok, build_strategy("static_prompt", sparsity=0.5), tmp_path)
+    assert ev.effective_by_kind() == {"switch": 0.5, "control": 0.5, "all": 0.5}  # keep 32 of 64
+    assert {o["effective"] for o in ev.extra["samples"]} == {0.5}
+    ev = Switch(**SMALL)
+    evaluate(ev, m, tok, build_strategy("static_prompt", sparsity=0.7), tmp_path)
+    assert ev.effective_by_kind() == pytest.approx({"switch": 1 - 19 / 64, "control": 1 - 19 / 64, "all": 1 - 19 / 64})
+    ev = Switch(**SMALL)
+    evaluate(ev, m, tok, Dense(), tmp_path)
+    assert ev.effective_by_kind() == {"switch": None, "control": None, "all": None}
+    ev = Switch(**SMALL, batch_size=2)  # consecutive batches mix the kinds
+    evaluate(ev, m, tok, build_strategy("static_prompt", sparsity=0.5), tmp_path)
+    got = ev.effective_by_kind()
+    assert got["all"] == 0.5 and (got["switch"] is None or got["control"] is None)
 
 
 def test_nothing_to_match_is_a_note_not_a_row(tok, tmp_path):
@@ -83,9 +117,10 @@ def test_nothing_to_match_is_a_note_not_a_row(tok, tmp_path):
     ev = Switch(**SMALL, matched="static_prompt")
     ctx, _ = evaluate(ev, model(), tok, Dense(), tmp_path)
     assert ctx.dense_cache is None  # no second pass to keep the reference for
-    assert ev.matched_sparsity(Dense()) is None
-    assert ev.notes == ["eval.matched=static_prompt: no matched row, the run is strategy=dense"]
-    assert Switch(**SMALL).matched is None  # eval=switch: off unless asked
+    assert ev.matched_sparsities(Dense()) is None
+    assert ev.notes == ["eval.matched=static_prompt: no matched rows, the run is strategy=dense"]
+    assert Switch(**SMALL).matched == ()  # eval=switch: off unless asked
+    assert Switch(**SMALL, matched=["static_prompt", "teal"]).matched == ("static_prompt", "teal")
 
 
 @pytest.mark.parametrize("value", ["nope", "dense", True])
@@ -112,22 +147,36 @@ def test_main_job_prints_and_records_the_matched_row(tmp_path):
                    f"hydra.run.dir={tmp_path}", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "results.json").read_text())
-    assert res["status"] == "complete" and res["config"]["eval"]["matched"] == "static_prompt"
-    row = res["matched"]
-    assert row["strategy"] == "static_prompt" and row["ranking"] == res["config"]["ranking"]["name"]
-    assert row["sparsity"]["target"] == res["sparsity"]["effective"]  # the run's measured effective sparsity
-    assert row["sparsity"]["effective"] == pytest.approx(row["sparsity"]["target"], abs=1 / 256)
-    for key in ("overview/all/kl", "overview/all/kl_lo", "overview/all/kl_hi", "overview/switch/ppl"):
-        assert isinstance(row["metrics"][key], float), key
-    assert set(row["metrics"]) == set(res["metrics"])  # the same figures as the run's own
-    assert row["paired"]["overview/all/n"] == 3.0 and row["paired"]["overview/all/kl"] == pytest.approx(
-        res["metrics"]["overview/all/kl"] - row["metrics"]["overview/all/kl"])
-    assert [s["index"] for s in row["samples"]] == [s["index"] for s in res["eval"]["samples"]]
-    assert res["timing"]["dense_cache"] == {"memory": True, "hits": 3, "misses": 3}
+    assert res["status"] == "complete" and res["config"]["eval"]["matched"] == ["static_prompt", "teal"]
+    rows = res["matched"]
+    assert [r["strategy"] for r in rows] == ["static_prompt", "teal"]
+    for row in rows:
+        assert row["ranking"] == res["config"]["ranking"]["name"]
+        assert row["sparsity"]["target"] == res["sparsity"]["effective"]  # the run's measured effective sparsity
+        for key in ("overview/all/kl", "overview/all/kl_lo", "overview/all/kl_hi", "overview/switch/ppl"):
+            assert isinstance(row["metrics"][key], float), key
+        assert set(row["metrics"]) == set(res["metrics"])  # the same figures as the run's own
+        assert row["paired"]["overview/all/n"] == 3.0 and row["paired"]["overview/all/kl"] == pytest.approx(
+            res["metrics"]["overview/all/kl"] - row["metrics"]["overview/all/kl"])
+        assert [s["index"] for s in row["samples"]] == [s["index"] for s in res["eval"]["samples"]]
+    static, teal = rows
+    assert static["sparsity"]["effective"] == pytest.approx(static["sparsity"]["target"], abs=1 / 256)
+    assert teal["sparsity"]["effective"] is not None  # TEAL's thresholds: its own measured sparsity
+    assert res["timing"]["dense_cache"] == {"memory": True, "hits": 6, "misses": 3}  # one dense pass for all three
     assert res["timing"]["matched_s"] > 0
     out = proc.stdout
-    assert "dart 50%" in out and f"static_prompt {100 * row['sparsity']['target']:.1f}%" in out
+    assert "dart 50%" in out and f"static_prompt {100 * static['sparsity']['target']:.1f}%" in out
+    assert f"teal {100 * teal['sparsity']['target']:.1f}%" in out
     assert "matched compute: KL dart - static_prompt, paired over the same 3 samples:" in out
+    assert "matched compute: KL dart - teal, paired over the same 3 samples:" in out
+
+
+def test_eval_switch_takes_matched_without_a_plus(tmp_path):
+    proc = run_cli("model=tiny_llama", "eval=switch", "eval.limit=2", "eval.prefix=16", "eval.length=12",
+                   "eval.matched=[teal]", "logger=none", f"hydra.run.dir={tmp_path}", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert [r["strategy"] for r in res["matched"]] == ["teal"]
 
 
 def test_console_reading_says_what_the_interval_says():
@@ -139,11 +188,11 @@ def test_console_reading_says_what_the_interval_says():
                             "paired": {"overview/all/kl": d, "overview/all/kl_lo": lo, "overview/all/kl_hi": hi,
                                        "overview/all/n": 24.0}}}
 
-    line = matched_reading(results(-0.2, -0.3, -0.1))
+    [line] = matched_reading(results(-0.2, -0.3, -0.1))
     assert line == ("matched compute: KL dart - static_prompt, paired over the same 24 samples: -0.2 [-0.3, -0.1] at "
                     "45.5% effective sparsity: dart is closer to dense than static_prompt at the same effective sparsity")
-    assert matched_reading(results(0.2, 0.1, 0.3)).endswith("static_prompt is closer to dense than dart at the same "
+    assert matched_reading(results(0.2, 0.1, 0.3))[0].endswith("static_prompt is closer to dense than dart at the same "
                                                             "effective sparsity")
-    assert matched_reading(results(0.05, -0.1, 0.2)).endswith("+0.05 [-0.1, +0.2] at 45.5% effective sparsity: "
+    assert matched_reading(results(0.05, -0.1, 0.2))[0].endswith("+0.05 [-0.1, +0.2] at 45.5% effective sparsity: "
                                                               "no difference resolved at this n")
-    assert matched_reading({"config": {}}) is None
+    assert matched_reading({"config": {}}) == []

@@ -28,7 +28,9 @@ def machine() -> dict[str, Any]:
 
     import torch
 
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    from dart.runtime import cpu
+
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu": cpu(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "loadavg_1m": os.getloadavg()[0]}
     if torch.cuda.is_available():

@@ -51,24 +51,24 @@ def scores(ranking: str, base: torch.Tensor, weight: torch.Tensor | None) -> tor
 
 
 @torch.no_grad()
-def cached_priors(model, embedding: torch.Tensor, w_down_ts: list[torch.Tensor], chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def cached_priors(embedding: torch.Tensor, w_down_ts: list[torch.Tensor], chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(pmax, pmean), each (L, I) on the CPU, for every layer; computed once per model's weights and kept on disk
     (dart.disk_cache: one pass over the vocabulary per layer, minutes at 1.5B), with progress lines while it runs.
     Call it on the model as loaded (its neurons in their original order)."""
     import math
 
-    from dart.disk_cache import stored, weights_fingerprint
+    from dart.disk_cache import stored, values_fingerprint
     from dart.progress import phase
 
     L, I, V = len(w_down_ts), w_down_ts[0].shape[0], embedding.shape[0]
 
     def compute():
-        label = f"vocabulary-projection priors ({L} layers x {I} neurons x {V} tokens, once per model, then cached)"
+        label = f"vocabulary-projection priors ({L} layers x {I} neurons x {V} tokens, once per model)"
         with phase(label, L * math.ceil(V / chunk), unit="chunk") as step:
             rows = [vocab_projection_priors(w, embedding, chunk, step) for w in w_down_ts]  # each on its layer's device
         return torch.stack([r[0].cpu() for r in rows]), torch.stack([r[1].cpu() for r in rows])
 
-    identity = {"weights": weights_fingerprint(model), "what": "vocab_projection_priors", "layers": L,
+    identity = {"values": values_fingerprint([embedding, *w_down_ts]), "what": "vocab_projection_priors", "layers": L,
                 "chunk": int(chunk), "compute": "float32"}
     pmax, pmean = stored("priors", identity, compute)
     return pmax, pmean
@@ -78,5 +78,5 @@ def cached_priors(model, embedding: torch.Tensor, w_down_ts: list[torch.Tensor],
 def ranking_weight(model, adapter, ffns, spec) -> torch.Tensor:
     """The static weight (L, I) of a vocabulary-projection ranking (spec.ranking max/mean/...) for a model's FFNs
     (dart.engine.ffn.PrunableFFN), from its cached priors."""
-    pmax, pmean = cached_priors(model, adapter.embedding(model), [f.w.w_down_t for f in ffns], spec.prior_chunk)
+    pmax, pmean = cached_priors(adapter.embedding(model), [f.w.w_down_t for f in ffns], spec.prior_chunk)
     return static_weight(spec.ranking, pmax, pmean).contiguous()

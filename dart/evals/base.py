@@ -4,8 +4,9 @@
     batches() -> list     the units of work (one Lightning test step each; the progress bar counts them)
     step(batch) -> Any    run one unit on the model
     finalize(outputs) -> {metric: value}   aggregate; may write per-sample files into ctx.run_dir
-An evaluator with `eval.matched` (eval=switch / overview) also offers `matched_sparsity(strategy)` and
-`score_matched(strategy)`: a second strategy on the same samples after the run (dart.pipeline runs it).
+An evaluator with `eval.matched` (eval=switch / overview) also offers `matched_sparsities(strategy)`,
+`score_kind(strategy, kind)` and `matched_row(outputs)`: other strategies on the same samples after the run, each
+kind at the run's effective sparsity on it (dart.pipeline runs them).
 Metrics are reported under "<eval name>/<metric>". `notes` collects plain-language remarks (for instance a
 real task that could not be loaded offline) that the run prints and stores in results.json.
 """
@@ -29,7 +30,8 @@ class EvalContext:
 
 class Evaluator:
     name: str = "eval"
-    matched: str | None = None  # eval.matched: a strategy to score after the run at its effective sparsity
+    matched: tuple[str, ...] = ()  # eval.matched: strategies to score after the run at its effective sparsity
+    by_kind: dict[str, float | None] | None = None  # effective sparsity per subset (finalize)
 
     def __init__(self, name: str | None = None, limit: int | None = None, **kwargs):
         if name:
@@ -54,3 +56,8 @@ class Evaluator:
 
     def finalize(self, outputs: list) -> dict[str, float | None]:
         raise NotImplementedError
+
+    def effective_by_kind(self) -> dict[str, float | None] | None:
+        """Effective sparsity per subset of the samples (eval=switch: per pair kind and "all"), after finalize;
+        None where the evaluation has no subsets. results.json sparsity.effective_by_kind."""
+        return self.by_kind

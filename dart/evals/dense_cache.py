@@ -59,14 +59,16 @@ class DenseCache:
         place, and in bf16 a dense forward over reordered weights differs in the last bits: KL ~5e-4 measured on
         Qwen2.5-1.5B), the same whichever job of a sweep runs first."""
         from dart.evals.decoding import dense_logits
+        from dart.progress import phase
 
         todo = [ids for ids in batches if not self.path(ids, prefix).is_file()]
         if todo:
             print(f"[dart] dense reference: {len(todo)} of {len(batches)} batches computed once into {self.folder}",
                   flush=True)
-        with torch.no_grad():
+        with torch.no_grad(), phase("dense reference", len(todo), unit="batch") as step:
             for ids in todo:
                 self.logits(ids, prefix, lambda: dense_logits(model, ids, prefix))
+                step()
 
     def logits(self, ids: torch.Tensor, prefix: int, compute) -> torch.Tensor:
         """compute()'s result (the dense logits of ids's positions prefix-1..), read from disk when stored."""

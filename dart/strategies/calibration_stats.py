@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -84,42 +84,61 @@ def sample_counts(lengths: Sequence[int], width: int, sample: int) -> list[int]:
     return out
 
 
+def calibrated(model, sequences: Sequence[torch.Tensor], what: str, params: dict, compute: Callable[[], Any]) -> Any:
+    """compute()'s result (something a strategy derives from a calibration pass over `sequences`: thresholds,
+    neuron statistics) once per model and request, then from disk (dart.disk_cache): the key is the weights'
+    fingerprint, the device type, the torch version, the sequences' token ids, `what` and `params` (everything
+    else the result depends on). What is kept is what the strategy uses, never the raw samples (hundreds of MB
+    at 1.5B), so a second job of a sweep starts in seconds."""
+    import hashlib
+
+    from dart.disk_cache import stored, weights_fingerprint
+
+    ids = hashlib.sha256()
+    for s in sequences:
+        ids.update(s.to("cpu", torch.int64).contiguous().numpy().tobytes() + b"|")
+    device = adapter_for(model).all_weights(model)[0].w_down_t.device
+    identity = {"weights": weights_fingerprint(model), "device": device.type, "torch": torch.__version__,
+                "sequences": ids.hexdigest(), "what": what, "params": params}
+    got = stored("calibration", identity, compute)
+    return _to(got, device)
+
+
+def _to(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
+
+
+def activation_norms(model, sequences: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(act_sq (L, I) fp32, calibration tokens): calibrate(norms=True)'s sums, kept on disk (calibrated)."""
+    got = calibrated(model, sequences, "act_sq", {},
+                     lambda: (lambda cal: {"act_sq": cal.act_sq, "tokens": cal.tokens})(calibrate(model, sequences, norms=True)))
+    return got["act_sq"], int(got["tokens"])
+
+
 @torch.no_grad()
 def calibrate(model, sequences: Sequence[torch.Tensor], norms: bool = False, gate_sample: int = 0, seed: int = 0,
               values: Sequence[str] = (), sample: int = 0) -> Calibration:
     """Run the dense model over the calibration sequences and collect, per layer, the activation sums of squares
     (norms=True) and/or, for each name in `values` (VALUES), a sample of `sample` of its |.| values (drawn uniformly,
     with replacement, by one generator seeded with `seed`; every value when the calibration holds no more than
-    that). gate_sample=N is values=("gate",), sample=N.
-
-    Computed once per model and request and kept on disk (dart.disk_cache; the key: the weights' fingerprint, the
-    device type, the torch version, the sequences' token ids and every argument), so the next job of a sweep starts
-    in seconds; a progress line while a long one runs."""
-    import hashlib
-
-    from dart.disk_cache import stored, weights_fingerprint
-
+    that). gate_sample=N is values=("gate",), sample=N. A progress line while a long one runs; strategies keep
+    what they derive from it through `calibrated`."""
     if gate_sample:
         values, sample = ("gate",), gate_sample
     unknown = [v for v in values if v not in VALUES]
     if unknown:
         raise choice_error("calibration value", unknown[0], VALUES)
-    values = tuple(values)
-    ids = hashlib.sha256()
-    for s in sequences:
-        ids.update(s.to("cpu", torch.int64).contiguous().numpy().tobytes() + b"|")
-    device = adapter_for(model).all_weights(model)[0].w_down_t.device
-    identity = {"weights": weights_fingerprint(model), "device": device.type, "torch": torch.__version__,
-                "sequences": ids.hexdigest(), "norms": bool(norms), "values": list(values), "sample": int(sample),
-                "seed": int(seed)}
-    got = stored("calibration", identity, lambda: dataclasses.asdict(_calibrate(model, sequences, norms, seed, values, sample)))
-    act_sq = got["act_sq"].to(device) if got["act_sq"] is not None else None
-    return Calibration(tokens=int(got["tokens"]), act_sq=act_sq,
-                       values={k: [t.to(device) for t in v] for k, v in got["values"].items()})
+    return _calibrate(model, sequences, norms, seed, tuple(values), sample)
 
 
 def _calibrate(model, sequences: Sequence[torch.Tensor], norms: bool, seed: int, values: tuple, sample: int) -> Calibration:
-    """calibrate's computation (uncached)."""
+    """calibrate's computation."""
     from dart.progress import phase
 
     adapter = adapter_for(model)
@@ -153,8 +172,7 @@ def _calibrate(model, sequences: Sequence[torch.Tensor], norms: bool, seed: int,
 
     handles = [adapter.ffn(layer).register_forward_pre_hook(hook(l), with_kwargs=True) for l, layer in enumerate(layers)]
     try:
-        with phase(f"calibration ({sum(lengths)} tokens of dense forwards, once per model and text, then cached)",
-                   len(sequences), unit="sequence") as step:
+        with phase(f"calibration ({sum(lengths)} tokens of dense forwards)", len(sequences), unit="sequence") as step:
             for i, ids in enumerate(sequences):
                 current["seq"] = i
                 model(input_ids=ids.reshape(1, -1).to(device), use_cache=False)

@@ -92,6 +92,13 @@ class ControllerStrategy(Strategy):
                       "triggers": list(c.counts.triggers), "windows": list(c.counts.window_log)},
         }
 
+    def decode_counts(self) -> tuple[float, float]:
+        if self.controller is None:
+            return 0.0, 0.0
+        eff = self.controller.effective()
+        n = float(eff["tokens"]["decode"])
+        return (eff["decode"] or 0.0) * n, n
+
     def summary(self) -> dict[str, Any]:
         out = super().summary()
         out["strategy"]["spec"] = _spec_dict(self.spec)
@@ -124,14 +131,14 @@ class EngineStrategy(ControllerStrategy):
         for strategy.prior_mix (GLASS, 2025: blend the global ranking into the request's own)."""
         from dart.engine.adapters import adapter_for
         from dart.errors import ConfigError
-        from dart.strategies.calibration_stats import calibrate, neuron_scores
+        from dart.strategies.calibration_stats import activation_norms, neuron_scores
 
         if tokenizer is None:
             raise ConfigError("strategy.prior_mix needs the tokenizer (for its calibration text)")
         adapter = adapter_for(model)
         weights = adapter.all_weights(model)
-        cal = calibrate(model, self.calibration.sequences(tokenizer), norms=True)
-        return neuron_scores("act_norm", weights, cal.act_sq)
+        act_sq, _ = activation_norms(model, self.calibration.sequences(tokenizer))
+        return neuron_scores("act_norm", weights, act_sq)
 
 
 def _spec_dict(spec: EngineSpec) -> dict:

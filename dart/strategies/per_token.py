@@ -91,6 +91,13 @@ class PerTokenStrategy(Strategy):
     def paused(self):
         return self.engine.paused()
 
+    def decode_counts(self) -> tuple[float, float]:
+        if self.engine is None:
+            return 0.0, 0.0
+        m = self.engine.measure()
+        n = float(m["tokens"]["sparse"])
+        return (m["effective"] or 0.0) * n, n
+
     def _measure(self) -> dict[str, Any]:
         m = self.engine.measure()
         return {
@@ -116,16 +123,25 @@ class Cats(PerTokenStrategy):
     name = "cats"
 
     def make_rule(self, model, tokenizer) -> Rule:
-        from dart.strategies.calibration_stats import calibrate, quantile_threshold
+        from dart.strategies.calibration_stats import calibrate, calibrated, quantile_threshold
 
         spec = self.calibration
-        cal = calibrate(model, spec.sequences(tokenizer), values=("gate",), sample=spec.sample, seed=spec.seed)
-        thresholds = torch.stack([quantile_threshold(v, self.sparsity) for v in cal.values["gate"]])
-        below = torch.stack([(v < t).float().mean() for v, t in zip(cal.values["gate"], thresholds)])
-        got = torch.stack([thresholds, below]).tolist()  # one read, at attach
-        self.calibration_info = {"source": spec.source, "tokens": cal.tokens, "seq_len": spec.seq_len, "seed": spec.seed,
-                                 "values_per_layer": cal.values["gate"][0].numel(), "thresholds": got[0],
-                                 "calibration_sparsity": got[1]}
+        seqs = spec.sequences(tokenizer)
+
+        def compute() -> dict:
+            cal = calibrate(model, seqs, values=("gate",), sample=spec.sample, seed=spec.seed)
+            thresholds = torch.stack([quantile_threshold(v, self.sparsity) for v in cal.values["gate"]])
+            below = torch.stack([(v < t).float().mean() for v, t in zip(cal.values["gate"], thresholds)])
+            return {"thresholds": thresholds, "below": below, "tokens": cal.tokens,
+                    "values_per_layer": cal.values["gate"][0].numel()}
+
+        got = calibrated(model, seqs, "cats_thresholds", {"sparsity": self.sparsity, "sample": spec.sample,
+                                                          "seed": spec.seed}, compute)
+        thresholds = got["thresholds"]
+        read = torch.stack([thresholds, got["below"]]).tolist()  # one read, at attach
+        self.calibration_info = {"source": spec.source, "tokens": got["tokens"], "seq_len": spec.seq_len,
+                                 "seed": spec.seed, "values_per_layer": got["values_per_layer"], "thresholds": read[0],
+                                 "calibration_sparsity": read[1]}
         weights = adapter_for(model).all_weights(model)
         dtype = weights[0].w_down_t.dtype
         # each threshold is one of the calibration |g| values, computed in this dtype: the cast is exact
@@ -136,17 +152,27 @@ class Teal(PerTokenStrategy):
     name = "teal"
 
     def make_rule(self, model, tokenizer) -> Rule:
-        from dart.strategies.calibration_stats import calibrate, quantile_threshold
+        from dart.strategies.calibration_stats import calibrate, calibrated, quantile_threshold
 
         spec = self.calibration
-        cal = calibrate(model, spec.sequences(tokenizer), values=("input", "down"), sample=spec.sample, seed=spec.seed)
+        seqs = spec.sequences(tokenizer)
+
+        def compute() -> dict:
+            cal = calibrate(model, seqs, values=("input", "down"), sample=spec.sample, seed=spec.seed)
+            return {"input": torch.stack([quantile_threshold(v, self.sparsity) for v in cal.values["input"]]),
+                    "down": torch.stack([quantile_threshold(v, self.sparsity) for v in cal.values["down"]]),
+                    "tokens": cal.tokens,
+                    "values_per_layer": {k: cal.values[k][0].numel() for k in ("input", "down")}}
+
+        got = calibrated(model, seqs, "teal_thresholds", {"sparsity": self.sparsity, "sample": spec.sample,
+                                                          "seed": spec.seed}, compute)
         weights = adapter_for(model).all_weights(model)
         dtype = weights[0].w_down_t.dtype
-        t = {k: [quantile_threshold(v, self.sparsity) for v in cal.values[k]] for k in ("input", "down")}
-        got = torch.stack([torch.stack(t["input"]), torch.stack(t["down"])]).tolist()
-        self.calibration_info = {"source": spec.source, "tokens": cal.tokens, "seq_len": spec.seq_len, "seed": spec.seed,
-                                 "values_per_layer": {k: cal.values[k][0].numel() for k in ("input", "down")},
-                                 "thresholds_input": got[0], "thresholds_down": got[1]}
+        t = {k: list(got[k].unbind()) for k in ("input", "down")}
+        read = torch.stack([got["input"], got["down"]]).tolist()
+        self.calibration_info = {"source": spec.source, "tokens": got["tokens"], "seq_len": spec.seq_len,
+                                 "seed": spec.seed, "values_per_layer": got["values_per_layer"],
+                                 "thresholds_input": read[0], "thresholds_down": read[1]}
         on = lambda ts: [x.to(w.w_down_t.device, dtype) for x, w in zip(ts, weights)]  # noqa: E731  (exact casts)
         return TealRule(on(t["input"]), on(t["down"]))
 

@@ -56,7 +56,7 @@ def table(records: list[Record]) -> Table | None:
     by_model: dict[str, dict[str, list[pareto.Point]]] = {}
     for r in chosen:
         y, lo, hi = pareto.value(r, QUALITY)
-        x = pareto.sparsity.effective(r)
+        x = pareto.sparsity.effective(r, QUALITY.subset)
         if y is None or x is None:
             continue
         by_model.setdefault(r.model, {}).setdefault(method_of(r), []).append(pareto.Point(method_of(r), r, x, y, lo, hi))
@@ -98,9 +98,10 @@ def table(records: list[Record]) -> Table | None:
              "A method: the strategy's default knobs (conf/strategy), + prior: prior_mix 0.3 (a calibration "
              "ranking blended into each request's scores). The pairs are built by one rule for every model, but which "
              "documents qualify depends on each tokenizer's token counts: the pairs are not the same documents.",
-             "Effective sparsity is each run's over all its pairs (two-topic and controls); a re-tracing method spends "
-             "more of its dense tokens on the two-topic pairs, so on them it runs somewhat below its column's "
-             "sparsity: its two-topic KL is flattered by that much (docs/results.md compares over all pairs too)."]
+             ]
+    subset_note = pareto.sparsity.by_subset_note(chosen, "switch")
+    notes.append(subset_note or "Effective sparsity on the two-topic pairs themselves (results.json "
+                 "sparsity.effective_by_kind).")
     notes += [n for n in pareto.sparsity.notes(chosen) if n == pareto.sparsity.PER_TOKEN_NOTE]
     if "qwen25_coder_1p5b" in models:
         notes.append("Qwen2.5-Coder-1.5B-Instruct is a code-instruct model (trained mostly on code), here on English "

@@ -138,6 +138,29 @@ def record_from_folder(job_dir: Path) -> Record:
                   error=res.get("error"), results=res)
 
 
+def matched_records(r: Record) -> list[Record]:
+    """A complete run's eval.matched strategies as records of their own (one per strategy, results.json `matched`):
+    the run's config with that strategy at the run's effective sparsity and `matched_to` naming the run, so a table
+    shows them beside the sweep's own rows (their KL on the same samples, against the same dense reference)."""
+    from dart.results import matched_entries
+
+    if not r.complete:
+        return []
+    out = []
+    run = f"{r.strategy} {r.sparsity:g}" if r.sparsity is not None else r.strategy
+    for m in matched_entries(r.results):
+        given = m.get("sparsity") or {}
+        sp = {"target": given.get("target"), "effective": given.get("effective"),
+              "effective_by_kind": {k: v.get("effective") for k, v in (given.get("by_kind") or {}).items()} or None}
+        config = {**r.config, "strategy": {"name": m["strategy"]}, "sparsity": sp["target"], "matched_to": run}
+        results = {**r.results, "config": config, "metrics": dict(m.get("metrics") or {}), "sparsity": sp,
+                   "eval": {**(r.results.get("eval") or {}), "samples": m.get("samples")}, "matched": None,
+                   "drift": None}
+        out.append(Record(source=f"{r.source} (eval.matched {m['strategy']})", status="complete", config=config,
+                          metrics=results["metrics"], results=results))
+    return out
+
+
 def job_folders(root: Path) -> list[Path]:
     """Every folder below `root` (itself included) that holds a job: results.json or .hydra/config.yaml.
     Hydra's sweep-level `.hydra`-less folders, W&B and submitit folders are skipped."""
@@ -202,7 +225,9 @@ def collect_folders(paths: list[str | Path]) -> Collection:
                 "python -m dart.run -m +experiment=ten_offline, then python -m dart.tables multirun/ten_offline"
             )
         roots.append(root)
-        records.extend(record_from_folder(j) for j in jobs)
+        for j in jobs:
+            r = record_from_folder(j)
+            records += [r, *matched_records(r)]
         if planned:
             existing = {str(j.relative_to(root)) for j in jobs}
             never = [d for d in planned if d not in existing]

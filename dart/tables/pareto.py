@@ -29,6 +29,7 @@ class Quality:
     higher_is_better: bool
     fmt: Callable[[float], str] = lambda v: f"{v:.4g}"
     scale: float = 1.0  # plotted as value * scale
+    subset: str | None = None  # the samples it is read on (eval=switch: a pair kind), also those of its x
 
 
 def _pct(v: float) -> str:
@@ -37,8 +38,9 @@ def _pct(v: float) -> str:
 
 QUALITIES: dict[str, tuple[Quality, ...]] = {
     "ten": (Quality("average", "average accuracy (%)", True, _pct, 100.0),),
-    "switch": (Quality("switch/kl", "KL(dense ‖ pruned) on B, switch pairs", False),
-               Quality("switch/top1", "top-1 agreement on B, switch pairs", True, lambda v: f"{v:.3f}")),
+    "switch": (Quality("switch/kl", "KL(dense ‖ pruned) on B, switch pairs", False, subset="switch"),
+               Quality("switch/top1", "top-1 agreement on B, switch pairs", True, lambda v: f"{v:.3f}",
+                       subset="switch")),
     "fidelity": (Quality("switch/kl", "KL(dense ‖ pruned), switch segment", False),
                  Quality("switch/top1", "top-1 agreement, switch segment", True, lambda v: f"{v:.3f}")),
     "drift": (Quality("token_agreement", "token agreement with dense", True, lambda v: f"{v:.3f}"),
@@ -100,7 +102,7 @@ def points(records: list[Record], q: Quality, averages: dict | None = None) -> t
         y, lo, hi = value(r, q, averages)
         if y is None:
             continue
-        x = sparsity.effective(r)
+        x = sparsity.effective(r, q.subset)
         if x is None:
             skipped.append(r)
             continue
@@ -175,6 +177,9 @@ def matched_table(records: list[Record], kind: str, eval_name: str, averages: di
              "reference.",
              "Effective sparsity: the fraction of FFN neuron evaluations actually skipped over the scored tokens "
              "(dense traces and re-traces count as 0), from results.json sparsity.effective."]
+    for subset in sorted({q.subset for q in qualities(kind, eval_name, records) if q.subset}):
+        note = sparsity.by_subset_note(records, subset)
+        notes += [note] if note else []
     notes += [n for n in sparsity.notes(records) if n == sparsity.PER_TOKEN_NOTE]
     if skipped:
         left = [r for r in records if r.source in skipped]

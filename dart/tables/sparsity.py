@@ -37,11 +37,16 @@ def target(r: Record) -> float | None:
     return r.sparsity
 
 
-def effective(r: Record) -> float | None:
-    """The run's effective sparsity (None when not measured; a complete dense run: 0)."""
+def effective(r: Record, subset: str | None = None) -> float | None:
+    """The run's effective sparsity (None when not measured; a complete dense run: 0); with `subset` (a pair kind
+    of eval=switch) the run's on that subset's samples where results.json records it (sparsity.effective_by_kind,
+    since 2026-12), else the run's over all samples."""
     if not r.complete:
         return None
-    e = _num((r.results.get("sparsity") or {}).get("effective"))
+    sp = r.results.get("sparsity") or {}
+    if subset is not None and _num((sp.get("effective_by_kind") or {}).get(subset)) is not None:
+        return _num(sp["effective_by_kind"][subset])
+    e = _num(sp.get("effective"))
     if e is None and r.strategy == "dense":
         return 0.0
     return e
@@ -65,6 +70,18 @@ PER_TOKEN_NOTE = ("CATS, TEAL, WINA: per-token masks (every token its own), scor
                   "runs them on the sparse-input kernels, docs/performance.md); their effective sparsity is the "
                   "fraction of FFN weight reads such a kernel skips, the unit of every row (docs/method.md \"Per-token "
                   "methods\").")
+
+
+def by_subset_note(records: Iterable[Record], subset: str) -> str | None:
+    """A note for a table matched on one subset: which runs' effective sparsity is the run's over all samples."""
+    old = [r for r in records if r.complete and r.strategy != "dense"
+           and ((r.results.get("sparsity") or {}).get("effective_by_kind") or {}).get(subset) is None]
+    if not old:
+        return None
+    return (f"Effective sparsity on the {subset} pairs themselves for runs that record it (results.json "
+            f"sparsity.effective_by_kind); {len(old)} of these runs predate it and are placed at their effective "
+            "sparsity over all pairs (a re-tracing method spends its dense tokens mostly on the two-topic pairs, so "
+            "there it sits a little lower than shown: re-run the sweep to place it exactly).")
 
 
 def notes(records: Iterable[Record]) -> list[str]:
