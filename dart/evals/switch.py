@@ -293,7 +293,7 @@ class Switch(Evaluator):
         for kind, rows in self._subsets(outputs):
             metrics.update(self._aggregate(kind, rows, bootstrap_ci))
         self.by_kind = effective_by_kind(self._subsets(outputs))
-        if any(v is None for k, v in self.by_kind.items() if k != "all") and self.by_kind.get("all"):
+        if any(len(o["batch_kinds"]) > 1 for o in outputs) and self.by_kind.get("all"):
             self.notes.append("effective sparsity per kind: not for kinds that shared batches with another kind "
                               "(eval.batching=clean keeps the kinds apart)")
         with open(self.ctx.run_dir / SAMPLES_FILE, "w") as f:
