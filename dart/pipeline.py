@@ -276,20 +276,24 @@ def _matched(cfg: DictConfig, evaluator, strategy, ctx) -> list[dict] | None:
         print(f"[dart] {evaluator.name}: {name} at the effective sparsity of {strategy.name} ({said}), on the same "
               "samples (eval.matched)", flush=True)
         ticker = PlainTicker(f"{evaluator.name} ({name})", len(evaluator.batches()), float(cfg.get("progress_s", 30)))
-        outputs = []
+        outputs, achieved = [], {}
         for kind, sparsity in targets.items():
             other = build_strategy(name, sparsity=sparsity, ranking=ranking)
             other.attach(ctx.model, ctx.tokenizer)
             try:
-                outputs += evaluator.score_kind(other, kind, on_step=ticker.step)
+                mine = evaluator.score_kind(other, kind, on_step=ticker.step)
             finally:
                 other.detach()
+            outputs += mine
+            achieved[kind] = ((other.summary().get("sparsity") or {}).get("achieved"), len(mine))
         ticker.finish()
         row = evaluator.matched_row(outputs)
         by_kind = {k: {"target": targets.get(k, targets.get("all")), "effective": row["effective_by_kind"].get(k)}
                    for k in row["effective_by_kind"]}
+        known = [(a, n) for a, n in achieved.values() if a is not None]
         out.append({"strategy": name, "ranking": ranking,
                     "sparsity": {"target": run_eff, "effective": row["effective_by_kind"].get("all"),
+                                 "achieved": sum(a * n for a, n in known) / sum(n for _, n in known) if known else None,
                                  "by_kind": by_kind},
                     "metrics": _named(evaluator, row["metrics"]), "paired": _named(evaluator, row["paired"]),
                     "samples": row["samples"]})
@@ -304,6 +308,7 @@ def _finish_wandb(logger, results: dict) -> None:
     try:
         exp = logger.experiment
         exp.summary.update(flat_summary(results))
+        exp.summary.update({f"cpu/{k}": v for k, v in (results.get("cpu") or {}).items()})
         exp.finish()
     except Exception as e:  # logging must never lose a finished result
         print(f"[dart] W&B summary not written: {e}")

@@ -196,3 +196,43 @@ def test_console_reading_says_what_the_interval_says():
     assert matched_reading(results(0.05, -0.1, 0.2))[0].endswith("+0.05 [-0.1, +0.2] at 45.5% effective sparsity: "
                                                               "no difference resolved at this n")
     assert matched_reading({"config": {}}) == []
+
+
+def _run_with_matched() -> dict:
+    return {"status": "complete", "schema": 1,
+            "config": {"strategy": {"name": "dart"}, "sparsity": 0.5, "eval": {"name": "overview"},
+                       "model": {"name": "smollm2_135m"}},
+            "metrics": {"overview/switch/kl": 2.0, "overview/all/kl": 1.5},
+            "sparsity": {"target": 0.5, "effective": 0.46, "effective_by_kind": {"switch": 0.45, "control": 0.49,
+                                                                              "all": 0.46}},
+            "matched": [{"strategy": "teal", "ranking": "max",
+                         "sparsity": {"target": 0.46, "effective": 0.465, "by_kind": {
+                             "switch": {"target": 0.45, "effective": 0.455}, "control": {"target": 0.49, "effective": 0.5},
+                             "all": {"target": 0.46, "effective": 0.465}}},
+                         "metrics": {"overview/switch/kl": 0.3, "overview/all/kl": 0.31},
+                         "paired": {"overview/all/kl": 1.19, "overview/all/n": 24.0}, "samples": []}]}
+
+
+def test_wandb_summary_holds_per_kind_sparsity_and_every_matched_row():
+    from dart.results import flat_summary, matched_entries
+
+    flat = flat_summary(_run_with_matched())
+    assert flat["sparsity/effective/switch"] == 0.45 and flat["sparsity/effective/control"] == 0.49
+    assert flat["matched/teal/overview/switch/kl"] == 0.3 and flat["matched/teal/paired/overview/all/kl"] == 1.19
+    assert flat["matched/teal/sparsity/effective"] == 0.465 and flat["overview/all/kl"] == 1.5
+    old = {"matched": {"strategy": "static_prompt"}}  # results written before eval.matched took a list
+    assert matched_entries(old) == [{"strategy": "static_prompt"}] and matched_entries({}) == []
+
+
+def test_tables_show_matched_rows_at_their_own_sparsity(tmp_path):
+    from dart.results import write_json_atomic
+    from dart.tables.collect import collect_folders
+    from dart.tables.sparsity import effective
+
+    write_json_atomic(tmp_path / "run" / "results.json", _run_with_matched())
+    records = collect_folders([tmp_path]).records
+    assert [r.strategy for r in records] == ["dart", "teal"]
+    run, teal = records
+    assert teal.config["matched_to"] == "dart 0.5" and teal.metrics["overview/switch/kl"] == 0.3
+    assert effective(run, "switch") == 0.45 and effective(teal, "switch") == 0.455 and effective(teal) == 0.465
+    assert effective(run, "user_kind") == 0.46  # not recorded for that subset: the run's over all samples

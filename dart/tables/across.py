@@ -98,10 +98,8 @@ def table(records: list[Record]) -> Table | None:
              "A method: the strategy's default knobs (conf/strategy), + prior: prior_mix 0.3 (a calibration "
              "ranking blended into each request's scores). The pairs are built by one rule for every model, but which "
              "documents qualify depends on each tokenizer's token counts: the pairs are not the same documents.",
-             ]
-    subset_note = pareto.sparsity.by_subset_note(chosen, "switch")
-    notes.append(subset_note or "Effective sparsity on the two-topic pairs themselves (results.json "
-                 "sparsity.effective_by_kind).")
+             pareto.sparsity.by_subset_note(chosen, "switch")
+             or "Effective sparsity on the two-topic pairs themselves (results.json sparsity.effective_by_kind)."]
     notes += [n for n in pareto.sparsity.notes(chosen) if n == pareto.sparsity.PER_TOKEN_NOTE]
     if "qwen25_coder_1p5b" in models:
         notes.append("Qwen2.5-Coder-1.5B-Instruct is a code-instruct model (trained mostly on code), here on English "

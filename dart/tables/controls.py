@@ -12,7 +12,7 @@ from pathlib import Path
 from dart.stats import paired_diff_ci
 from dart.tables.collect import Record
 from dart.tables.render import Table
-from dart.tables.sparsity import effective, pct, target
+from dart.tables.sparsity import by_subset_note, effective, pct, target
 
 SUBSET = "switch"  # the two-topic pairs of the built-in pairs; a user's own pairs (eval.pairs): all of them
 
@@ -85,7 +85,7 @@ def table(records: list[Record]) -> Table | None:
                     d = sum(x - y for x, y in zip(a, b)) / len(keys)
                     ci = paired_diff_ci(a, b)
                     delta = f"{d:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
-            rows.append([model, prefix, pct(tgt), r.label, _what(r), pct(effective(r)),
+            rows.append([model, prefix, pct(tgt), r.label, _what(r), pct(effective(r, subset(r))),
                          None if dense is None or not n else dense / n, m.get(f"{r.eval_name}/{subset(r)}/retraces"),
                          None if kl is None else (f"{kl:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None else f"{kl:.3f}"),
                          m.get(f"{r.eval_name}/{subset(r)}/top1"), delta])
@@ -101,4 +101,6 @@ def table(records: list[Record]) -> Table | None:
                "trace before the first mask, every re-trace or dense hold).",
                "Δ KL: the mean over the same two-topic samples of (this row's KL − the detector's), with a paired "
                "bootstrap 95% interval (2000 resamples); below 0: better than the detector. An interval that excludes "
-               "0 is a difference at this n; one that contains it is not."])
+               "0 is a difference at this n; one that contains it is not.",
+               by_subset_note([r for r in records if r.complete], SUBSET)
+               or "Effective %: on the samples the KL is read on (results.json sparsity.effective_by_kind)."])
