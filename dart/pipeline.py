@@ -288,8 +288,8 @@ def _matched(cfg: DictConfig, evaluator, strategy, ctx) -> list[dict] | None:
             achieved[kind] = ((other.summary().get("sparsity") or {}).get("achieved"), len(mine))
         ticker.finish()
         row = evaluator.matched_row(outputs)
-        by_kind = {k: {"target": targets.get(k, targets.get("all")), "effective": row["effective_by_kind"].get(k)}
-                   for k in row["effective_by_kind"]}
+        by_kind = {k: {"target": targets.get(k, run_eff if k == "all" else targets.get("all")),
+                       "effective": row["effective_by_kind"].get(k)} for k in row["effective_by_kind"]}
         known = [(a, n) for a, n in achieved.values() if a is not None]
         out.append({"strategy": name, "ranking": ranking,
                     "sparsity": {"target": run_eff, "effective": row["effective_by_kind"].get("all"),
