@@ -146,7 +146,7 @@ class Controller:
         permute_neurons(self.ffns[l].w, order, [self.order[l]] + ([self.weight[l]] if self.weight is not None else []))
         self.moved.add(l)
         self.M[l] = self.M[l].index_select(-1, order)
-        self.stats.A[l] = self.stats.A[l].index_select(-1, order)
+        self.stats.reorder(l, order)
 
     @torch.no_grad()
     def swap(self, l: int, dst: torch.Tensor, src: torch.Tensor) -> None:
@@ -156,7 +156,7 @@ class Controller:
             move_neurons(t, dst, src)
         self.moved.add(l)
         self.M[l].index_copy_(-1, dst, self.M[l].index_select(-1, src))
-        self.stats.A[l].index_copy_(-1, dst, self.stats.A[l].index_select(-1, src))
+        self.stats.move(l, dst, src)
 
     def paused(self):
         """Run the model dense (no tracing, masks or drift checks) inside the block: the dense reference."""

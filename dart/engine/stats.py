@@ -91,6 +91,14 @@ class Statistics:
         self.A = self.A.map(lambda p: p.index_select(1, index.to(p.device)))
         self.align = self.align.map(lambda p: p.index_select(1, index.to(p.device)))
 
+    def reorder(self, layer: int, order: torch.Tensor) -> None:
+        """Layer `layer`'s neurons into `order` (the controller's neuron moves, dart.engine.union)."""
+        self.A[layer] = self.A[layer].index_select(-1, order)
+
+    def move(self, layer: int, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """Layer `layer`'s neurons at src copied to dst, in place."""
+        self.A[layer].index_copy_(-1, dst, self.A[layer].index_select(-1, src))
+
     def clear_rows(self, rows: torch.Tensor) -> None:
         """Zero the statistics of rows (B,) bool (a re-trace after a drift trigger)."""
         keep = (~rows).to(torch.float32)

@@ -116,8 +116,11 @@ def _to(obj, device):
 
 def activation_norms(model, sequences: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int]:
     """(act_sq (L, I) fp32, calibration tokens): calibrate(norms=True)'s sums, kept on disk (calibrated)."""
-    got = calibrated(model, sequences, "act_sq", {},
-                     lambda: (lambda cal: {"act_sq": cal.act_sq, "tokens": cal.tokens})(calibrate(model, sequences, norms=True)))
+    def compute() -> dict:
+        cal = calibrate(model, sequences, norms=True)
+        return {"act_sq": cal.act_sq, "tokens": cal.tokens}
+
+    got = calibrated(model, sequences, "act_sq", {}, compute)
     return got["act_sq"], int(got["tokens"])
 
 
@@ -129,18 +132,13 @@ def calibrate(model, sequences: Sequence[torch.Tensor], norms: bool = False, gat
     with replacement, by one generator seeded with `seed`; every value when the calibration holds no more than
     that). gate_sample=N is values=("gate",), sample=N. A progress line while a long one runs; strategies keep
     what they derive from it through `calibrated`."""
+    from dart.progress import phase
+
     if gate_sample:
         values, sample = ("gate",), gate_sample
     unknown = [v for v in values if v not in VALUES]
     if unknown:
         raise choice_error("calibration value", unknown[0], VALUES)
-    return _calibrate(model, sequences, norms, seed, tuple(values), sample)
-
-
-def _calibrate(model, sequences: Sequence[torch.Tensor], norms: bool, seed: int, values: tuple, sample: int) -> Calibration:
-    """calibrate's computation."""
-    from dart.progress import phase
-
     adapter = adapter_for(model)
     layers = adapter.layers(model)
     weights = adapter.all_weights(model)
