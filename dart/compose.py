@@ -112,10 +112,11 @@ def strategy_config(name: str = "dart", sparsity: float | None = None, ranking: 
     return cfg
 
 
-def build_strategy(name: str = "dart", sparsity: float | None = None, ranking: str | None = None, **knobs):
+def build_strategy(name: str = "dart", sparsity: float | None = None, ranking: str | None = None,
+                   overrides: Sequence[str] = (), **knobs):
     """The strategy `python -m dart.run strategy=<name> sparsity=... ranking=... strategy.<knob>=...` runs, with the
-    same defaults (the YAML's), instantiated."""
-    cfg = strategy_config(name, sparsity=sparsity, ranking=ranking, **knobs)
+    same defaults (the YAML's), instantiated (`overrides`: more of the command line, e.g. +variant=...)."""
+    cfg = strategy_config(name, sparsity=sparsity, ranking=ranking, overrides=overrides, **knobs)
     return instantiate(cfg.strategy)
 
 

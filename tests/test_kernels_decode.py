@@ -17,6 +17,7 @@ pytestmark = pytest.mark.skipif(build.compiler() is None, reason="no C++ compile
 
 IDS = torch.tensor([[5, 17, 99, 3, 42, 77, 12, 8, 64, 31], [9, 1, 2, 120, 7, 7, 55, 60, 101, 4]])
 SMALL_CAL = {"tokens": 1024, "seq_len": 256}
+GREEDY = {"step": 0.2, "sequences": 1}  # TEAL's greedy, coarse: a few steps per layer of the tiny model
 
 
 @pytest.fixture(autouse=True)
@@ -87,15 +88,18 @@ def test_lean_decode_in_bf16_agrees_with_torch():
     assert (got[True][1] - got[False][1]).abs().max().item() < 0.05
 
 
-@pytest.mark.parametrize("name", ["teal", "wina", "cats"])
+@pytest.mark.parametrize("name", ["teal", "wina", "cats", "teal_published"])
 def test_per_token_fast_path_equals_the_masked_rule(name, tok):
     """The sparse-input kernels on K-major weights against the rule run masked in torch: the same tokens, logits
-    within 1e-4, the same counts of skipped weight reads; the layout is put back bit for bit on detach."""
+    within 1e-4, the same counts of skipped weight reads (TEAL as published: its attention projections' too); the
+    layout is put back bit for bit on detach."""
     m = model()
     before = {k: v.clone() for k, v in m.state_dict().items()}
     got, eff = {}, {}
     for use in (False, True):
         knobs = {} if name == "wina" else {"calibration": SMALL_CAL}
+        if name == "teal_published":
+            knobs["greedy"] = GREEDY
         strat = build_strategy(name, sparsity=0.5, **knobs)
         strat.attach(m, tok)
         got[use] = decode(m, IDS[:1], use, per_token=strat.engine)
@@ -103,6 +107,9 @@ def test_per_token_fast_path_equals_the_masked_rule(name, tok):
         if use:
             down = strat.engine.ffns[0].w.w_down_t
             assert down.is_contiguous() and down.shape == (256, 64)  # K-major: one row of D per neuron
+            if name == "teal_published":
+                q = strat.engine.attention[0]["q"]
+                assert q.wt.is_contiguous() and q.wt.shape == (64, 64)  # K-major: one row per input channel
         eff[use] = strat.summary()["sparsity"]
         strat.detach()
         for k, v in m.state_dict().items():
@@ -111,6 +118,11 @@ def test_per_token_fast_path_equals_the_masked_rule(name, tok):
     torch.testing.assert_close(got[True][1], got[False][1], atol=1e-4, rtol=1e-4)
     assert eff[True]["effective"] == eff[False]["effective"] > 0.2
     assert eff[True]["achieved"] == eff[False]["achieved"]
+    assert eff[True]["effective_model"] == eff[False]["effective_model"]
+    if name == "teal_published":  # its attention inputs are thresholded too: over all seven projections it skips
+        assert eff[True]["effective_model"] > 0.2    # a share of their reads; an FFN-only method's is the FFN's share
+    else:
+        assert eff[True]["effective_model"] < eff[True]["effective"]
 
 
 def test_generate_inside_decoding_equals_generate():

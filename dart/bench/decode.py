@@ -37,13 +37,15 @@ from typing import Any
 import torch
 
 from dart.bench.lean import LeanDecoder
-from dart.compose import build_strategy
+from dart.compose import build_strategy, options
+from dart.errors import choice_error
 from dart.engine.overhead import state_bytes
 
 MODES = ("dense", "masked", "compacted", "shared", "sparse")  # compacted at batch > 1: the rows' union (mode "union");
 # shared: one kept set for the batch (batch > 1 only); sparse: the per-token methods of `sparse_methods`
 LOOPS = ("lean", "lean_torch", "hf", "compiled")  # compiled: the lean loop with its steady steps through torch.compile
 SPARSE_METHODS = ("teal", "wina", "cats")
+COMPACT_METHODS = ("static_prompt",)  # mode compacted's whole-sequence methods, by default
 
 
 def sync(device: torch.device) -> None:
@@ -88,15 +90,32 @@ def prompt_ids(tokenizer, batch: int, tokens: int, device) -> torch.Tensor:
 
 
 def bench_strategy(mode: str, sparsity: float, method: str = "static_prompt"):
+    """The strategy one row runs: `method` is a strategy (conf/strategy) or a variant (conf/variant, e.g.
+    static_prompt_prior: a strategy with knobs), at the bench's sparsity."""
     if mode == "dense":
         return None
+    variant = () if method in options("strategy") else (f"+variant={method}",)
+    if variant and method not in options("variant"):
+        raise choice_error("bench method", method, sorted(set(options("strategy")) | set(options("variant"))))
+    base = _variant_strategy(method) if variant else method
     if mode == "sparse":  # a per-token method (the prompt dense, every decode step its own inputs)
-        return build_strategy(method, sparsity=sparsity)
+        return build_strategy(base, sparsity=sparsity, overrides=variant)
     # compacted: a single sequence's kept prefix, or a batch's union (forced: the bench measures the union even
     # where execution=auto would run the batch masked, and reports whether it would); shared: one kept set for the
-    # batch (strategy.batch_mask=shared), compacted once, no per-row mask inside it
-    return build_strategy("static_prompt", sparsity=sparsity, execution="masked" if mode == "masked" else "compact",
-                          masking_step=1, batch_mask="shared" if mode == "shared" else "per_row")
+    # batch (strategy.batch_mask=shared), compacted once, no per-row mask inside it. static_prompt builds its mask at
+    # the first decode step (masking_step 1); another whole-sequence method runs as its config says (DART re-traces).
+    execution = "masked" if mode == "masked" else "compact"
+    if method == "static_prompt":
+        return build_strategy("static_prompt", sparsity=sparsity, execution=execution, masking_step=1,
+                              batch_mask="shared" if mode == "shared" else "per_row")
+    return build_strategy(base, sparsity=sparsity, overrides=variant, execution=execution)
+
+
+def _variant_strategy(variant: str) -> str:
+    """The strategy a variant selects."""
+    from dart.compose import compose
+
+    return str(compose([f"+variant={variant}"]).strategy.name)
 
 
 def row_mode(mode: str, batch: int) -> str:
@@ -162,6 +181,10 @@ def sparse_methods(cfg) -> list[str]:
     return list(cfg.get("sparse_methods") or SPARSE_METHODS)
 
 
+def compact_methods(cfg) -> list[str]:
+    return list(cfg.get("compact_methods") or COMPACT_METHODS)
+
+
 def configs(cfg, B: int, loops: list[str]) -> list[tuple[str, str, float, str]]:
     """(loop, mode, sparsity, method) of one batch size (shared is a batch's mode: at batch 1 it is `compacted`;
     sparse: one per per-token method, at batch 1, not in the compiled loop)."""
@@ -170,7 +193,8 @@ def configs(cfg, B: int, loops: list[str]) -> list[tuple[str, str, float, str]]:
         for mode in cfg.modes:
             if (mode == "shared" and B == 1) or (mode == "sparse" and (loop == "compiled" or B > 1)):
                 continue
-            methods = ["dense"] if mode == "dense" else (sparse_methods(cfg) if mode == "sparse" else ["static_prompt"])
+            methods = (["dense"] if mode == "dense" else sparse_methods(cfg) if mode == "sparse"
+                       else compact_methods(cfg) if mode == "compacted" and B == 1 else ["static_prompt"])
             out += [(loop, mode, float(sp), m) for m in methods for sp in ([0.0] if mode == "dense" else cfg.sparsities)]
     return out
 

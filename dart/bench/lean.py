@@ -102,7 +102,10 @@ class LeanDecoder:
         self.cos, self.sin = cos[0].to(w.dtype), sin[0].to(w.dtype)
         self.max_len = max_len
         self.monitored = set(controller.monitored) if controller is not None else set()
-        self.qkv = [fuse_qkv(layer.self_attn) for layer in self.layers]
+        # TEAL as published sparsifies q, k, v and o itself (dart.strategies.per_token_attention): its projections
+        # run as modules, unfused
+        self.sparse_attention = per_token is not None and per_token.attention is not None
+        self.qkv = None if self.sparse_attention else [fuse_qkv(layer.self_attn) for layer in self.layers]
         # a model without an engine: its FFNs through the engine's functions, i.e. the kernels (the module's own
         # Linear layers would run torch's products)
         self.plain = None
@@ -124,9 +127,19 @@ class LeanDecoder:
             dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
             self._step = torch.compile(self._compiled_step, dynamic=False, mode=compile_mode)
 
+    def _qkv_flat(self, l: int, h: torch.Tensor) -> torch.Tensor:
+        """q, k and v side by side: one fused GEMV, or the three sparse-input projections of TEAL as published."""
+        if self.qkv is None:
+            a = self.layers[l].self_attn
+            return torch.cat([a.q_proj(h), a.k_proj(h), a.v_proj(h)], dim=-1)
+        return kernels.linear(h, *self.qkv[l])
+
+    def _o(self, attn, o: torch.Tensor) -> torch.Tensor:
+        return attn.o_proj(o) if self.sparse_attention else kernels.linear(o, attn.o_proj.weight, attn.o_proj.bias)
+
     def _qkv(self, l: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, _ = h.shape
-        qkv = kernels.linear(h, *self.qkv[l])
+        qkv = self._qkv_flat(l, h)
         nq, nk = self.H * self.hd, self.Hkv * self.hd
         return (qkv[..., :nq].view(B, T, self.H, self.hd), qkv[..., nq:nq + nk].view(B, T, self.Hkv, self.hd),
                 qkv[..., nq + nk:].view(B, T, self.Hkv, self.hd))
@@ -157,10 +170,10 @@ class LeanDecoder:
     def _attention(self, l: int, attn, h: torch.Tensor, pos: int) -> torch.Tensor:
         B, T, _ = h.shape
         if T == 1 and not hasattr(attn, "q_norm") and kernels.fits(h):  # a decode step: rope to values in one call
-            qkv = kernels.linear(h.view(B, -1), *self.qkv[l])
+            qkv = self._qkv_flat(l, h.view(B, -1))
             o = kernels.ext().attend(qkv, self.k[l], self.v[l], pos, self.cos, self.sin, self.H, self.Hkv,
                                      self.hd ** -0.5)
-            return kernels.linear(o.view(B, 1, -1), attn.o_proj.weight, attn.o_proj.bias)
+            return self._o(attn, o.view(B, 1, -1))
         q, k, v = self._qkv(l, h)
         if hasattr(attn, "q_norm"):  # qwen3
             q, k = attn.q_norm(q), attn.k_norm(k)
@@ -180,7 +193,7 @@ class LeanDecoder:
         else:  # a chunk after cached tokens: causal with an offset
             mask = torch.ones(T, pos + T, dtype=torch.bool, device=h.device).tril(pos)
             o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
-        return kernels.linear(o.transpose(1, 2).reshape(B, T, self.H * self.hd), attn.o_proj.weight, attn.o_proj.bias)
+        return self._o(attn, o.transpose(1, 2).reshape(B, T, self.H * self.hd))
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, pos: int, last_only: bool = True) -> torch.Tensor:

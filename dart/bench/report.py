@@ -156,12 +156,13 @@ def plot(res: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, 2 if multi else 1, figsize=(11 if multi else 6, 4))
     ax = axes[0] if multi else axes
     for loop in dict.fromkeys(r["loop"] for r in rows):
-        for mode, method in [("masked", "static_prompt"), ("compacted", "static_prompt"), ("union", "static_prompt")] + [
-                ("sparse", m) for m in dict.fromkeys(r.get("method") for r in rows if r["mode"] == "sparse")]:
+        for mode, method in dict.fromkeys((r["mode"], r.get("method") or "static_prompt") for r in rows
+                                          if r["mode"] != "dense"):
             pts = sorted((r["sparsity"], r["speedup"]) for r in rows
-                         if r["loop"] == loop and r["mode"] == mode and r.get("method", method) == method and r["speedup"])
-            if pts:
-                label = f"{method} ({loop} loop)" if mode == "sparse" else f"{mode} ({loop} loop)"
+                         if r["loop"] == loop and r["mode"] == mode and (r.get("method") or "static_prompt") == method
+                         and r["speedup"])
+            if pts:  # static_prompt's rows are named by their execution; every other method by its name
+                label = f"{mode} ({loop} loop)" if method == "static_prompt" else f"{method} ({loop} loop)"
                 ax.plot([0.0] + [p[0] for p in pts], [1.0] + [p[1] for p in pts], marker="^" if mode == "sparse" else "o",
                         linestyle=":" if mode == "masked" else ("-." if mode == "sparse" else "-"), label=label)
     s = np.linspace(0, 0.9, 50)

@@ -17,7 +17,7 @@ def __getattr__(name):  # engine-backed strategies import torch-heavy modules on
         from dart.strategies import calibrated
 
         return calibrated.Static
-    if name in ("Cats", "Teal", "Wina"):
+    if name in ("Cats", "Teal", "TealPublished", "Wina"):
         from dart.strategies import per_token
 
         return getattr(per_token, name)

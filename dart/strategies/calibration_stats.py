@@ -7,7 +7,8 @@ statistics a baseline needs are collected in fp32:
   the down projection), so ||a_j|| = sqrt(act_sq_j);
 - `values[name]`: per layer a sample of |.| of one FFN quantity: `gate` |g| (g = act(gate x) for gated FFNs, act(fc
   x) for plain ones: what CATS thresholds), `input` |x| (the FFN's input) and `down` |a| (the down projection's
-  input: what TEAL thresholds).
+  input: what TEAL thresholds); for TEAL as published (Llama-family attention) also `attn_in` (the input of q, k and
+  v) and `attn_out` (the input of o).
 
 The text is tokenized without special tokens (as the evaluations tokenize theirs), cut to exactly `tokens` tokens
 and split into consecutive sequences of `seq_len` (the last one shorter when `seq_len` does not divide `tokens`),
@@ -32,7 +33,8 @@ from dart.errors import ConfigError, choice_error
 SCORES = ("act_norm", "wanda", "weight")
 
 
-VALUES = ("gate", "input", "down")
+VALUES = ("gate", "input", "down", "attn_in", "attn_out")
+ATTENTION_VALUES = ("attn_in", "attn_out")  # hooked on the attention projections (Llama family)
 
 
 @dataclasses.dataclass
@@ -146,10 +148,24 @@ def calibrate(model, sequences: Sequence[torch.Tensor], norms: bool = False, gat
     device = weights[0].w_down_t.device
     act_sq = torch.zeros(L, I, dtype=torch.float32, device=device) if norms else None
     lengths = [s.numel() for s in sequences]
-    counts = {v: sample_counts(lengths, D if v == "input" else I, sample) for v in values}
+    attn = {}
+    if any(v in ATTENTION_VALUES for v in values):
+        from dart.strategies.teal_block import attention_linears, check_supported
+
+        check_supported(model)
+        attn = [attention_linears(layer) for layer in layers]
+    widths = {"gate": I, "input": D, "down": I, "attn_in": D, "attn_out": attn[0]["o"].in_features if attn else 0}
+    counts = {v: sample_counts(lengths, widths[v], sample) for v in values}
     parts: dict[str, list[list[torch.Tensor]]] = {v: [[] for _ in range(L)] for v in values}
     gen = torch.Generator(device=device).manual_seed(int(seed))
     current = {"seq": 0}
+
+    def keep(name: str, l: int, t: torch.Tensor) -> None:
+        got = t.reshape(-1).abs().float().to(device)
+        n = counts[name][current["seq"]]
+        if n < got.numel():
+            got = got[torch.randint(got.numel(), (n,), generator=gen, device=device)]
+        parts[name][l].append(got)
 
     def hook(l: int):
         def fn(module, args, kwargs):
@@ -158,17 +174,20 @@ def calibrate(model, sequences: Sequence[torch.Tensor], norms: bool = False, gat
             if act_sq is not None:  # (a layer on another device than the first: its sums moved, once per pass)
                 act_sq[l] += a.float().square().reshape(-1, I).sum(dim=0).to(device)
             for name, t in (("gate", g), ("input", x), ("down", a)):
-                if name not in counts:
-                    continue
-                got = t.reshape(-1).abs().float().to(device)
-                n = counts[name][current["seq"]]
-                if n < got.numel():
-                    got = got[torch.randint(got.numel(), (n,), generator=gen, device=device)]
-                parts[name][l].append(got)
+                if name in counts:
+                    keep(name, l, t)
             return None
         return fn
 
+    def attn_hook(name: str, l: int):
+        def fn(module, args):
+            keep(name, l, args[0])
+        return fn
+
     handles = [adapter.ffn(layer).register_forward_pre_hook(hook(l), with_kwargs=True) for l, layer in enumerate(layers)]
+    for name, proj in (("attn_in", "q"), ("attn_out", "o")):
+        if name in counts:
+            handles += [attn[l][proj].register_forward_pre_hook(attn_hook(name, l)) for l in range(L)]
     try:
         with phase(f"calibration ({sum(lengths)} tokens of dense forwards)", len(sequences), unit="sequence") as step:
             for i, ids in enumerate(sequences):
@@ -224,7 +243,23 @@ def quantile_threshold(values: torch.Tensor, sparsity: float) -> torch.Tensor:
     inputs above 2^24 elements) and no interpolation, so t is one of the values themselves and stays exact when
     compared in the model's dtype."""
     v = values.reshape(-1).float()
-    k = math.floor(float(sparsity) * v.numel() + 1e-9)
+    k = order_index(v.numel(), sparsity)
     if k <= 0:
         return torch.zeros((), dtype=torch.float32, device=v.device)
+    if k >= v.numel():
+        return torch.full((), float("inf"), dtype=torch.float32, device=v.device)
     return v.kthvalue(k + 1).values
+
+
+def order_index(n: int, sparsity: float) -> int:
+    """k = floor(sparsity n): how many of n values a threshold at `sparsity` puts below it (quantile_threshold's rule;
+    sparsity >= 1: all of them, the threshold +inf)."""
+    return math.floor(float(sparsity) * n + 1e-9)
+
+
+def sorted_threshold(sorted_values: torch.Tensor, sparsity: float) -> float:
+    """quantile_threshold of values already sorted ascending (fp32), as a float: the (k+1)-th smallest, 0 for k = 0,
+    +inf for k >= n. TEAL's greedy asks for thousands of thresholds of one layer; a sort once, then an index."""
+    n = sorted_values.numel()
+    k = order_index(n, sparsity)
+    return 0.0 if k <= 0 else (float("inf") if k >= n else float(sorted_values[k]))

@@ -6,6 +6,11 @@ prompt mask and no detector.
 - TEAL (Liu et al., ICLR 2025), FFN part: a threshold per layer on the FFN input |x| (shared by gate and up, as TEAL's
   uniform allocation) and one on the down projection's input |a|, each the `sparsity` quantile of its calibration
   values: x' = x * [|x| >= t_in], a = act(gate x') * up x', out = down(a * [|a| >= t_down]).
+- TEAL as published (`teal_published`): the inputs of all seven projections (q, k and v share one input, each its
+  own threshold; o; gate and up share one; down), with per-layer sparsities from TEAL's greedy allocation on the
+  calibration text (dart.strategies.teal_greedy, dart.strategies.teal_block), `sparsity` being TEAL's model-wide
+  target (the parameter-weighted mean over a block's seven projections); the attention projections through
+  dart.strategies.per_token_attention.
 - WINA (arXiv 2505.19427, 2025): per token, the top k = floor((1 - sparsity) n) inputs of each projection by |x_i|
   times the L2 norm of the weight column that consumes input i (gate's and up's own columns, so their masks differ;
   down: the column of W_down neuron j feeds); no calibration, no orthogonalising transform.
@@ -26,16 +31,18 @@ each input). `achieved`: the zeroed fraction of what the method thresholds (CATS
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any
 
 import torch
 
 from dart.config_checks import check_sparsity
+from dart.errors import ConfigError
 from dart.engine.adapters import adapter_for
 from dart.strategies.base import Strategy
 from dart.strategies.per_token_engine import PerTokenEngine
-from dart.strategies.per_token_rules import CatsRule, Rule, TealRule, WinaRule
+from dart.strategies.per_token_rules import CatsRule, Rule, TealPublishedRule, TealRule, WinaRule
 
 
 # ------------------------------------------------------------------------------------------------ the strategies
@@ -104,8 +111,11 @@ class PerTokenStrategy(Strategy):
             "sparsity": {"target": self.sparsity, "achieved": m["achieved"], "effective": m["effective"],
                          "effective_prefill": 0.0, "tokens": m["tokens"],
                          "unit": "FFN weight reads skipped (a sparse kernel's)", "execution": self.execution,
+                         "effective_model": m["effective_model"],
+                         "unit_model": "attention (q, k, v, o) and FFN weight reads skipped (TEAL's model-wide figure)",
                          "per_layer": {"target": [self.sparsity] * self.engine.L, "achieved": m["per_layer_achieved"],
-                                       "effective": m["per_layer_effective"]}},
+                                       "effective": m["per_layer_effective"],
+                                       "effective_model": m["per_layer_effective_model"]}},
             "overhead": m["overhead"],
         }
 
@@ -175,6 +185,81 @@ class Teal(PerTokenStrategy):
                                  "thresholds_input": read[0], "thresholds_down": read[1]}
         on = lambda ts: [x.to(w.w_down_t.device, dtype) for x, w in zip(ts, weights)]  # noqa: E731  (exact casts)
         return TealRule(on(t["input"]), on(t["down"]))
+
+
+class TealPublished(PerTokenStrategy):
+    """TEAL as its code runs it: all seven projections, TEAL's greedy per-layer allocation (see the module)."""
+
+    name = "teal_published"
+
+    def __init__(self, name: str, sparsity: float, ranking: str, prompt: str, calibration: dict | None = None,
+                 greedy: dict | None = None):
+        from dart.strategies.teal_greedy import GreedySpec
+
+        super().__init__(name=name, sparsity=sparsity, ranking=ranking, prompt=prompt, calibration=calibration)
+        self.greedy = GreedySpec.from_dict(greedy)
+        if self.sparsity > self.greedy.until:
+            raise ConfigError(f"strategy.sparsity={self.sparsity} is above strategy.greedy.until={self.greedy.until}, "
+                              "where TEAL's greedy trajectory stops; allowed: sparsity <= until")
+
+    def make_rule(self, model, tokenizer) -> Rule:
+        from dart.strategies.calibration_stats import calibrate, calibrated, sorted_threshold
+        from dart.strategies.teal_block import allocate, check_supported
+        from dart.strategies.teal_greedy import INPUT_OF, PROJECTIONS
+        from dart.progress import phase
+
+        check_supported(model)
+        spec, g = self.calibration, self.greedy
+        seqs = spec.sequences(tokenizer)
+        batch = [s for s in seqs[:g.sequences] if s.numel() == seqs[0].numel()]
+        if len(batch) < g.sequences:
+            raise ConfigError(f"strategy.greedy.sequences={g.sequences}: the calibration holds {len(batch)} full "
+                              f"sequences of {seqs[0].numel()} tokens; allowed: 1..{len(batch)}")
+
+        def compute() -> dict:
+            cal = calibrate(model, seqs, values=tuple(dict.fromkeys(INPUT_OF.values())), sample=spec.sample,
+                            seed=spec.seed)
+            ordered = {k: [v.sort().values for v in vs] for k, vs in cal.values.items()}
+            th = lambda l, p, s: sorted_threshold(ordered[INPUT_OF[p]][l], s)  # noqa: E731
+            ids = torch.stack(batch).to(next(model.parameters()).device)
+            L = len(model.model.layers)
+            with phase(f"TEAL's greedy allocation ({ids.numel()} tokens, up to {g.until:.0%})", L, unit="layer") as step:
+                rows = allocate(model, ids, th, g.step, g.until, g.last_fraction, progress=step)
+            return {"rows": [torch.tensor([[r["sparsity"], r["error"]] + [r[p] for p in PROJECTIONS] for r in rs],
+                                          dtype=torch.float64) for rs in rows],
+                    "thresholds": [torch.tensor([[th(l, p, r[p]) for p in PROJECTIONS] for r in rs], dtype=torch.float32)
+                                   for l, rs in enumerate(rows)],
+                    "tokens": cal.tokens, "greedy_tokens": ids.numel()}
+
+        got = calibrated(model, seqs, "teal_published", {"sample": spec.sample, "seed": spec.seed,
+                                                         **dataclasses.asdict(g)}, compute)
+        picked = [pick_row(r.tolist(), self.sparsity) for r in got["rows"]]  # one read per layer, at attach
+        t = {p: [] for p in PROJECTIONS}
+        weights = adapter_for(model).all_weights(model)
+        for l, (i, w) in enumerate(zip(picked, weights)):
+            row = got["thresholds"][l][i] if i is not None else torch.zeros(len(PROJECTIONS))
+            for j, p in enumerate(PROJECTIONS):  # each threshold is a calibration value (or 0, inf): exact casts
+                t[p].append(row[j].to(w.w_down_t.device, w.w_down_t.dtype))
+        rows = [got["rows"][l][i].tolist() if i is not None else [0.0] * (2 + len(PROJECTIONS))
+                for l, i in enumerate(picked)]
+        self.calibration_info = {
+            "source": spec.source, "tokens": got["tokens"], "seq_len": spec.seq_len, "seed": spec.seed,
+            "greedy": {**dataclasses.asdict(g), "tokens": got["greedy_tokens"]},
+            "weighted_sparsity": [r[0] for r in rows], "block_error": [r[1] for r in rows],
+            "sparsities": {p: [r[2 + j] for r in rows] for j, p in enumerate(PROJECTIONS)},
+            "thresholds": {p: [float(x) if math.isfinite(float(x)) else None for x in t[p]] for p in PROJECTIONS}}  # None: +inf, every input zeroed
+        return TealPublishedRule(t)
+
+
+def pick_row(rows: list[list[float]], target: float) -> int | None:
+    """The index of the trajectory row (weighted sparsity first) TEAL's lookup takes for `target`
+    (dart.strategies.teal_greedy.pick); None (every projection dense) at 0."""
+    from dart.strategies.teal_greedy import pick
+
+    if target <= 0.0 or not rows:
+        return None
+    chosen = pick([{"sparsity": r[0], "i": i} for i, r in enumerate(rows)], target)
+    return int(chosen["i"])
 
 
 class Wina(PerTokenStrategy):

@@ -1,7 +1,8 @@
 """The per-token engine: every decoder layer's FFN replaced by one that applies a per-token rule
 (dart.strategies.per_token_rules) to every token of a sparse forward, counting what it zeroed and skipped on the
 device. A request's prompt runs dense (strategy.prompt=dense); decoding with the CPU kernels on runs each rule's fast
-path on weights laid out K-major once, in place.
+path on weights laid out K-major once, in place. A rule with attention thresholds (TEAL as published) also has every
+layer's q, k, v and o projections replaced while attached (dart.strategies.per_token_attention), counted apart.
 """
 from __future__ import annotations
 
@@ -77,16 +78,29 @@ class PerTokenEngine:
         self._valid: torch.Tensor | None = None  # (B, T) fp32 of the running forward, None = every token
         self._valid_on: dict = {}
         self.patch = Patch(model, self.adapter, self.layers, self.ffns, "per_token", self)
+        self.attention: list[dict] | None = None  # per layer {q, k, v, o: SparseInputLinear} while attached
+        self.attn_skipped = [torch.zeros((), dtype=torch.float64, device=d) for d in self.devices]
 
     def attach(self) -> "PerTokenEngine":
+        from dart.strategies import per_token_attention
+
         self.patch.apply(begin=self._begin)  # dart.engine.patch.attached(model, "per_token") finds it from here on
+        if getattr(self.rule, "attn_t", None) is not None:
+            self.attention = [per_token_attention.install(self.adapter.attention(layer), l, self)
+                              for l, layer in enumerate(self.layers)]
         return self
 
     @torch.no_grad()
     def detach(self) -> None:
         from dart.runtime import release_memory
 
+        from dart.strategies import per_token_attention
+
         self.patch.undo()
+        if self.attention is not None:
+            for layer, wrappers in zip(self.layers, self.attention):
+                per_token_attention.remove(self.adapter.attention(layer), wrappers)
+            self.attention = None
         if any(f.kmajor for f in self.ffns):  # the K-major copies are freed: their memory back to the system
             for f in self.ffns:
                 f.w, f.kmajor = None, False
@@ -99,6 +113,9 @@ class PerTokenEngine:
 
         for f in self.ffns:
             f.lay_out()
+        for wrappers in self.attention or []:
+            for w in wrappers.values():
+                w.lay_out()
         release_memory()  # the row-major copies just freed
 
     def paused(self):
@@ -138,25 +155,49 @@ class PerTokenEngine:
             self.prompt_tokens += n
 
     def count(self, layer: int, zeroed: torch.Tensor, skipped: torch.Tensor) -> None:
-        """Add a forward's (B, T) counts of one layer over its evaluated tokens (on the device: no host sync)."""
-        valid = self._valid
-        if valid is not None and valid.device != zeroed.device:  # a layer on another device: the mask moved once
-            valid = self._valid_on.get(zeroed.device)
-            if valid is None:
-                valid = self._valid_on[zeroed.device] = self._valid.to(zeroed.device)
+        """Add a forward's (B, T) counts of one layer's FFN over its evaluated tokens (on the device: no host sync)."""
         for acc, v in ((self.zeros, zeroed), (self.skipped, skipped)):
-            acc[layer] += v.sum(dtype=torch.float64) if valid is None else (v * valid).sum(dtype=torch.float64)
+            acc[layer] += self._sum(v)
+
+    def count_attention(self, layer: int, skipped: torch.Tensor) -> None:
+        """Add a forward's (B, T) count of attention weights one projection of one layer skipped."""
+        self.attn_skipped[layer] += self._sum(skipped)
+
+    def _sum(self, v: torch.Tensor) -> torch.Tensor:
+        """The sum of a (B, T) count over the forward's evaluated (non-padding) tokens, in fp64."""
+        valid = self._valid
+        if valid is not None and valid.device != v.device:  # a layer on another device: the mask moved once
+            valid = self._valid_on.get(v.device)
+            if valid is None:
+                valid = self._valid_on[v.device] = self._valid.to(v.device)
+        return v.sum(dtype=torch.float64) if valid is None else (v * valid).sum(dtype=torch.float64)
+
+    def _attention_weights(self) -> int:
+        """One layer's q, k, v and o weights (the attention projections every method here reads per token)."""
+        from dart.strategies.per_token_attention import ATTENTION
+
+        attn = self.adapter.attention(self.layers[0])
+        mods = [getattr(attn, f"{p}_proj", None) for p in ATTENTION]
+        if any(m is None for m in mods):  # another architecture's attention: the FFN alone
+            return 0
+        return sum(m.in_features * m.out_features for m in mods)
 
     def measure(self) -> dict:
         """results.json "sparsity" and "overhead" (one device read)."""
         from dart.engine.overhead import model_flops_per_token
 
         values = torch.stack([self.tokens, self.prompt_tokens]
-                             + [z.to(self.device) for z in self.zeros + self.skipped]).tolist()
-        n, prompt, zeros, skipped = values[0], values[1], values[2:self.L + 2], values[self.L + 2:]
+                             + [z.to(self.device) for z in self.zeros + self.skipped + self.attn_skipped]).tolist()
+        L = self.L
+        n, prompt, zeros = values[0], values[1], values[2:L + 2]
+        skipped, attn_skipped = values[L + 2:2 * L + 2], values[2 * L + 2:]
         w = self.ffns[0].w
         achieved = [z / (n * self.rule.units(w)) for z in zeros] if n else None
         effective = [s / (n * w_elements(w)) for s in skipped] if n else None
+        # over all seven projections' weight reads (attention and FFN: TEAL's model-wide figure)
+        attn_w = self._attention_weights()
+        effective_model = ([(s + a) / (n * (w_elements(w) + attn_w)) for s, a in zip(skipped, attn_skipped)]
+                         if n else None)
         per_token = model_flops_per_token(self.model)
         D = w.w_down_t.shape[1]
         # per token and layer: |x| (or a score), the comparison, the select of each thresholded input; counting
@@ -165,6 +206,8 @@ class PerTokenEngine:
         return {
             "achieved": None if achieved is None else sum(achieved) / self.L, "per_layer_achieved": achieved,
             "effective": None if effective is None else sum(effective) / self.L, "per_layer_effective": effective,
+            "effective_model": None if effective_model is None else sum(effective_model) / self.L,
+            "per_layer_effective_model": effective_model,
             "tokens": {"prompt": prompt, "sparse": n},
             "overhead": {
                 "state_bytes": sum(state.values()), "state_breakdown": state,

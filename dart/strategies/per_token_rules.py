@@ -125,6 +125,38 @@ class TealRule(Rule):
         return out, skipped, skipped
 
 
+class TealPublishedRule(Rule):
+    """TEAL as published (dart.strategies.per_token.TealPublished): a threshold per layer for each of gate, up and
+    down here, and for q, k, v and o in the attention wrappers (dart.strategies.per_token_attention), which read
+    `attn_t` (0-d, the model's dtype) and `attn_ft` (floats, as the kernels take them)."""
+
+    name = "teal_published"
+
+    def __init__(self, t: dict[str, list[torch.Tensor]]):
+        self.t = t  # per projection (q, k, v, o, gate, up, down), per layer: 0-d in the model's dtype on its device
+        self.ft = {p: [float(x) for x in v] for p, v in t.items()}
+        self.attn_t = {p: t[p] for p in ("q", "k", "v", "o")}
+        self.attn_ft = {p: self.ft[p] for p in ("q", "k", "v", "o")}
+
+    def forward(self, l, w, x):
+        I, D = w.w_in[0].shape
+        xg = torch.where(x.abs() >= self.t["gate"][l], x, 0.0)
+        xu = torch.where(x.abs() >= self.t["up"][l], x, 0.0)
+        a = w.act(F.linear(xg, w.w_in[0], w.b_in[0])) * F.linear(xu, w.w_in[1], w.b_in[1])
+        a = torch.where(a.abs() >= self.t["down"][l], a, 0.0)
+        skipped = ((xg == 0).sum(dim=-1) + (xu == 0).sum(dim=-1)) * I + (a == 0).sum(dim=-1) * D
+        return _down(w, a), skipped, skipped
+
+    def fast(self, l, w, x):
+        I, D = w.w_in[0].shape
+        xg = torch.where(x.abs() >= self.t["gate"][l], x, 0.0)  # gate and up: each its own threshold, then the
+        xu = torch.where(x.abs() >= self.t["up"][l], x, 0.0)    # kernel skips the zeros (as WINA's)
+        a, n = kernels.sparse_gated(xg, xu, 0.0, w.w_in[0].t(), w.w_in[1].t(), w.act)
+        out, n_down = kernels.sparse_linear(a, w.w_down_t, self.ft["down"][l])
+        skipped = (2 * D - n[0].long() - n[1].long()) * I + (I - n_down.long()) * D
+        return out, skipped, skipped
+
+
 class WinaRule(Rule):
     name = "wina"
 

@@ -31,6 +31,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", metavar="NAMES", default=None,
                    help="comma-separated names of the tables (e.g. across_models, matched_switch) and figures (file "
                         "stems, e.g. pareto_switch) to write; default: every one that applies")
+    p.add_argument("--speed", type=Path, metavar="BENCH",
+                   help="a bench of every method (python -m dart.bench --config-name bench_methods: its out folder or "
+                        "bench.json): eval=switch's KL beside each method's measured decode speed-up, a pick table "
+                        "and the figure speed_kl (dart.tables.speed)")
     p.add_argument("--block", metavar="NAME", default=None,
                    help="with --readme: the block named NAME ('<!-- dart.tables:begin NAME -->' ... "
                         "'<!-- dart.tables:end NAME -->'), so that one page holds several generated blocks")
@@ -93,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             collection = collect_folders(args.folders)
             out = out or Path(args.folders[0]) / "tables"
         only = {s.strip() for s in args.only.split(",") if s.strip()} if args.only else None
-        report = make_report(collection, out, metric=args.metric, figures=not args.no_plots, only=only)
+        report = make_report(collection, out, metric=args.metric, figures=not args.no_plots, only=only,
+                             speed=args.speed)
         if args.readme is not None:
             write_readme(args.readme, report.markdown, out,
                          "python -m dart.tables " + " ".join(sys.argv[1:] if argv is None else argv), args.block)

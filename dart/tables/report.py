@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dart.errors import ConfigError
 from dart.tables import across, build, controls, decomposition, detector, pareto, plots, summary_gaps
+from dart.tables import speed as speed_tables
 from dart.tables.collect import Collection, dedupe
 from dart.tables.labels import assign_labels
 from dart.tables.render import Table, to_latex, to_markdown
@@ -33,8 +34,9 @@ def label(collection: Collection) -> list:
 
 
 def make_report(collection: Collection, out: Path, metric: str = "acc", figures: bool = True,
-                only: set[str] | None = None) -> Report:
-    """only: the names of the tables (Table.name) and figures (file stems) to keep; None: all."""
+                only: set[str] | None = None, speed: Path | None = None) -> Report:
+    """only: the names of the tables (Table.name) and figures (file stems) to keep; None: all. speed: a bench of
+    every method (dart.bench, bench_methods) to set eval=switch's quality beside (dart.tables.speed)."""
     records, notes = dedupe(label(collection))
     notes = list(collection.notes) + notes
     if not records:
@@ -74,6 +76,13 @@ def make_report(collection: Collection, out: Path, metric: str = "acc", figures:
             if kind == "switch" and across.applies(group):
                 compared = across.table(group)
                 tables += [compared] if compared is not None else []
+            if kind == "switch" and speed is not None:
+                bench = speed_tables.load_bench(speed)
+                pts, speed_notes = speed_tables.points(build.ordered(group), bench)
+                tables += [speed_tables.table(pts, speed_notes), speed_tables.pick_table(pts)]
+                if figures:
+                    figs.append(speed_tables.figure(pts, out / "speed_kl.png",
+                                                    f"{bench['config']['model']}: fidelity at measured decode speed"))
             if kind == "detector":
                 seen = detector.table(group)
                 tables += [seen] if seen is not None else []
