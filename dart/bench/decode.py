@@ -53,8 +53,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def weight_bytes_per_token(model, ffn_kept: float = 1.0) -> dict[str, float]:
-    """Weight bytes one decode step reads: dense, and with a fraction ffn_kept of every FFN's neurons."""
+def weight_bytes_per_token(model, ffn_kept: float = 1.0, attn_kept: float = 1.0) -> dict[str, float]:
+    """Weight bytes one decode step reads: dense, and with a fraction ffn_kept of every FFN's weights (and attn_kept
+    of the attention projections', for TEAL as published)."""
     from dart.engine.adapters import adapter_for
 
     emb = model.get_input_embeddings().weight
@@ -70,7 +71,11 @@ def weight_bytes_per_token(model, ffn_kept: float = 1.0) -> dict[str, float]:
         mod = ad.ffn(layer)
         mod = getattr(mod, "original", mod)
         ffn += sum(p.numel() * p.element_size() for p in mod.parameters() if p.dim() == 2)
-    pruned = dense - ffn * (1.0 - ffn_kept)
+    attn = 0
+    if attn_kept < 1.0:
+        for layer in ad.layers(model):
+            attn += sum(p.numel() * p.element_size() for p in ad.attention(layer).parameters() if p.dim() == 2)
+    pruned = dense - ffn * (1.0 - ffn_kept) - attn * (1.0 - attn_kept)
     return {"dense": float(dense), "ffn": float(ffn), "pruned": float(pruned), "limit": dense / pruned}
 
 
@@ -246,14 +251,16 @@ class _Run:
         self.prefill.append(p)
         self.decode.append(d)
         self.remask.append((ctrl.counts.build_seconds - b0) if ctrl is not None else 0.0)
-        kept, union_keep, ran = 1.0, 1.0, False
+        kept, union_keep, attn_kept, ran = 1.0, 1.0, 1.0, False
         if ctrl is not None:
             masks = ctrl.masks()  # (L, B, I), original order
             kept, union_keep, ran = float(masks.float().mean()), float(masks.any(dim=1).float().mean()), bool(ctrl.compacted)
         elif self.strat is not None:  # a per-token method: what its decode steps skipped (the prompt ran dense)
             sparsity = self.strat.summary()["sparsity"]
             kept = union_keep = 1.0 - float(sparsity["effective"] or 0.0)
-        self.info = {"kept": kept, "union_keep": union_keep, "ran": ran, "mem": peak_memory(self.device),
+            attn_kept = 1.0 - float(sparsity.get("effective_attention") or 0.0)
+        self.info = {"kept": kept, "union_keep": union_keep, "attn_kept": attn_kept, "ran": ran,
+                     "mem": peak_memory(self.device),
                      "state": state_bytes(ctrl)["total"] if ctrl is not None else 0}
 
 
@@ -319,7 +326,7 @@ def measure_batch(model, tokenizer, cfg, B: int, loops: list[str], device, progr
                "engine_state_bytes": info["state"], "loadavg_1m": load_start, "loadavg_1m_end": load_end,
                "interleaved": loop != "compiled", **info["mem"]}
         reads_less = mode in ("compacted", "shared", "sparse")
-        wb = weight_bytes_per_token(model, info["union_keep"])
+        wb = weight_bytes_per_token(model, info["union_keep"], info.get("attn_kept", 1.0))
         row["bytes_per_token"] = wb["pruned"] if reads_less else wb["dense"]  # weight bytes read per step
         row["bytes_bound_limit"] = wb["limit"]  # what the masks allow if run compacted (a batch: its union)
         row["bound"] = wb["limit"] if reads_less else 1.0  # dense bytes / the bytes this execution reads

@@ -111,7 +111,7 @@ class PerTokenStrategy(Strategy):
             "sparsity": {"target": self.sparsity, "achieved": m["achieved"], "effective": m["effective"],
                          "effective_prefill": 0.0, "tokens": m["tokens"],
                          "unit": "FFN weight reads skipped (a sparse kernel's)", "execution": self.execution,
-                         "effective_model": m["effective_model"],
+                         "effective_model": m["effective_model"], "effective_attention": m["effective_attention"],
                          "unit_model": "attention (q, k, v, o) and FFN weight reads skipped (TEAL's model-wide figure)",
                          "per_layer": {"target": [self.sparsity] * self.engine.L, "achieved": m["per_layer_achieved"],
                                        "effective": m["per_layer_effective"],

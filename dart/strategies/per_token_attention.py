@@ -24,7 +24,7 @@ ATTENTION = ("q", "k", "v", "o")
 class SparseInputLinear(nn.Module):
     def __init__(self, original: nn.Linear, layer: int, proj: str, engine):
         super().__init__()
-        object.__setattr__(self, "original", original)  # not a submodule: the model's parameters stay its own
+        self.original = original  # a submodule: the model's parameters (and their bytes) are still counted
         object.__setattr__(self, "_engine", engine)
         self.layer, self.proj = layer, proj
         self.in_features, self.out_features = original.in_features, original.out_features

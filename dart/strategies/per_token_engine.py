@@ -19,7 +19,7 @@ class PerTokenFFN(nn.Module):
 
     def __init__(self, original: nn.Module, weights, index: int, engine: "PerTokenEngine"):
         super().__init__()
-        self.original = original  # kept (not as a submodule) to restore on detach
+        self.original = original  # kept to restore on detach (a submodule: its parameters are the model's own)
         object.__setattr__(self, "_engine", engine)
         self.w = weights
         self.index = index
@@ -37,7 +37,9 @@ class PerTokenFFN(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self.__dict__["original"], name)
+            if name == "original":
+                raise
+            return getattr(super().__getattr__("original"), name)  # (a submodule: nn.Module keeps it in _modules)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         e = self._engine
@@ -198,6 +200,7 @@ class PerTokenEngine:
         attn_w = self._attention_weights()
         effective_model = ([(s + a) / (n * (w_elements(w) + attn_w)) for s, a in zip(skipped, attn_skipped)]
                          if n else None)
+        effective_attention = sum(attn_skipped) / (n * attn_w * L) if n and attn_w else None
         per_token = model_flops_per_token(self.model)
         D = w.w_down_t.shape[1]
         # per token and layer: |x| (or a score), the comparison, the select of each thresholded input; counting
@@ -207,7 +210,7 @@ class PerTokenEngine:
             "achieved": None if achieved is None else sum(achieved) / self.L, "per_layer_achieved": achieved,
             "effective": None if effective is None else sum(effective) / self.L, "per_layer_effective": effective,
             "effective_model": None if effective_model is None else sum(effective_model) / self.L,
-            "per_layer_effective_model": effective_model,
+            "per_layer_effective_model": effective_model, "effective_attention": effective_attention,
             "tokens": {"prompt": prompt, "sparse": n},
             "overhead": {
                 "state_bytes": sum(state.values()), "state_breakdown": state,
