@@ -124,8 +124,11 @@ def test_every_variant_composes_and_instantiates(variant):
         assert (strategy.name, cfg.sparsity) == (name, int(rest) / 100)
     elif variant == "dense":
         assert (strategy.name, cfg.sparsity) == ("dense", 0.0)
-    else:  # knobs that go together, on the strategy the variant names
-        assert strategy.name == re.search(r"override /strategy: (\w+)", text).group(1)
+    else:  # knobs that go together, on the strategy the variant names (or the variant it builds on names)
+        while (named := re.search(r"override /strategy: (\w+)", text)) is None:
+            base = re.search(r"^  - (\w+)$", text, re.M).group(1)
+            text = (CONF / "variant" / f"{base}.yaml").read_text()
+        assert strategy.name == named.group(1)
 
 
 def test_ten_grid_runs_dense_once_per_model():

@@ -778,3 +778,46 @@ def test_labels_name_only_what_differs_from_the_strategys_defaults():
                                                cfg("static_prompt", prior_mix=0.3)])]
     assert labels == ["DART 50%", "DART 50% (prior_mix=0.3)", "DART 50% (drift.min_margin=0.1)", "Static (prompt) 50%",
                       "Static (prompt) 50% (prior_mix=0.3)"]
+
+
+def test_speed_table_joins_runs_to_the_bench_and_picks_by_speed(tmp_path):
+    """dart.tables --speed: each switch run beside its method's measured batch-1 speed-up (a variant bench method
+    answers for its strategy; the prompt's mask with the prior for static_prompt_prior), dense added at KL 0, a run
+    without a bench row noted; the pick at 1.2x / 1.4x / 1.6x is the lowest two-topic KL among the methods at least
+    that fast."""
+    root = tmp_path / "sweep"
+    runs = {  # name: (overrides, two-topic KL, controls KL, effective)
+        "sp50": (("strategy=static_prompt", "sparsity=0.5"), 1.5, 0.8, 0.5),
+        "spp50": (("+variant=static_prompt_prior_50",), 1.2, 0.7, 0.5),
+        "teal50": (("strategy=teal", "sparsity=0.5"), 0.2, 0.15, 0.49),
+        "tp50": (("+variant=teal_published_cpu_50",), 0.3, 0.2, 0.55),
+        "dart50": (("strategy=dart", "sparsity=0.5"), 1.1, 0.9, 0.45),
+    }
+    for name, (ov, kl, kl_c, eff) in runs.items():
+        cfg = job_config("+experiment=switch_qwen_offline", *ov)
+        m = {"switch/switch/kl": kl, "switch/switch/kl_lo": kl - 0.05, "switch/switch/kl_hi": kl + 0.05,
+             "switch/control/kl": kl_c, "switch/control/kl_lo": kl_c - 0.05, "switch/control/kl_hi": kl_c + 0.05}
+        write_job(root, name, cfg, m, sparsity={"target": 0.5, "effective": eff, "effective_model": 0.5
+                                                if name == "tp50" else None})
+    rows = [{"batch": 1, "loop": "lean", "mode": mode, "method": meth, "sparsity": sp, "tokens_per_s": tps,
+             "speedup": su, "speedup_ci": [su - 0.05, su + 0.05]}
+            for mode, meth, sp, tps, su in (("dense", "dense", 0.0, 10.0, 1.0), ("compacted", "static_prompt", 0.5, 14.0, 1.4),
+                                            ("compacted", "static_prompt_prior", 0.5, 13.9, 1.39),
+                                            ("sparse", "teal", 0.5, 13.0, 1.3), ("sparse", "teal_published_cpu", 0.5, 12.5, 1.25),
+                                            ("compacted", "static_prompt", 0.7, 17.0, 1.7))]
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "bench.json").write_text(json.dumps({"config": {"model": "m", "dtype": "bfloat16"}, "rows": rows}))
+    rep = make_report(collect_folders([root]), tmp_path / "out", speed=bench, only={"speed", "speed_pick", "speed_kl"})
+    md = rep.markdown
+    assert md_row(md, "Dense")[5:7] == ["10.0", "1.00x"]
+    assert md_row(md, "Static (prompt) + prior")[6] == "1.39x [1.34, 1.44]"
+    tp = md_row(md, "TEAL (published)")
+    assert tp[2:5] == ["55.0", "50.0", "sparse"] and tp[7].startswith("0.300 [0.250, 0.350]")
+    assert md_row(md, "TEAL", "50.0")[6] == "1.30x [1.25, 1.35]"
+    assert "no bench row" in md and "DART 50%" in md  # dart was not benched
+    # 1.2x: TEAL (0.2 at 1.30x); 1.4x: only static_prompt 50% (1.40x) reaches it; 1.6x: none of the runs
+    assert md_row(md, "1.2x")[1:3] == ["TEAL 50.0%", "1.30x"]
+    assert md_row(md, "1.4x")[1:3] == ["Static (prompt) 50.0%", "1.40x"]
+    assert md_row(md, "1.6x")[1] == "none reaches it"
+    assert (tmp_path / "out" / "speed_kl.png").is_file()
