@@ -153,7 +153,8 @@ def print_run(results: dict, run_dir: Path | None = None) -> None:
         table.add_row(k, _fmt(v))
     sp = results.get("sparsity") or {}
     for key, label in (("target", "sparsity (target)"), ("achieved", "sparsity (achieved: the masks)"),
-                       ("effective", "sparsity (effective: skipped, decode)"), ("effective_prefill", "sparsity (effective, prefill)")):
+                       ("effective", "sparsity (effective: skipped, decode)"), ("effective_prefill", "sparsity (effective, prefill)"),
+                       ("effective_model", "sparsity (effective over attention + FFN)")):
         if sp.get(key) is not None and (key != "target" or sp.get("achieved") is not None):
             table.add_row(label, _fmt(sp[key]))
     drift = results.get("drift") or {}
