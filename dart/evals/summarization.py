@@ -14,6 +14,7 @@ article body -> lead section pairs (an offline stand-in, reported under its own 
 from __future__ import annotations
 
 import json
+import time
 
 from dart.errors import UnavailableError, choice_error
 from dart.evals.base import Evaluator
@@ -100,11 +101,13 @@ class Summarization(Evaluator):
         from dart.evals.generation import greedy
 
         log_before = len(self.ctx.strategy.drift_log()[1])
+        t0 = time.perf_counter()
         outs = greedy(self.ctx.model, self.ctx.tokenizer, [b["prompt"] for b in batch], self.max_new_tokens, self.ctx.device)
+        seconds = time.perf_counter() - t0  # the batch's generation, prefill included (outs are host lists: synced)
         new = self.ctx.strategy.drift_log()[1][log_before:]  # one generate call: one request, its rows 0..B-1
         texts = [self.ctx.tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
         return [dict(b, prediction=t, new_tokens=len(o), triggers=sum(int(e.get("row", 0)) == i for e in new),
-                     prompt_tokens=len(b["prompt"]))
+                     prompt_tokens=len(b["prompt"]), batch_seconds=seconds if i == 0 else 0.0)
                 for i, (b, t, o) in enumerate(zip(batch, texts, outs))]
 
     def finalize(self, outputs):
@@ -132,6 +135,9 @@ class Summarization(Evaluator):
                                         "reference": r["reference"], "new_tokens": r["new_tokens"],
                                         "triggers": r["triggers"], "prompt_tokens": r["prompt_tokens"],
                                         **s}) + "\n")
+        seconds = sum(r["batch_seconds"] for r in rows)
+        if rows and seconds > 0:  # the job's own generation speed: new tokens over the generate calls' wall time
+            metrics["gen_tok_s"] = sum(r["new_tokens"] for r in rows) / seconds
         self.extra["per_sample"] = path.name
         self.extra["chat_template"] = self.use_chat
         self.extra["truncation"] = self.truncation
