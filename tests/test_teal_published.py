@@ -239,3 +239,21 @@ def test_other_architectures_get_a_clear_error(tok):
     s = build_strategy("teal_published", sparsity=0.5, calibration=SMALL_CAL)
     with pytest.raises(ConfigError, match="teal_published.*not 'gpt2'"):
         s.attach(tiny_gpt2(layers=1, vocab=1024), tok)
+
+
+def test_a_stop_signal_ends_the_allocation_at_the_next_trial():
+    """The greedy runs the layers without an embedding forward (where the run's stop hook sits): its trials check the
+    flag themselves."""
+    import signal as sig
+
+    from dart import signals
+
+    m = tiny_llama(layers=1)
+    inputs, pe = layer_inputs(m, torch.randint(0, 128, (1, 8)))
+    ev = BlockEvaluator(m.model.layers[0], m.config, inputs[0], pe, lambda p, s: s, 0.25)
+    signals._handler(sig.SIGTERM, None)
+    try:
+        with pytest.raises(signals.Terminated):
+            greedy(ev.error, projection_weights(sizes(m.model.layers[0])), until=0.5, step=0.1)
+    finally:
+        signals.reset()

@@ -135,6 +135,9 @@ class BlockEvaluator:
         return r1 + self.mlp.down_proj(thresholded(a, self._t("down", s["down"])))
 
     def error(self, s: dict) -> float:
+        from dart import signals
+
+        signals.check()  # a stop signal ends the allocation within one trial (it runs no embedding forward)
         return block_error(self.target, self.output(s))
 
     def committed(self, s: dict) -> None:
