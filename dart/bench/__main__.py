@@ -15,14 +15,17 @@ OUTPUTS = Outputs(json="bench.json", render=report.markdown, markdown="bench.md"
 
 def check(cfg: DictConfig) -> list[int]:
     """Every value checked before the model loads; the batch sizes."""
-    from dart.bench.decode import LOOPS, MODES, SPARSE_METHODS, batch_sizes
+    from dart.bench.decode import LOOPS, MODES, batch_sizes, check_method
     from dart.config_checks import check_sparsity
     from dart.errors import ConfigError, choice_error
 
-    for key, allowed in (("modes", MODES), ("loops", LOOPS), ("batch_loops", LOOPS), ("sparse_methods", SPARSE_METHODS)):
+    for key, allowed in (("modes", MODES), ("loops", LOOPS), ("batch_loops", LOOPS)):
         for v in cfg.get(key) or []:
             if v not in allowed:
                 raise choice_error(key, v, allowed)
+    for key, per_token in (("sparse_methods", True), ("compact_methods", False)):
+        for v in cfg.get(key) or []:
+            check_method(key, v, per_token)
     for s in cfg.sparsities:
         check_sparsity(s)
     try:

@@ -116,6 +116,28 @@ def bench_strategy(mode: str, sparsity: float, method: str = "static_prompt"):
     return build_strategy(base, sparsity=sparsity, overrides=variant, execution=execution)
 
 
+def check_method(key: str, method: str, per_token: bool) -> None:
+    """A bench method is a strategy or a variant whose strategy is per-token (sparse_methods) or whole-sequence
+    (compact_methods); a clear error otherwise."""
+    import importlib
+
+    from dart.errors import ConfigError
+    from dart.strategies.per_token import PerTokenStrategy
+
+    known = sorted(set(options("strategy")) | set(options("variant")))
+    if method not in known:
+        raise choice_error(key, method, known)
+    from dart.compose import compose
+
+    target = str(compose([f"strategy={method}"] if method in options("strategy") else [f"+variant={method}"]).strategy._target_)
+    module, _, name = target.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    if (isinstance(cls, type) and issubclass(cls, PerTokenStrategy)) != per_token or method == "dense":
+        kind = "a per-token method (cats, teal, teal_published, wina or a variant of one)" if per_token else \
+            "a whole-sequence method (static_prompt, griffin, dart, dart_published, ... or a variant of one)"
+        raise ConfigError(f"{key}: {method} is not {kind}")
+
+
 def _variant_strategy(variant: str) -> str:
     """The strategy a variant selects."""
     from dart.compose import compose
