@@ -82,7 +82,9 @@ def points(records: list[Record], bench: dict[str, Any]) -> tuple[list[dict[str,
         if not r.complete:
             continue
         m = bench_method(r)
-        t = 0.0 if r.strategy == "dense" else target(r)
+        # the sparsity the run asked for (its measured target can differ by a rounding: floor((1 - s) I) neurons)
+        t = 0.0 if r.strategy == "dense" else (r.config.get("sparsity") if r.config.get("sparsity") is not None
+                                               else target(r))
         key = (m, round(float(t or 0.0), 4))
         row = rows.get(key)
         if row is None:
