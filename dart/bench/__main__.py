@@ -15,7 +15,8 @@ OUTPUTS = Outputs(json="bench.json", render=report.markdown, markdown="bench.md"
 
 def check(cfg: DictConfig) -> list[int]:
     """Every value checked before the model loads; the batch sizes."""
-    from dart.bench.decode import LOOPS, MODES, batch_sizes, check_method
+    from dart.bench.decode import LOOPS, MODES, batch_sizes
+    from dart.bench.methods import check_method
     from dart.config_checks import check_sparsity
     from dart.errors import ConfigError, choice_error
 

@@ -27,7 +27,8 @@ from dart.bench.common import Outputs, dtype_name, load, machine, prepare, run_b
 def bench(cfg: DictConfig) -> dict:
     import torch
 
-    from dart.bench.decode import bench_strategy, prompt_ids, weight_bytes_per_token
+    from dart.bench.decode import prompt_ids, weight_bytes_per_token
+    from dart.bench.methods import bench_strategy
     from dart.config_checks import check_sparsity
     from dart.bench.lean import LeanDecoder
     from dart.stats import paired_ratio
